@@ -1,0 +1,79 @@
+"""JAX step: a pure function of the model state, differentiated with ``value_and_grad``.
+
+The forward pass runs in a ``StatelessScope`` that maps every variable to its value in the
+step's state and collects ``add_loss`` terms (``collect_losses=True``: without it the
+VectorQuantizer's loss would silently vanish). Values the forward pass ``assign``s (EMA
+codebooks, RNG seeds, trackers) are read back from the scope and returned as the new state.
+"""
+
+import jax
+from keras.src.backend.common.stateless_scope import StatelessScope
+
+from keras_vq._trainers._base import StepMixinBase
+
+
+def _values_after(scope, variables, before):
+    return [
+        value if (value := scope.get_current_value(v)) is not None else old
+        for v, old in zip(variables, before)
+    ]
+
+
+class TrainStepMixin(StepMixinBase):
+    def _stateless_step_loss(
+        self, trainable, non_trainable, metrics_vars, optimizer_vars, x, y, sample_weight, training
+    ):
+        mapping = list(zip(self.trainable_variables, trainable))
+        mapping += zip(self.non_trainable_variables, non_trainable)
+        mapping += zip(self.metrics_variables, metrics_vars)
+        if optimizer_vars is not None:
+            mapping += zip(self.optimizer.variables, optimizer_vars)
+        with StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            loss, y_pred = self.step_loss(x, y, sample_weight, training=training)
+            scaled = self.optimizer.scale_loss(loss) if optimizer_vars is not None else loss
+        updated = (
+            _values_after(scope, self.trainable_variables, trainable),
+            _values_after(scope, self.non_trainable_variables, non_trainable),
+            _values_after(scope, self.metrics_variables, metrics_vars),
+        )
+        return scaled, (loss, y_pred, updated)
+
+    def _stateless_finish(self, metrics_vars, loss, x, y, y_pred, sample_weight):
+        mapping = list(zip(self.metrics_variables, metrics_vars))
+        with StatelessScope(state_mapping=mapping) as scope:
+            logs = self._finish_step(loss, x, y, y_pred, sample_weight)
+        return logs, _values_after(scope, self.metrics_variables, metrics_vars)
+
+    def train_step(self, state, data):
+        trainable, non_trainable, optimizer_vars, metrics_vars = state
+        x, y, sample_weight = self._unpack(data)
+        grad_fn = jax.value_and_grad(self._stateless_step_loss, has_aux=True)
+        (_, (loss, y_pred, updated)), grads = grad_fn(
+            trainable, non_trainable, metrics_vars, optimizer_vars, x, y, sample_weight, True
+        )
+        forward_trainable, non_trainable, metrics_vars = updated
+        new_trainable, optimizer_vars = self.optimizer.stateless_apply(
+            optimizer_vars, grads, trainable
+        )
+        # A trainable variable assigned in the forward pass (a restarted dead code) keeps that
+        # assignment with the optimizer's step on top, as on TF and torch.
+        new_trainable = [
+            new if after is before else after + (new - before)
+            for new, after, before in zip(new_trainable, forward_trainable, trainable)
+        ]
+        logs, metrics_vars = self._stateless_finish(
+            metrics_vars, loss, x, y, y_pred, sample_weight
+        )
+        return logs, (new_trainable, non_trainable, optimizer_vars, metrics_vars)
+
+    def test_step(self, state, data):
+        trainable, non_trainable, metrics_vars = state
+        x, y, sample_weight = self._unpack(data)
+        _, (loss, y_pred, updated) = self._stateless_step_loss(
+            trainable, non_trainable, metrics_vars, None, x, y, sample_weight, False
+        )
+        _, non_trainable, metrics_vars = updated
+        logs, metrics_vars = self._stateless_finish(
+            metrics_vars, loss, x, y, y_pred, sample_weight
+        )
+        return logs, (trainable, non_trainable, metrics_vars)

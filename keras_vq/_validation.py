@@ -1,0 +1,121 @@
+"""Argument checks shared by every public constructor and method.
+
+Each check raises a ``ValueError`` or ``TypeError`` that names the argument, the value
+received and what was expected, so a user mistake never surfaces as a backend traceback.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+from keras import ops
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
+    """Return ``value`` as an ``int`` or raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an integer, got {value!r} ({type(value).__name__}).")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}.")
+    return int(value)
+
+
+def check_float(
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    open_interval: bool = False,
+) -> float:
+    """Return ``value`` as a ``float`` in ``[minimum, maximum]`` (or open) or raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a number, got {value!r} ({type(value).__name__}).")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"`{name}` must be finite, got {value}.")
+    low_bad = minimum is not None and (value <= minimum if open_interval else value < minimum)
+    high_bad = maximum is not None and (value >= maximum if open_interval else value > maximum)
+    if low_bad or high_bad:
+        left, right = ("(", ")") if open_interval else ("[", "]")
+        low = "-inf" if minimum is None else minimum
+        high = "inf" if maximum is None else maximum
+        raise ValueError(f"`{name}` must be in {left}{low}, {high}{right}, got {value}.")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``choices`` or raise listing them."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}.")
+    return value
+
+
+def check_seed(name: str, value: Any) -> int | None:
+    """Seeds are ``None`` or a non-negative Python integer."""
+    if value is None:
+        return None
+    return check_int(name, value, minimum=0)
+
+
+def concrete_value(x: Any) -> np.ndarray | None:
+    """Return ``x`` as NumPy when its values are known now, else ``None``.
+
+    Values are unknown for symbolic tensors and inside a traced function (``tf.function``,
+    ``jax.jit``); checks on values are then skipped rather than guessed.
+    """
+    if isinstance(x, np.ndarray | numbers.Number | list | tuple):
+        return np.asarray(x)
+    try:
+        return np.asarray(ops.convert_to_numpy(x))
+    except Exception:  # a tracer or a symbolic tensor: values are not known yet
+        return None
+
+
+def check_images(name: str, images: Any, expected_shape: tuple | None) -> None:
+    """Check rank and the non-batch dimensions of an image batch ``(B, H, W, C)``.
+
+    Args:
+        name: argument name used in the error.
+        images: the batch.
+        expected_shape: ``(H, W, C)``; ``None`` entries are not checked.
+    """
+    shape = tuple(images.shape)
+    if expected_shape is None:
+        return
+    if len(shape) != len(expected_shape) + 1:
+        raise ValueError(
+            f"`{name}` must have shape (batch, {', '.join(map(str, expected_shape))}), "
+            f"got shape {shape}."
+        )
+    for got, want in zip(shape[1:], expected_shape):
+        if want is not None and got is not None and got != want:
+            raise ValueError(
+                f"`{name}` must have shape (batch, {', '.join(map(str, expected_shape))}), "
+                f"got shape {shape}."
+            )
+
+
+def check_finite(name: str, x: Any) -> None:
+    """Raise when a concrete tensor holds NaN or Inf (skipped while tracing)."""
+    value = concrete_value(x)
+    if value is not None and value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+        bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+        raise ValueError(f"`{name}` contains {bad} NaN or Inf values; expected finite values.")
+
+
+def check_integer_codes(name: str, codes: Any, num_embeddings: int) -> None:
+    """Codes must have an integer dtype and lie in ``[0, num_embeddings)``."""
+    dtype = str(getattr(codes, "dtype", np.asarray(codes).dtype))
+    if "int" not in dtype:
+        raise TypeError(f"`{name}` must have an integer dtype, got dtype {dtype}.")
+    value = concrete_value(codes)
+    if value is not None and value.size:
+        low, high = int(value.min()), int(value.max())
+        if low < 0 or high >= num_embeddings:
+            raise ValueError(
+                f"`{name}` must lie in [0, {num_embeddings - 1}] (num_embeddings="
+                f"{num_embeddings}), got values in [{low}, {high}]."
+            )

@@ -1,0 +1,7 @@
+"""keras_vq layers."""
+
+from keras_vq.layers.pixelcnn import GatedPixelCNNBlock, MaskedConv2D
+from keras_vq.layers.sampling import Sampling
+from keras_vq.layers.vector_quantizer import VectorQuantizer
+
+__all__ = ["GatedPixelCNNBlock", "MaskedConv2D", "Sampling", "VectorQuantizer"]

@@ -1,0 +1,7 @@
+"""keras_vq models."""
+
+from keras_vq.models.pixelcnn import PixelCNNPrior, generate
+from keras_vq.models.vae import VAE
+from keras_vq.models.vqvae import VQVAE
+
+__all__ = ["VAE", "VQVAE", "PixelCNNPrior", "generate"]

@@ -1,0 +1,454 @@
+"""Gated PixelCNN prior over VQ-VAE code maps, its fast sampler and two-stage generation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_vq import _validation
+from keras_vq._trainers import TrainStepMixin
+from keras_vq.layers.pixelcnn import GatedPixelCNNBlock
+from keras_vq.losses import categorical_cross_entropy
+from keras_vq.metrics import bits_per_dim
+
+# Gumbel noise is -log(-log(u)); u in [tiny, 1) keeps it finite, so 0 · noise is exactly 0.
+_TINY = float(np.finfo("float32").tiny)
+
+
+def _compile(fn: Callable) -> Callable:
+    """Compile a sampling loop: XLA on TF and JAX, eager without autograd on torch."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    if backend == "torch":
+        import torch
+
+        def no_grad(*args):
+            with torch.no_grad():
+                return fn(*args)
+
+        return no_grad
+    return fn
+
+
+def _dtype(x) -> str:
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    return keras.backend.standardize_dtype(dtype)
+
+
+def _check_range(name: str, x, size: int, size_name: str) -> None:
+    """Integers in ``[0, size)``; skipped while tracing (values unknown)."""
+    value = _validation.concrete_value(x)
+    if value is not None and value.size:
+        low, high = int(value.min()), int(value.max())
+        if low < 0 or high >= size:
+            raise ValueError(
+                f"`{name}` must lie in [0, {size - 1}] ({size_name}={size}), "
+                f"got values in [{low}, {high}]."
+            )
+
+
+class _SamplerCache:
+    fn: Callable | None = None
+    variables: list = ()
+
+
+@keras.saving.register_keras_serializable(package="keras_vq")
+class PixelCNNPrior(TrainStepMixin, keras.Model):
+    """Autoregressive prior ``p(c) = Π_i p(c_i | c_<i)`` over ``(h, w)`` maps of K codes.
+
+    Codes are embedded (``Embedding(K, filters)``), passed through ``num_layers`` gated
+    PixelCNN blocks (the first with mask A) and a ``ReLU → 1×1 conv → ReLU → 1×1 conv`` head
+    giving the logits of ``p(c_i | c_<i)`` at every position, in raster order. The loss is the
+    categorical cross-entropy ``-log p(c_i | c_<i)`` averaged over positions (nats per code).
+
+    ``fit`` data are code maps ``codes`` or, with ``num_classes``, ``(codes, labels)`` (labels
+    int ``(B,)``); an unconditional prior ignores any ``y``. Logs ``loss`` (nats per code),
+    ``accuracy`` (fraction of positions where the argmax is the target code) and
+    ``bits_per_code`` (``loss / ln 2``). Compiled metrics receive the logits as ``y_pred``;
+    prefer the built-in ``accuracy``.
+
+    Args:
+        num_embeddings: K, the number of codes.
+        latent_shape: ``(h, w)`` of the code maps.
+        num_layers: gated blocks (≥ 1).
+        filters: channels of the embedding and of both stacks.
+        kernel_size: odd kernel size k ≥ 3 of the blocks.
+        num_classes: number of classes for class-conditional priors, or ``None``.
+        **kwargs: ``keras.Model`` arguments (``name``, ``dtype``).
+
+    Call arguments:
+        inputs: int codes ``(B, h, w)``; with ``num_classes``, the list ``[codes, labels]``.
+
+    Returns:
+        float32 logits ``(B, h, w, num_embeddings)``.
+
+    Example:
+        >>> prior = PixelCNNPrior(num_embeddings=64, latent_shape=(7, 7))
+        >>> prior.compile(optimizer="adam")
+        >>> prior.fit(codes, epochs=10)                       # codes: int (N, 7, 7)
+        >>> new_codes = prior.sample(16, temperature=1.0, seed=0)   # int32 (16, 7, 7)
+        >>> images = generate(vqvae, prior, 16, seed=0)
+
+    Reference:
+        van den Oord et al. "Conditional Image Generation with PixelCNN Decoders", 2016;
+        van den Oord, Vinyals, Kavukcuoglu. "Neural Discrete Representation Learning", 2017.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        latent_shape: Sequence[int],
+        num_layers: int = 6,
+        filters: int = 64,
+        kernel_size: int = 5,
+        num_classes: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_embeddings = _validation.check_int("num_embeddings", num_embeddings, minimum=1)
+        if not isinstance(latent_shape, Sequence) or len(latent_shape) != 2:
+            raise ValueError(f"`latent_shape` must be a pair (h, w), got {latent_shape!r}.")
+        self.latent_shape = tuple(
+            _validation.check_int(f"latent_shape[{i}]", d, minimum=1)
+            for i, d in enumerate(latent_shape)
+        )
+        self.num_layers = _validation.check_int("num_layers", num_layers, minimum=1)
+        self.filters = _validation.check_int("filters", filters, minimum=1)
+        self.kernel_size = _validation.check_int("kernel_size", kernel_size, minimum=3)
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"`kernel_size` must be odd, got {kernel_size}.")
+        self.num_classes = (
+            None
+            if num_classes is None
+            else _validation.check_int("num_classes", num_classes, minimum=1)
+        )
+        sub = {"dtype": self.dtype_policy}
+        self.embedding = keras.layers.Embedding(
+            self.num_embeddings, self.filters, name="code_embedding", **sub
+        )
+        self.blocks = [
+            GatedPixelCNNBlock(
+                self.filters,
+                self.kernel_size,
+                num_classes=self.num_classes,
+                mask_type="A" if i == 0 else "B",
+                name=f"gated_block_{i}",
+                **sub,
+            )
+            for i in range(self.num_layers)
+        ]
+        self.head_hidden = keras.layers.Conv2D(self.filters, 1, name="head_hidden", **sub)
+        self.head_logits = keras.layers.Conv2D(self.num_embeddings, 1, name="head_logits", **sub)
+        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+        self.bits_tracker = keras.metrics.Mean(name="bits_per_code")
+        # A plain holder: Keras would track (and, once built, refuse) a list of variables.
+        self._sampler = _SamplerCache()
+        self.build()
+
+    def build(self, input_shape=None):
+        h, w = self.latent_shape
+        feature_shape = (None, h, w, self.filters)
+        block_shape = [feature_shape, feature_shape]
+        if self.num_classes is not None:
+            block_shape.append((None,))
+        # Building twice (build_from_config after __init__) must not recreate weights.
+        for layer, shape in [
+            (self.embedding, (None, h, w)),
+            *[(block, block_shape) for block in self.blocks],
+            (self.head_hidden, feature_shape),
+            (self.head_logits, feature_shape),
+        ]:
+            if not layer.built:
+                layer.build(shape)
+        self.built = True
+
+    # --- inputs ---------------------------------------------------------------------------
+    def _check_codes(self, codes, name: str = "codes"):
+        # Not _validation.check_integer_codes: its dtype probe converts symbolic TF tensors.
+        if "int" not in _dtype(codes):
+            raise TypeError(f"`{name}` must have an integer dtype, got dtype {_dtype(codes)}.")
+        _check_range(name, codes, self.num_embeddings, "num_embeddings")
+        shape = tuple(codes.shape)
+        if len(shape) != 3 or any(
+            got is not None and got != want for got, want in zip(shape[1:], self.latent_shape)
+        ):
+            raise ValueError(
+                f"`{name}` must have shape (batch, {self.latent_shape[0]}, "
+                f"{self.latent_shape[1]}) (latent_shape={self.latent_shape}), got shape {shape}."
+            )
+
+    def _check_labels(self, labels, name: str = "labels"):
+        if "int" not in _dtype(labels):
+            raise TypeError(f"`{name}` must have an integer dtype, got dtype {_dtype(labels)}.")
+        shape = tuple(labels.shape)
+        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+            raise ValueError(f"`{name}` must have shape (batch,) or (batch, 1), got {shape}.")
+        _check_range(name, labels, self.num_classes, "num_classes")
+
+    def _split_inputs(self, inputs):
+        """``codes`` or ``[codes, labels]`` → ``(codes, labels or None)``, validated."""
+        if self.num_classes is None:
+            if isinstance(inputs, list | tuple):
+                raise ValueError(
+                    "An unconditional PixelCNNPrior (num_classes=None) takes `codes` alone, "
+                    f"got a {type(inputs).__name__} of {len(inputs)} inputs."
+                )
+            codes, labels = inputs, None
+        else:
+            if not isinstance(inputs, list | tuple) or len(inputs) != 2:
+                raise ValueError(
+                    f"A class-conditional PixelCNNPrior (num_classes={self.num_classes}) takes "
+                    "`[codes, labels]`; `labels` are missing."
+                )
+            codes, labels = inputs
+            self._check_labels(labels)
+        self._check_codes(codes)
+        return codes, labels
+
+    # --- forward pass and loss --------------------------------------------------------------
+    def _head(self, h):
+        logits = self.head_logits(ops.relu(self.head_hidden(ops.relu(h))))
+        return ops.cast(logits, "float32")
+
+    def call(self, inputs, training=None):
+        codes, labels = self._split_inputs(inputs)
+        x = self.embedding(ops.cast(codes, "int32"))
+        v, h = x, x
+        for block in self.blocks:
+            v, h = block([v, h] if labels is None else [v, h, labels])
+        return self._head(h)
+
+    def step_loss(self, x, y=None, sample_weight=None, training=False):
+        if self.num_classes is None:
+            inputs = x
+        elif isinstance(x, list | tuple):
+            inputs = list(x)
+        elif y is None:
+            raise ValueError(
+                f"A class-conditional PixelCNNPrior (num_classes={self.num_classes}) trains on "
+                "`(codes, labels)`; got codes without labels."
+            )
+        else:
+            inputs = [x, y]
+        codes = inputs[0] if isinstance(inputs, list) else inputs
+        logits = self(inputs, training=training)
+        nll = ops.mean(categorical_cross_entropy(codes, logits), axis=(1, 2))  # (B,) nats/code
+        hits = ops.cast(ops.argmax(logits, axis=-1) == ops.cast(codes, "int32"), "float32")
+        accuracy = ops.mean(hits, axis=(1, 2))
+        if sample_weight is None:
+            loss = ops.mean(nll)
+        else:
+            sample_weight = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+            loss = ops.sum(nll * sample_weight) / ops.maximum(ops.sum(sample_weight), 1e-12)
+        self.accuracy_tracker.update_state(accuracy, sample_weight=sample_weight)
+        self.bits_tracker.update_state(bits_per_dim(nll, 1), sample_weight=sample_weight)
+        return loss, logits
+
+    # --- sampling ---------------------------------------------------------------------------
+    def _sampling_labels(self, labels, num_samples: int):
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError(
+                    "`labels` must be None for an unconditional PixelCNNPrior "
+                    f"(num_classes=None), got {labels!r}."
+                )
+            return ops.zeros((num_samples,), "int32")
+        if labels is None:
+            raise ValueError(
+                f"`labels` are required to sample a class-conditional PixelCNNPrior "
+                f"(num_classes={self.num_classes})."
+            )
+        if isinstance(labels, int | np.integer):
+            labels = np.full((num_samples,), labels)
+        elif isinstance(labels, list | tuple):
+            labels = np.asarray(labels)
+        self._check_labels(labels)
+        labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+        if labels.shape[0] != num_samples:
+            raise ValueError(
+                f"`labels` must have one entry per sample (num_samples={num_samples}), "
+                f"got {labels.shape[0]}."
+            )
+        return labels
+
+    def sample(
+        self,
+        num_samples: int,
+        temperature: float = 1.0,
+        seed: int | None = None,
+        labels: Any = None,
+    ):
+        """Draw code maps ``c ~ p(c)`` (or ``p(c | label)``) in raster order.
+
+        Position ``(i, j)`` takes ``argmax_k(logits_k + T · g_k)``, ``g`` Gumbel noise, i.e. a
+        draw from ``softmax(logits / T)``; ``T = 0`` is the greedy (argmax) path. All noise is
+        drawn up front from ``seed``, so one seed always gives the same maps. The loop over
+        positions runs in one compiled function (XLA on TF and JAX): the vertical stack is
+        advanced by one row per row and the horizontal stack by one pixel per pixel, so each
+        position costs one pixel of each block.
+
+        Args:
+            num_samples: number of maps B ≥ 1.
+            temperature: T ≥ 0.
+            seed: non-negative int, or ``None`` for fresh randomness.
+            labels: with ``num_classes``: an int class for all samples or int ``(B,)``.
+
+        Returns:
+            int32 backend tensor ``(B, h, w)``.
+        """
+        num_samples = _validation.check_int("num_samples", num_samples, minimum=1)
+        temperature = _validation.check_float("temperature", temperature, minimum=0.0)
+        seed = _validation.check_seed("seed", seed)
+        labels = self._sampling_labels(labels, num_samples)
+        uniform = keras.random.uniform(
+            (num_samples, *self.latent_shape, self.num_embeddings),
+            minval=_TINY,
+            maxval=1.0,
+            dtype="float32",
+            seed=seed,
+        )
+        return self._sample_from_uniform(uniform, temperature, labels)
+
+    def _sample_from_uniform(self, uniform, temperature, labels):
+        """Sampler on given uniform noise ``(B, h, w, K)`` in (0, 1) and int32 labels ``(B,)``."""
+        cache = self._sampler
+        if cache.fn is None:
+            # Weights are arguments, not constants baked into the trace: the compiled loop
+            # stays valid when training continues.
+            cache.variables = list(self.variables)
+
+            def run(state, uniform, temperature, labels):
+                with keras.StatelessScope(state_mapping=list(zip(cache.variables, state))):
+                    return self._sample_loop(uniform, temperature, labels)
+
+            cache.fn = _compile(run)
+        return cache.fn(
+            [v.value for v in cache.variables],
+            ops.convert_to_tensor(uniform, "float32"),
+            ops.convert_to_tensor(temperature, "float32"),
+            ops.convert_to_tensor(labels, "int32"),
+        )
+
+    def _sample_loop(self, uniform, temperature, labels):
+        batch = uniform.shape[0]
+        (height, width), n, f = self.latent_shape, self.kernel_size // 2, self.filters
+        num_layers, k, dtype = self.num_layers, self.num_embeddings, self.compute_dtype
+        biases = [block.label_bias(labels) for block in self.blocks]
+
+        def pixel(i, j, codes, row_in, h_ins, links):
+            """Sample (i, j); row_in / h_ins are row i of each block's horizontal input."""
+            window = ops.slice(row_in, [0, 0, j, 0], [batch, 1, n, f])
+            link = ops.slice(links[0], [0, 0, j, 0], [batch, 1, 1, 2 * f])
+            h = self.blocks[0].horizontal_pixel(window, link, biases[0])
+            new_h_ins = []
+            for layer in range(1, num_layers):
+                h_in = ops.slice_update(h_ins[layer - 1], [0, 0, j + n, 0], h)
+                new_h_ins.append(h_in)
+                window = ops.slice(h_in, [0, 0, j, 0], [batch, 1, n + 1, f])
+                link = ops.slice(links[layer], [0, 0, j, 0], [batch, 1, 1, 2 * f])
+                h = self.blocks[layer].horizontal_pixel(window, link, biases[layer], h)
+            logits = ops.reshape(self._head(h), (batch, k))
+            u = ops.reshape(ops.slice(uniform, [0, i, j, 0], [batch, 1, 1, k]), (batch, k))
+            gumbel = -ops.log(-ops.log(u))
+            code = ops.cast(ops.argmax(logits + temperature * gumbel, axis=-1), "int32")
+            codes = ops.slice_update(codes, [0, i, j], ops.reshape(code, (batch, 1, 1)))
+            embedded = ops.reshape(self.embedding(code), (batch, 1, 1, f))
+            row_in = ops.slice_update(row_in, [0, 0, j + n, 0], embedded)
+            return codes, row_in, new_h_ins
+
+        def row(i, carry):
+            codes, v_ins, links = carry
+
+            def column(j, carry):
+                return pixel(i, j, *carry, links)
+
+            row_in = ops.zeros((batch, 1, width + n, f), dtype)
+            h_ins = [ops.zeros((batch, 1, width + n, f), dtype) for _ in range(num_layers - 1)]
+            codes, row_in, _ = ops.fori_loop(0, width, column, (codes, row_in, h_ins))
+            # Row i is complete: advance every vertical stack by row i, which gives the links
+            # of row i+1. v_ins hold each block's vertical input with n zero rows on top and n
+            # zero columns on each side; rows i-n..i are padded rows i..i+n.
+            x = ops.slice(row_in, [0, 0, n, 0], [batch, 1, width, f])
+            new_v_ins, new_links = [], []
+            for layer, block in enumerate(self.blocks):
+                x = ops.pad(x, [[0, 0], [0, 0], [n, n], [0, 0]])
+                v_in = ops.slice_update(v_ins[layer], [0, i + n, 0, 0], x)
+                window = ops.slice(v_in, [0, i, 0, 0], [batch, n + 1, width + 2 * n, f])
+                x, link = block.vertical_row(window, biases[layer])
+                new_v_ins.append(v_in)
+                new_links.append(link)
+            return codes, new_v_ins, new_links
+
+        codes = ops.zeros((batch, height, width), "int32")
+        v_ins = [
+            ops.zeros((batch, height + n, width + 2 * n, f), dtype) for _ in range(num_layers)
+        ]
+        links = [ops.zeros((batch, 1, width, 2 * f), dtype) for _ in range(num_layers)]
+        codes, _, _ = ops.fori_loop(0, height, row, (codes, v_ins, links))
+        return codes
+
+    # --- serialization ----------------------------------------------------------------------
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_embeddings": self.num_embeddings,
+                "latent_shape": list(self.latent_shape),
+                "num_layers": self.num_layers,
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "num_classes": self.num_classes,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def generate(
+    vqvae,
+    prior: PixelCNNPrior,
+    num_samples: int,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    labels: Any = None,
+):
+    """Two-stage generation: ``codes ~ prior``, then ``images = vqvae.decode(codes)``.
+
+    Args:
+        vqvae: a model with ``decode(codes)`` (a :class:`VQVAE`), whose codebook size equals
+            ``prior.num_embeddings``.
+        prior: the :class:`PixelCNNPrior` trained on ``vqvae``'s codes.
+        num_samples, temperature, seed, labels: as in :meth:`PixelCNNPrior.sample`.
+
+    Returns:
+        Decoded images ``(B, H, W, C)``.
+    """
+    if not isinstance(prior, PixelCNNPrior):
+        raise TypeError(f"`prior` must be a PixelCNNPrior, got {type(prior).__name__}.")
+    if not callable(getattr(vqvae, "decode", None)):
+        raise TypeError(f"`vqvae` must have a `decode(codes)` method, got {type(vqvae).__name__}.")
+    codebook_size = getattr(vqvae, "num_embeddings", None)
+    if isinstance(codebook_size, int) and codebook_size != prior.num_embeddings:
+        raise ValueError(
+            f"`vqvae` has num_embeddings={codebook_size} but `prior` models "
+            f"num_embeddings={prior.num_embeddings} codes."
+        )
+    codes = prior.sample(num_samples, temperature=temperature, seed=seed, labels=labels)
+    return vqvae.decode(codes)
+
+
+__all__ = ["PixelCNNPrior", "generate"]
