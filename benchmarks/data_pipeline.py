@@ -20,10 +20,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # keras first: with the torch backend it imports torch before TensorFlow (avoids a crash).
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-from keras_vq import data  # noqa: E402
+from keras_vq import data
 
 
 def pipeline_images_per_s(dataset, epochs: int) -> float:

@@ -31,3 +31,16 @@ def sum_across_replicas(*tensors):
     if context is None:  # cross-replica context: values are already global
         return tensors
     return tuple(context.all_reduce(tf.distribute.ReduceOp.SUM, list(tensors)))
+
+
+def broadcast_from_first_replica(tensor):
+    """Every replica gets replica 0's value (identity on a single replica)."""
+    if num_replicas() == 1:
+        return tensor
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None:
+        return tensor
+    is_first = tf.cast(tf.equal(context.replica_id_in_sync_group, 0), tensor.dtype)
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, tensor * is_first)

@@ -247,7 +247,9 @@ def info(
         features = _tfds_builder(name, data_dir).info.features
         _require_feature(name, features, "image")
         shape = tuple(features["image"].shape)
-        num_classes = getattr(features["label"], "num_classes", None) if "label" in features else None
+        num_classes = (
+            getattr(features["label"], "num_classes", None) if "label" in features else None
+        )
     if image_size is not None:
         shape = (*image_size, shape[-1])
     return ImageDatasetInfo(tuple(shape), num_classes)
@@ -579,7 +581,7 @@ def _not_found_message(name: str, split: str, data_dir: str | None, builder: Any
         f"keras_vq.data.load({name!r}{dir_arg}, download=True);\n"
         "  * or on a machine with internet run\n"
         f"      tfds build {name} --data_dir=DIR\n"
-        f"    (or python -c \"import tensorflow_datasets as tfds; tfds.load({name!r}, "
+        f'    (or python -c "import tensorflow_datasets as tfds; tfds.load({name!r}, '
         "data_dir='DIR')\"), copy DIR here and pass data_dir=DIR;\n"
         f"  * or use name={DIGITS!r}, bundled with scikit-learn, which needs no download."
     )

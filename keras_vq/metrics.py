@@ -17,12 +17,6 @@ def code_counts(indices, num_embeddings: int):
     return ops.segment_sum(ones, flat, num_segments=num_embeddings)
 
 
-def code_usage(indices, num_embeddings: int):
-    """Fraction of the positions assigned to each code, shape ``(num_embeddings,)``."""
-    counts = code_counts(indices, num_embeddings)
-    return counts / ops.maximum(ops.sum(counts), 1.0)
-
-
 def perplexity(indices, num_embeddings: int):
     """Codebook perplexity ``exp(-Σ_k p_k log p_k)``, p = code usage in this batch.
 
@@ -38,7 +32,13 @@ def perplexity(indices, num_embeddings: int):
     Example:
         >>> perplexity(ops.array([0, 1, 2, 3]), 8)  # 4.0
     """
-    p = code_usage(indices, num_embeddings)
+    return perplexity_from_counts(code_counts(indices, num_embeddings))
+
+
+def perplexity_from_counts(counts):
+    """Perplexity ``exp(-Σ_k p_k log p_k)`` of the usage histogram ``counts`` ``(K,)``."""
+    counts = ops.cast(counts, "float32")
+    p = counts / ops.maximum(ops.sum(counts), 1.0)
     return ops.exp(-ops.sum(p * ops.log(p + 1e-10)))
 
 

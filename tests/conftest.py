@@ -21,3 +21,14 @@ def _reset_keras_state():
     yield
     keras.config.set_dtype_policy("float32")
     keras.backend.clear_session()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The real 8×8 scikit-learn digits as float32 images in [0, 1] and int32 labels."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = (data.images / 16.0).astype("float32")[..., None]
+    return images, data.target.astype("int32")

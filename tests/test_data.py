@@ -202,9 +202,7 @@ def test_tfds_image_size_resizes():
 def test_prepared_local_tfds_dataset_is_read_from_data_dir(tmp_path):
     with pytest.raises(data.DatasetNotFoundError, match=FAKE):
         data.load(FAKE, data_dir=tmp_path)
-    half = data.load(
-        FAKE, split="train[:50%]", data_dir=tmp_path, download=True, with_labels=True
-    )
+    half = data.load(FAKE, split="train[:50%]", data_dir=tmp_path, download=True, with_labels=True)
     images, labels = _collect(half)
     assert images.shape == (10, 6, 6, 3) and labels.dtype == np.int32
     assert images.dtype == np.float32 and images.min() >= 0.0 and images.max() <= 1.0
@@ -287,7 +285,10 @@ class _ArgmaxEncoder:
 
     def __init__(self, num_embeddings=6):
         self.conv = keras.layers.Conv2D(
-            num_embeddings, 2, strides=2, kernel_initializer=keras.initializers.RandomNormal(seed=0)
+            num_embeddings,
+            2,
+            strides=2,
+            kernel_initializer=keras.initializers.RandomNormal(seed=0),
         )
 
     def encode(self, images):

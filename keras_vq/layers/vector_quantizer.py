@@ -243,11 +243,14 @@ class VectorQuantizer(keras.layers.Layer):
 
     def _update_state(self, flat, indices) -> None:
         counts = vq_metrics.code_counts(indices, self.num_embeddings)
-        self.perplexity.assign(vq_metrics.perplexity(indices, self.num_embeddings))
         if not self.tracks_usage:
+            (counts,) = _distribute.sum_across_replicas(counts)
+            self.perplexity.assign(vq_metrics.perplexity_from_counts(counts))
             return
         sums = ops.segment_sum(ops.stop_gradient(flat), indices, num_segments=self.num_embeddings)
+        # Global batch statistics, so every replica applies the same update.
         counts, sums = _distribute.sum_across_replicas(counts, sums)
+        self.perplexity.assign(vq_metrics.perplexity_from_counts(counts))
         finite = ops.all(ops.isfinite(sums))
         decay = self.ema_decay if self.uses_ema else 0.99
         cluster_size = _ema(self.ema_cluster_size, counts, decay)
@@ -278,7 +281,10 @@ class VectorQuantizer(keras.layers.Layer):
         u = keras.random.uniform((self.num_embeddings,), seed=self.seed_generator)
         rows = ops.cast(ops.floor(u * ops.cast(num_rows, "float32")), "int32")
         rows = ops.minimum(rows, num_rows - 1)
-        candidates = ops.take(ops.stop_gradient(flat), rows, axis=0)
+        # Replicas see different batches: all restart from the first replica's vectors.
+        candidates = _distribute.broadcast_from_first_replica(
+            ops.take(ops.stop_gradient(flat), rows, axis=0)
+        )
         dead = cluster_size < self.dead_code_threshold
         codebook = ops.where(dead[:, None], candidates, codebook)
         cluster_size = ops.where(dead, self.dead_code_threshold, cluster_size)

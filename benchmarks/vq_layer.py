@@ -1,0 +1,134 @@
+"""VectorQuantizer forward+backward time and peak memory, one JSON line per configuration.
+
+    KERAS_BACKEND=jax python benchmarks/vq_layer.py                 # the three sizes
+    python benchmarks/vq_layer.py --sizes 4096x64x512 --repeats 10
+
+Each configuration runs in a fresh subprocess so its peak memory (``ru_maxrss`` growth over
+the process's resident size just before the input is created) is its own. The step is the
+layer's forward pass, the VQ loss plus a unit-weight sum of the outputs, and the gradients
+with respect to the inputs and the codebook, compiled where the backend compiles
+(``tf.function``, ``jax.jit``; torch runs eagerly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+DEFAULT_SIZES = ("4096x64x512", "32768x64x512", "1048576x64x8192")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="NxDxK triples")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk-size", type=int, default=4096)
+    parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def fwd_bwd_fn(layer, x):
+    """A zero-argument function running one forward+backward pass on the active backend."""
+    import keras
+    from keras import ops
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        xt = tf.constant(x)
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                tape.watch(xt)
+                out = layer(xt, training=False)
+                loss = ops.sum(out) + layer.losses[0]
+            return tape.gradient(loss, [xt, layer.codebook])
+
+        return lambda: [g.numpy() for g in step()]
+    if backend == "jax":
+        import jax
+
+        non_trainable = [v.value for v in layer.non_trainable_variables]
+        trainable = [v.value for v in layer.trainable_variables]
+
+        def loss_fn(trainable, xv):
+            out, _, losses = layer.stateless_call(trainable, non_trainable, xv, return_losses=True)
+            return ops.sum(out) + losses[0]
+
+        step = jax.jit(jax.grad(loss_fn, argnums=(0, 1)))
+        xj = jax.numpy.asarray(x)
+        return lambda: jax.block_until_ready(step(trainable, xj))
+    import torch
+
+    xt = torch.tensor(x, requires_grad=True)
+
+    def step():
+        xt.grad = None
+        layer.codebook.value.grad = None
+        out = layer(xt, training=False)
+        (out.sum() + layer.losses[0]).backward()
+        return xt.grad
+
+    return step
+
+
+def run_one(size: str, repeats: int, chunk_size: int) -> None:
+    from benchmarks import _harness
+
+    n, d, k = (int(v) for v in size.split("x"))
+    import keras
+    import numpy as np
+
+    from keras_vq.layers import VectorQuantizer
+
+    layer = VectorQuantizer(k, d, chunk_size=chunk_size)
+    layer.build((None, d))
+    warm = np.random.default_rng(0).normal(size=(chunk_size + 1, d)).astype("float32")
+    fwd_bwd_fn(layer, warm)()  # imports and kernels loaded before the baseline is read
+    baseline = _harness.rss_mib()
+    x = np.random.default_rng(1).normal(size=(n, d)).astype("float32")
+    step = fwd_bwd_fn(layer, x)
+    timing = _harness.time_call(step, repeats=repeats, warmup=1)
+    _harness.emit(
+        {
+            "benchmark": "vq_layer",
+            "backend": keras.backend.backend(),
+            "num_vectors": n,
+            "embedding_dim": d,
+            "num_embeddings": k,
+            "chunk_size": chunk_size,
+            "fwd_bwd_median_s": round(timing["median_s"], 4),
+            "fwd_bwd_min_s": round(timing["min_s"], 4),
+            "vectors_per_s": round(n / timing["median_s"]),
+            "peak_mib_over_baseline": round(_harness.peak_rss_mib() - baseline, 1),
+            "input_mib": round(x.nbytes / 2**20, 1),
+            **_harness.machine(),
+        }
+    )
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args._one:
+        run_one(args._one, args.repeats, args.chunk_size)
+        return
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for size in args.sizes:
+        cmd = [sys.executable, "-m", "benchmarks.vq_layer", "--_one", size]
+        cmd += ["--repeats", str(args.repeats), "--chunk-size", str(args.chunk_size)]
+        result = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
+        lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+        if result.returncode or not lines:
+            print(result.stderr[-2000:], file=sys.stderr)
+            raise SystemExit(f"vq_layer benchmark failed for {size}")
+        print(lines[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()

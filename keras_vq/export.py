@@ -1,0 +1,414 @@
+"""SavedModel export in the TF Serving layout: ``<export_dir>/<version>/saved_model.pb``.
+
+The artifacts are written by Keras' own ``keras.export.ExportArchive`` and need neither
+keras_vq nor Keras to load: ``tf.saved_model.load(path).signatures["encode"](images=x)``.
+Every signature takes named inputs, returns a dict of named outputs and has a dynamic batch.
+
+- :class:`~keras_vq.models.VAE`: ``serving_default`` (``images`` → ``images``, the
+  reconstruction from ``z_mean``), ``encode`` (``images`` → ``z_mean``, ``z_log_var``),
+  ``decode`` (``latents`` → ``images``).
+- :class:`~keras_vq.models.VQVAE`: ``serving_default`` (``images`` → ``images``),
+  ``encode`` (``images`` → int32 ``codes``), ``decode`` (int32 ``codes`` → ``images``).
+- :func:`export_generator` (VQVAE + PixelCNNPrior): ``sample`` (alias ``serving_default``) and
+  ``sample_seeded`` → ``images`` and int32 ``codes``.
+
+Backends: TensorFlow exports in-process; JAX through ``jax2tf`` inside ``ExportArchive``
+(the SavedModel then holds ``XlaCallModule`` ops). Keras cannot export from torch, and the
+generator's batch size comes from a tensor value, which JAX cannot trace: those exports save
+the models to temporary ``.keras`` files and run the same export in a ``KERAS_BACKEND=tensorflow``
+subprocess (:func:`_export_in_tensorflow`): the same artifact as a TensorFlow user gets.
+
+A version directory is written under a hidden staging name and renamed into place when
+complete, so a running TF Server never sees a half-written model; an existing version is
+never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_vq import _validation
+from keras_vq.models.pixelcnn import PixelCNNPrior
+from keras_vq.models.vae import VAE
+from keras_vq.models.vqvae import VQVAE
+
+# Uniform noise in [tiny, 1) keeps the Gumbel noise -log(-log(u)) finite (as PixelCNNPrior).
+_TINY = float(np.finfo("float32").tiny)
+
+_Endpoint = tuple[str, Callable, list]
+
+
+def export_saved_model(
+    model: VAE | VQVAE, export_dir: str | os.PathLike, version: int | None = None
+) -> str:
+    """Write ``model`` as a SavedModel to ``export_dir/<version>/`` for TF Serving.
+
+    Args:
+        model: a built :class:`~keras_vq.models.VAE` or :class:`~keras_vq.models.VQVAE`.
+        export_dir: the model's base directory (TF Serving's ``--model_base_path``); created
+            when missing.
+        version: integer ≥ 0; ``None`` takes the next free one (largest existing + 1, or 1).
+
+    Returns:
+        The path of the new version directory.
+
+    Raises:
+        TypeError: ``model`` is not a VAE/VQVAE, or ``version`` is not an integer.
+        ValueError: ``model`` is not built, or ``version`` is negative.
+        FileExistsError: ``export_dir/<version>`` already exists.
+
+    Example:
+        >>> path = export_saved_model(vqvae, "exports/vqvae")        # "exports/vqvae/1"
+        >>> served = tf.saved_model.load(path)                        # keras_vq not needed
+        >>> codes = served.signatures["encode"](images=images)["codes"]
+    """
+    _check_model("model", model, (VAE, VQVAE))
+    target = _version_dir(export_dir, version)
+    if keras.backend.backend() not in ("tensorflow", "jax"):
+        return _export_in_tensorflow("model", {"model": model}, target)
+    endpoints = _vae_endpoints(model) if isinstance(model, VAE) else _vqvae_endpoints(model)
+    return _write_archive([model], endpoints, target)
+
+
+def export_generator(
+    vqvae: VQVAE,
+    prior: PixelCNNPrior,
+    export_dir: str | os.PathLike,
+    version: int | None = None,
+    *,
+    temperature: float = 1.0,
+) -> str:
+    """Write a two-stage generator (``codes ~ prior``, ``images = vqvae.decode(codes)``).
+
+    The prior's raster-order sampling loop runs inside the SavedModel (a ``tf.while_loop``
+    over the ``h·w`` positions, one prior forward pass each): position ``(i, j)`` takes
+    ``argmax_k(logits_k + T·g_k)`` with Gumbel noise ``g`` — a draw from ``softmax(logits/T)``.
+
+    Signatures (``labels`` only for a class-conditional prior):
+
+    - ``sample`` (also ``serving_default``): ``num_samples`` (int32 scalar), ``labels``
+      (int32 ``(B,)``) → ``images``, ``codes``; fresh randomness on every call.
+    - ``sample_seeded``: ``num_samples``, ``seed`` (int32 scalar), ``labels`` → the same, and
+      the same outputs for the same seed. On the TensorFlow backend the noise equals that of
+      ``prior.sample(num_samples, temperature, seed=seed)``.
+
+    Bad requests (``num_samples < 1``, ``labels`` out of range or not of length
+    ``num_samples``) fail at serving time with an ``InvalidArgumentError`` saying so.
+
+    Args:
+        vqvae: the built :class:`~keras_vq.models.VQVAE` whose codes the prior models.
+        prior: a :class:`~keras_vq.models.PixelCNNPrior` with the same ``num_embeddings`` and
+            ``latent_shape``.
+        export_dir, version: as in :func:`export_saved_model`.
+        temperature: T ≥ 0 fixed into the artifact; 0 is the greedy (argmax) path.
+
+    Returns:
+        The path of the new version directory.
+    """
+    _check_model("vqvae", vqvae, (VQVAE,))
+    _check_model("prior", prior, (PixelCNNPrior,))
+    if prior.num_embeddings != vqvae.num_embeddings:
+        raise ValueError(
+            f"`prior` models num_embeddings={prior.num_embeddings} codes but `vqvae` has "
+            f"num_embeddings={vqvae.num_embeddings}."
+        )
+    if tuple(prior.latent_shape) != tuple(vqvae.latent_shape):
+        raise ValueError(
+            f"`prior` has latent_shape={tuple(prior.latent_shape)} but `vqvae` encodes to "
+            f"latent_shape={tuple(vqvae.latent_shape)}."
+        )
+    temperature = _validation.check_float("temperature", temperature, minimum=0.0)
+    target = _version_dir(export_dir, version)
+    if keras.backend.backend() != "tensorflow":
+        return _export_in_tensorflow(
+            "generator", {"vqvae": vqvae, "prior": prior}, target, temperature=temperature
+        )
+    endpoints = _generator_endpoints(vqvae, prior, temperature)
+    return _write_archive([vqvae, prior], endpoints, target)
+
+
+# --- checks and layout ------------------------------------------------------------------
+def _check_model(name: str, model: Any, types: tuple[type, ...]) -> None:
+    if not isinstance(model, types):
+        accepted = " or ".join(f"keras_vq.models.{t.__name__}" for t in types)
+        hint = " (use export_generator for a PixelCNNPrior)" if name == "model" else ""
+        raise TypeError(f"`{name}` must be a {accepted}{hint}, got {type(model).__name__}.")
+    if not model.built:
+        raise ValueError(
+            f"`{name}` must be built before export (construct it with `input_shape` or call "
+            f"it on a batch), got an unbuilt {type(model).__name__}."
+        )
+
+
+def _version_dir(export_dir: Any, version: Any) -> Path:
+    """``export_dir/<version>``, checked to be new; ``None`` → largest version + 1."""
+    if not isinstance(export_dir, str | os.PathLike):
+        raise TypeError(
+            f"`export_dir` must be a path (str or os.PathLike), got {export_dir!r} "
+            f"({type(export_dir).__name__})."
+        )
+    base = Path(export_dir)
+    if base.exists() and not base.is_dir():
+        raise NotADirectoryError(f"`export_dir` must be a directory, got the file {base}.")
+    if version is None:
+        versions = [
+            int(p.name)
+            for p in (base.iterdir() if base.is_dir() else ())
+            if p.is_dir() and p.name.isascii() and p.name.isdigit()
+        ]
+        version = max(versions, default=0) + 1
+    else:
+        version = _validation.check_int("version", version, minimum=0)
+    target = base / str(version)
+    if target.exists():
+        raise FileExistsError(
+            f"{target} already exists; export never overwrites a version. Pass another "
+            "`version`, or version=None for the next free one."
+        )
+    return target
+
+
+def _write_archive(models: Sequence[keras.Model], endpoints: list[_Endpoint], target: Path) -> str:
+    archive = keras.export.ExportArchive()
+    for model in models:
+        archive.track(model)
+    for name, fn, input_signature in endpoints:
+        archive.add_endpoint(name, fn, input_signature)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # TF Serving ignores non-integer names, so it never loads the staging directory.
+    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        archive.write_out(str(staging), verbose=False)
+        if target.exists():
+            raise FileExistsError(f"{target} appeared during the export; not overwriting it.")
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
+
+
+def _spec(shape: tuple, dtype: str, name: str):
+    import tensorflow as tf
+
+    return tf.TensorSpec(shape, dtype, name=name)
+
+
+# --- signatures -------------------------------------------------------------------------
+# Argument names become the signatures' input keys, dict keys their output keys.
+def _vae_endpoints(vae: VAE) -> list[_Endpoint]:
+    image_spec = _spec((None, *vae.image_shape), "float32", "images")
+    latent_spec = _spec((None, vae.latent_dim), "float32", "latents")
+
+    def reconstruct(images):
+        return {"images": ops.cast(vae(images, training=False), "float32")}
+
+    def encode(images):
+        z_mean, z_log_var = vae.encode(images)
+        return {"z_mean": z_mean, "z_log_var": z_log_var}
+
+    def decode(latents):
+        return {"images": ops.cast(vae.decode(latents), "float32")}
+
+    return [
+        ("serving_default", reconstruct, [image_spec]),
+        ("encode", encode, [image_spec]),
+        ("decode", decode, [latent_spec]),
+    ]
+
+
+def _vqvae_endpoints(vqvae: VQVAE) -> list[_Endpoint]:
+    image_spec = _spec((None, *vqvae.image_shape), "float32", "images")
+    code_spec = _spec((None, *vqvae.latent_shape), "int32", "codes")
+
+    def reconstruct(images):
+        return {"images": ops.cast(vqvae(images, training=False), "float32")}
+
+    def encode(images):
+        return {"codes": ops.cast(vqvae.encode(images), "int32")}
+
+    def decode(codes):
+        return {"images": ops.cast(vqvae.decode(codes), "float32")}
+
+    return [
+        ("serving_default", reconstruct, [image_spec]),
+        ("encode", encode, [image_spec]),
+        ("decode", decode, [code_spec]),
+    ]
+
+
+def _generator_endpoints(
+    vqvae: VQVAE, prior: PixelCNNPrior, temperature: float
+) -> list[_Endpoint]:
+    """TensorFlow-only: the batch size comes from the value of ``num_samples``."""
+    import tensorflow as tf
+
+    (height, width), k, num_classes = prior.latent_shape, prior.num_embeddings, prior.num_classes
+
+    def generate(num_samples, seed, labels=None):
+        checks = [
+            tf.debugging.assert_greater_equal(num_samples, 1, message="`num_samples` must be >= 1")
+        ]
+        if num_classes is not None:
+            checks += [
+                tf.debugging.assert_equal(
+                    tf.size(labels), num_samples, message="`labels` needs num_samples entries"
+                ),
+                tf.debugging.assert_non_negative(labels, message="`labels` must be >= 0"),
+                tf.debugging.assert_less(
+                    labels, num_classes, message=f"`labels` must be < num_classes={num_classes}"
+                ),
+            ]
+        # Every later op reads num_samples or labels through these identities, so nothing
+        # (e.g. the prior's label lookup) runs before the checks.
+        with tf.control_dependencies(checks):
+            num_samples = tf.identity(num_samples)
+            labels = None if labels is None else tf.identity(labels)
+        # keras.random.uniform(seed=s) on TF draws stateless_uniform(seed=[s, 0]).
+        uniform = tf.random.stateless_uniform(
+            tf.stack([num_samples, height, width, k]),
+            seed=tf.stack([seed, 0]),
+            minval=_TINY,
+            maxval=1.0,
+            dtype=tf.float32,
+        )
+        codes = _sample_codes(prior, uniform, temperature, labels)
+        return {"images": tf.cast(vqvae.decode(codes), tf.float32), "codes": codes}
+
+    def fresh_seed():
+        return tf.random.uniform((), maxval=tf.int32.max, dtype=tf.int32)
+
+    count_spec = _spec((), "int32", "num_samples")
+    seed_spec = _spec((), "int32", "seed")
+    if num_classes is None:
+
+        def sample(num_samples):
+            return generate(num_samples, fresh_seed())
+
+        def sample_seeded(num_samples, seed):
+            return generate(num_samples, seed)
+
+        return [
+            ("sample", sample, [count_spec]),
+            ("sample_seeded", sample_seeded, [count_spec, seed_spec]),
+        ]
+
+    label_spec = _spec((None,), "int32", "labels")
+
+    def sample(num_samples, labels):
+        return generate(num_samples, fresh_seed(), labels)
+
+    def sample_seeded(num_samples, seed, labels):
+        return generate(num_samples, seed, labels)
+
+    return [
+        ("sample", sample, [count_spec, label_spec]),
+        ("sample_seeded", sample_seeded, [count_spec, seed_spec, label_spec]),
+    ]
+
+
+def _sample_codes(prior: PixelCNNPrior, uniform, temperature: float, labels=None):
+    """Raster-order Gumbel-max sampling with one full prior pass per position (TF ops).
+
+    ``PixelCNNPrior``'s own fast sampler needs a static batch size, which a ``num_samples``
+    input cannot give; this loop works with a dynamic one.
+    """
+    import tensorflow as tf
+
+    height, width = prior.latent_shape
+    gumbel = temperature * -tf.math.log(-tf.math.log(uniform))  # (B, h, w, K)
+    rows, cols = tf.range(height)[:, None], tf.range(width)[None, :]
+
+    def step(index, codes):
+        i, j = index // width, index % width
+        logits = prior(codes if labels is None else [codes, labels], training=False)
+        scores = tf.cast(logits[:, i, j, :], tf.float32) + gumbel[:, i, j, :]
+        code = tf.argmax(scores, axis=-1, output_type=tf.int32)
+        here = tf.logical_and(rows == i, cols == j)[None]
+        return index + 1, tf.where(here, code[:, None, None], codes)
+
+    codes = tf.zeros(tf.stack([tf.shape(uniform)[0], height, width]), tf.int32)
+    _, codes = tf.while_loop(lambda index, _: index < height * width, step, (0, codes))
+    return codes
+
+
+# --- export through a TensorFlow subprocess -----------------------------------------------
+def _export_in_tensorflow(
+    command: str, models: dict[str, keras.Model], target: Path, **options: Any
+) -> str:
+    """Save ``models`` as ``.keras`` files and export them with ``KERAS_BACKEND=tensorflow``."""
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory(prefix="keras_vq_export_") as tmp:
+        argv = [command, "--target", str(Path(target).resolve())]
+        for name, model in models.items():
+            path = os.path.join(tmp, f"{name}.keras")
+            model.save(path)
+            argv += [f"--{name}", path]
+        for key, value in options.items():
+            argv += [f"--{key}", str(value)]
+        # Import this very keras_vq (an unpacked checkout or an install) in the child; the
+        # cwd is the temporary directory, so no stray `keras_vq/` folder there shadows it.
+        code = (
+            "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+            "from keras_vq.export import _main; _main(sys.argv[1:])"
+        )
+        env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        result = subprocess.run(
+            [sys.executable, "-c", code, package_root, *argv],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"On the {keras.backend.backend()} backend keras_vq exports through a "
+            f"TensorFlow-backend subprocess, which failed (exit code {result.returncode}):"
+            f"\n{result.stderr[-4000:]}"
+        )
+    return str(target)
+
+
+def _main(argv: Sequence[str]) -> None:
+    """Entry point of the subprocess started by :func:`_export_in_tensorflow`."""
+    parser = argparse.ArgumentParser(prog="keras_vq.export")
+    parser.add_argument("command", choices=["model", "generator"])
+    parser.add_argument("--target", required=True)
+    for name in ("model", "vqvae", "prior"):
+        parser.add_argument(f"--{name}")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"expected KERAS_BACKEND=tensorflow, got {keras.backend.backend()}")
+    target = Path(args.target)
+
+    def load(path):
+        return keras.saving.load_model(path, compile=False)
+
+    if args.command == "model":
+        export_saved_model(load(args.model), target.parent, int(target.name))
+    else:
+        export_generator(
+            load(args.vqvae),
+            load(args.prior),
+            target.parent,
+            int(target.name),
+            temperature=args.temperature,
+        )
+
+
+__all__ = ["export_generator", "export_saved_model"]

@@ -1,0 +1,980 @@
+"""Plumbing the recipes share: flags, the output directory, resume, runtime set-up, PNG grids.
+
+Nothing here imports Keras at module level: a recipe parses its arguments, sets
+``KERAS_BACKEND`` (``--backend``), checks its ``--out`` directory, and only then imports Keras,
+so ``--help`` and "this run is already finished" answer instantly.
+
+An output directory holds one run::
+
+    config.json     the resolved arguments, backend and versions (written at the start)
+    backup/         BackupAndRestore checkpoint (every epoch end; removed when fit ends)
+    logs/           TensorBoard event files
+    *.keras *.png   models and image grids
+    metrics.json    final numbers
+    DONE            written last: the run finished
+
+Rerunning the same command on an unfinished run resumes it from ``backup/``; a finished run
+or a different configuration is an error unless ``--overwrite`` is passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATASET = "digits"
+DEFAULT_IMAGE_SIZE = 32
+BACKENDS = ("tensorflow", "jax", "torch")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+DISTRIBUTIONS = ("none", "mirrored", "data_parallel")
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+DONE_FILE = "DONE"
+BACKUP_DIR = "backup"
+LOG_DIR = "logs"
+# Arguments that do not change what a run computes: a rerun may differ in them.
+_NOT_COMPARED = ("overwrite", "verbose", "backend")
+# What --overwrite removes from --out (never anything else the user may keep there).
+_RUN_FILES = (CONFIG_FILE, METRICS_FILE, DONE_FILE, BACKUP_DIR, LOG_DIR, "export")
+_RUN_SUFFIXES = (".keras", ".png")
+
+
+class RecipeError(Exception):
+    """A user-facing failure: printed as ``error: ...`` without a traceback, exit status 2."""
+
+
+# --------------------------------------------------------------------------- flags
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def new_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser whose description is the recipe's docstring and whose help shows defaults."""
+    return argparse.ArgumentParser(description=doc, formatter_class=_HelpFormatter)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_data_args(parser: argparse.ArgumentParser, image_size: bool = True) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--dataset",
+        default=DEFAULT_DATASET,
+        help="keras_vq.data name: 'digits' (offline) or a TFDS image dataset (mnist, ...)",
+    )
+    group.add_argument("--data-dir", default=None, help="TFDS data directory (not for digits)")
+    if image_size:
+        group.add_argument(
+            "--image-size",
+            type=non_negative_int,
+            default=DEFAULT_IMAGE_SIZE,
+            help="resize images to this square size (0: keep the dataset's size)",
+        )
+    group.add_argument(
+        "--eval-split", default="test", help="held-out split for metrics and validation"
+    )
+
+
+def add_train_args(
+    parser: argparse.ArgumentParser,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--epochs", type=positive_int, default=epochs)
+    group.add_argument("--batch-size", type=positive_int, default=batch_size)
+    group.add_argument("--learning-rate", type=float, default=learning_rate, help="Adam")
+    group.add_argument(
+        "--steps-per-epoch",
+        type=positive_int,
+        default=None,
+        help="batches per epoch (default: one pass over the data); for short test runs",
+    )
+
+
+def add_vqvae_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("VQ-VAE")
+    group.add_argument("--num-embeddings", type=positive_int, default=128, help="codebook size K")
+    group.add_argument("--embedding-dim", type=positive_int, default=16, help="code size D")
+    group.add_argument(
+        "--filters",
+        type=positive_int,
+        nargs="+",
+        default=[32, 64],
+        help="encoder filters; each halves the image size (32x32 -> 8x8 codes with two)",
+    )
+    group.add_argument("--beta", type=float, default=0.25, help="commitment weight")
+    group.add_argument(
+        "--ema-decay", type=float, default=None, help="EMA codebook decay (default: gradients)"
+    )
+    group.add_argument(
+        "--dead-code-threshold", type=float, default=0.0, help="restart rarely used codes"
+    )
+
+
+def add_prior_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("PixelCNN prior")
+    group.add_argument("--num-layers", type=positive_int, default=6, help="gated blocks")
+    group.add_argument("--prior-filters", type=positive_int, default=64)
+    group.add_argument("--kernel-size", type=positive_int, default=5, help="odd, >= 3")
+    group.add_argument(
+        "--conditional", action="store_true", help="condition the prior on class labels"
+    )
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, num_samples: int = 64) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument(
+        "--num-samples", type=non_negative_int, default=num_samples, help="images in the grid"
+    )
+    group.add_argument("--temperature", type=float, default=1.0, help="prior temperature")
+    group.add_argument(
+        "--labels",
+        default=None,
+        help="class-conditional prior: one int, a comma list (cycled), or 'cycle' "
+        "(0, 1, ..., K-1, 0, ...; the default)",
+    )
+    group.add_argument(
+        "--sample-batch-size", type=positive_int, default=32, help="maps drawn per sampler call"
+    )
+
+
+def add_run_args(parser: argparse.ArgumentParser, *, out: str, epochs: bool = True) -> None:
+    group = parser.add_argument_group("run")
+    group.add_argument("--out", default=out, help="output directory")
+    group.add_argument(
+        "--overwrite", action="store_true", help="replace a finished or different run in --out"
+    )
+    group.add_argument("--seed", type=non_negative_int, default=0, help="keras random seed")
+    group.add_argument(
+        "--backend", choices=BACKENDS, default=None, help="Keras backend (default: KERAS_BACKEND)"
+    )
+    group.add_argument("--precision", choices=PRECISIONS, default="float32", help="dtype policy")
+    group.add_argument(
+        "--distribute",
+        choices=DISTRIBUTIONS,
+        default="none",
+        help="'mirrored': tf.distribute.MirroredStrategy (TensorFlow); "
+        "'data_parallel': keras.distribution.DataParallel (JAX)",
+    )
+    group.add_argument(
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=1,
+        help="0 silent, 1 progress bars, 2 one line per epoch",
+    )
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
+    """Parse, then fix the backend in the environment before anything imports Keras."""
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ["KERAS_BACKEND"] = resolve_backend(getattr(args, "backend", None))
+    return args
+
+
+def resolve_backend(flag: str | None) -> str:
+    """``--backend``, else ``KERAS_BACKEND``, else keras.json, else TensorFlow (Keras' order)."""
+    if flag:
+        return flag
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(keras_home, "keras.json")) as f:
+            return json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+# --------------------------------------------------------------------------- output dir
+
+
+def _versions(backend: str) -> dict[str, str | None]:
+    from importlib import metadata
+
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": sys.version.split()[0],
+        "keras": version("keras"),
+        "keras_vq": version("keras-vq"),
+        backend: version(backend),
+    }
+
+
+def make_config(recipe: str, args: argparse.Namespace) -> dict[str, Any]:
+    backend = os.environ.get("KERAS_BACKEND") or resolve_backend(None)
+    return {
+        "recipe": recipe,
+        "args": {k: v for k, v in sorted(vars(args).items())},
+        "backend": backend,
+        "versions": _versions(backend),
+    }
+
+
+def _config_differences(saved: dict, config: dict) -> list[str]:
+    diffs = []
+    if saved.get("recipe") != config["recipe"]:
+        diffs.append(f"recipe: {saved.get('recipe')!r} (saved) vs {config['recipe']!r} (now)")
+    if saved.get("backend") != config["backend"]:
+        diffs.append(f"backend: {saved.get('backend')!r} (saved) vs {config['backend']!r} (now)")
+    old, new = saved.get("args", {}), config["args"]
+    for key in sorted(set(old) | set(new)):
+        if key not in _NOT_COMPARED and old.get(key) != new.get(key):
+            diffs.append(
+                f"--{key.replace('_', '-')}: {old.get(key)!r} (saved) vs {new.get(key)!r}"
+            )
+    return diffs
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically: a kill leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # NumPy / backend scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def clear_run(out: Path) -> None:
+    """Remove what a recipe writes (and nothing else) from ``out``."""
+    if not out.is_dir():
+        return
+    for entry in out.iterdir():
+        if entry.name in _RUN_FILES or entry.suffix in _RUN_SUFFIXES or _is_run_dir(entry):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
+def _is_run_dir(path: Path) -> bool:
+    """A pipeline stage directory (it holds its own config.json)."""
+    return path.is_dir() and (path / CONFIG_FILE).is_file()
+
+
+class Run:
+    """One output directory: its paths, its state (new, resumed, finished) and its runtime."""
+
+    def __init__(self, out: str | os.PathLike, config: dict[str, Any], args: argparse.Namespace):
+        self.out = Path(out)
+        self.config = config
+        self.args = args
+        self.resumed = False
+
+    def path(self, *names: str) -> Path:
+        return self.out.joinpath(*names)
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.path(BACKUP_DIR)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.path(LOG_DIR)
+
+    @property
+    def finished(self) -> bool:
+        return self.path(DONE_FILE).is_file()
+
+    def saved_config(self) -> dict | None:
+        try:
+            return read_json(self.path(CONFIG_FILE))
+        except FileNotFoundError:
+            return None
+        except ValueError as error:
+            raise RecipeError(f"{self.path(CONFIG_FILE)} is not valid JSON ({error}).") from None
+
+    def prepare(self, overwrite: bool) -> None:
+        """Check ``--out`` against the saved run and write config.json (before importing Keras).
+
+        Raises:
+            RecipeError: a finished run, a different configuration, or a directory that is not
+                a run, and ``overwrite`` is false.
+        """
+        recipe = self.config["recipe"]
+        if self.out.exists() and not self.out.is_dir():
+            raise RecipeError(f"--out {self.out} exists and is not a directory.")
+        saved = self.saved_config() if self.out.is_dir() else None
+        if not overwrite and self.finished:
+            raise RecipeError(
+                f"--out {self.out} already holds a finished {(saved or {}).get('recipe', '')} run "
+                f"(found {self.path(DONE_FILE)}). Pass --overwrite to replace it, or choose "
+                "another --out."
+            )
+        if not overwrite and saved is not None:
+            diffs = _config_differences(saved, self.config)
+            if diffs:
+                raise RecipeError(
+                    f"--out {self.out} holds an unfinished run with a different configuration "
+                    "(config mismatch), so it cannot be resumed:\n  "
+                    + "\n  ".join(diffs)
+                    + "\nRerun with the saved arguments to resume it, pass --overwrite to "
+                    "start over, or choose another --out."
+                )
+            self.resumed = True
+        elif not overwrite and self.out.is_dir() and any(self.out.iterdir()):
+            names = {p.name for p in self.out.iterdir()}
+            if names & set(_RUN_FILES) or any(Path(n).suffix in _RUN_SUFFIXES for n in names):
+                raise RecipeError(
+                    f"--out {self.out} holds files of a run without {CONFIG_FILE}. Pass "
+                    "--overwrite to replace them, or choose another --out."
+                )
+        if overwrite:
+            clear_run(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json(self.path(CONFIG_FILE), self.config)
+        if self.resumed:
+            print(f"Resuming the unfinished {recipe} run in {self.out}.", flush=True)
+
+    def finish(self, metrics: dict[str, Any]) -> None:
+        write_json(self.path(METRICS_FILE), metrics)
+        self.path(DONE_FILE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+
+    # ------------------------------------------------------------------ pipeline stages
+    def stage(
+        self,
+        name: str,
+        recipe: str,
+        parser: argparse.ArgumentParser,
+        fn: Callable[[argparse.Namespace, Run], dict],
+        **overrides: Any,
+    ) -> dict:
+        """Run a recipe's ``fn`` as a sub-run in ``out/name`` (a pipeline stage).
+
+        Its arguments are the recipe's own (``parser``), taken from this run's arguments
+        where they share a name, then ``overrides``; so ``out/name/config.json`` reads like
+        the standalone recipe's. A finished stage is not run again, its metrics are returned:
+        this is how a resumed pipeline skips the stages it already completed.
+        """
+        defaults = vars(parser.parse_args([]))
+        values = {key: getattr(self.args, key, value) for key, value in defaults.items()}
+        values.update(overrides, out=str(self.path(name)), overwrite=False)
+        args = argparse.Namespace(**values)
+        child = Run(args.out, make_config(recipe, args), args)
+        saved = child.saved_config()
+        stale = saved is not None and bool(_config_differences(saved, child.config))
+        if child.finished and not stale:
+            print(f"Stage {name!r} already finished in {child.out}; reusing it.", flush=True)
+            return read_json(child.path(METRICS_FILE))
+        print(f"Stage {name!r} ({recipe}) in {child.out}", flush=True)
+        child.prepare(overwrite=stale)
+        metrics = fn(args, child)
+        child.finish(metrics)
+        return metrics
+
+
+def run_recipe(
+    recipe: str, args: argparse.Namespace, fn: Callable[[argparse.Namespace, Run], dict]
+) -> int:
+    """Check ``--out``, set up Keras, run ``fn(args, run)``, write metrics.json and DONE.
+
+    Returns the exit status: 0, or 2 after printing ``error: ...`` for a :class:`RecipeError`.
+    """
+    start = time.time()
+    try:
+        config = make_config(recipe, args)
+        check_distribute(args.distribute, config["backend"])
+        run = Run(args.out, config, args)
+        run.prepare(args.overwrite)
+        setup_runtime(args)
+        metrics = fn(args, run)
+        metrics["wall_time_s"] = round(time.time() - start, 1)
+        run.finish(metrics)
+    except RecipeError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    except Exception as error:  # DatasetNotFoundError says how to get the data: no traceback
+        if type(error).__name__ == "DatasetNotFoundError":
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            return 2
+        raise
+    if args.verbose:
+        print(json.dumps(metrics, indent=2, sort_keys=True, default=_json_default))
+    print(f"Finished {recipe}: outputs in {run.out}", flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------- runtime
+
+
+_STRATEGY: Any = None
+
+
+def check_distribute(distribute: str, backend: str) -> None:
+    """The backends each ``--distribute`` choice works on (checked before importing Keras)."""
+    if distribute == "mirrored" and backend != "tensorflow":
+        raise RecipeError(
+            f"--distribute mirrored (tf.distribute.MirroredStrategy) needs the TensorFlow "
+            f"backend, but the backend is {backend!r}. Use --backend tensorflow, or "
+            "--distribute data_parallel on JAX."
+        )
+    if distribute == "data_parallel" and backend != "jax":
+        raise RecipeError(
+            f"--distribute data_parallel (keras.distribution.DataParallel) needs the JAX "
+            f"backend (Keras 3 supports it only there), but the backend is {backend!r}. Use "
+            "--backend jax, or --distribute mirrored on TensorFlow."
+        )
+
+
+def setup_runtime(args: argparse.Namespace) -> None:
+    """Seed, dtype policy and distribution, in that order, before any model is built."""
+    import keras
+
+    check_distribute(args.distribute, keras.backend.backend())
+    keras.utils.set_random_seed(args.seed)
+    keras.config.set_dtype_policy(args.precision)
+    global _STRATEGY
+    _STRATEGY = None
+    if args.distribute == "mirrored":
+        import tensorflow as tf
+
+        _STRATEGY = tf.distribute.MirroredStrategy()
+        print(f"MirroredStrategy over {_STRATEGY.num_replicas_in_sync} replica(s).", flush=True)
+    elif args.distribute == "data_parallel":
+        devices = keras.distribution.list_devices()
+        batch_size = getattr(args, "batch_size", None)
+        if batch_size is not None and batch_size % len(devices):
+            raise RecipeError(
+                f"--batch-size {batch_size} must be divisible by the {len(devices)} devices "
+                "for --distribute data_parallel."
+            )
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        print(f"DataParallel over {len(devices)} device(s).", flush=True)
+
+
+def strategy_scope() -> contextlib.AbstractContextManager:
+    """Where to create and compile models: the MirroredStrategy scope, or nothing."""
+    return _STRATEGY.scope() if _STRATEGY is not None else contextlib.nullcontext()
+
+
+def no_grad() -> contextlib.AbstractContextManager:
+    """Inference outside ``fit``: keep torch from recording a graph."""
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
+def to_numpy(x: Any):
+    import keras
+    import numpy as np
+
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+# --------------------------------------------------------------------------- data
+
+
+def image_size(args: argparse.Namespace) -> int | None:
+    return args.image_size or None
+
+
+def load_split(
+    args: argparse.Namespace,
+    split: str,
+    *,
+    image_size: int | tuple[int, int] | None,
+    batch_size: int,
+    shuffle: bool,
+    with_labels: bool = False,
+    drop_remainder: bool = False,
+):
+    """``keras_vq.data.load`` with the recipe's dataset flags."""
+    import keras_vq
+
+    dataset = keras_vq.data.load(
+        args.dataset,
+        split=split,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        with_labels=with_labels,
+        data_dir=args.data_dir,
+        image_size=image_size,
+        seed=args.seed,
+        drop_remainder=drop_remainder,
+    )
+    if int(dataset.cardinality()) == 0:
+        raise RecipeError(
+            f"Split {split!r} of {args.dataset!r} has fewer examples than --batch-size "
+            f"{batch_size}; lower --batch-size."
+        )
+    return dataset
+
+
+def eval_batch_size(args: argparse.Namespace) -> int:
+    """A multiple of ``--batch-size`` near 128 (divisible by the devices when it is)."""
+    return args.batch_size * max(1, 128 // args.batch_size)
+
+
+def even_batches(args: argparse.Namespace) -> bool:
+    """Under data_parallel every batch given to ``fit``/``evaluate`` must split evenly over
+    the devices: held-out data for them drops its last short batch there."""
+    return args.distribute == "data_parallel"
+
+
+def first_images(dataset, count: int):
+    """The first ``count`` images of a dataset of ``images`` or ``(images, labels)`` batches."""
+    import numpy as np
+
+    chunks, total = [], 0
+    for batch in dataset.as_numpy_iterator():
+        images = batch[0] if isinstance(batch, tuple) else batch
+        chunks.append(images)
+        total += len(images)
+        if total >= count:
+            break
+    return np.concatenate(chunks)[:count]
+
+
+def progbar(target: int | None, verbose: int, unit: str = "step"):
+    import keras
+
+    return keras.utils.Progbar(
+        target if target and target > 0 else None, verbose=verbose, unit_name=unit
+    )
+
+
+def dataset_length(dataset) -> int | None:
+    n = int(dataset.cardinality())
+    return n if n >= 0 else None
+
+
+class ProgressEncoder:
+    """Wraps a VQ-VAE for ``keras_vq.data.encode_dataset`` to show a progress bar."""
+
+    def __init__(self, vqvae, num_batches: int | None, verbose: int):
+        self.vqvae = vqvae
+        self.num_embeddings = vqvae.num_embeddings
+        self._bar = progbar(num_batches, verbose, unit="batch")
+        self._seen = 0
+
+    def encode(self, images):
+        with no_grad():
+            codes = self.vqvae.encode(images)
+        self._seen += 1
+        self._bar.update(self._seen)
+        return codes
+
+
+def encode_split(vqvae, dataset, *, with_labels: bool, verbose: int, label: str, **kwargs):
+    """``keras_vq.data.encode_dataset`` with a progress bar."""
+    import keras_vq
+
+    if verbose:
+        print(f"Encoding {label} images into codes:", flush=True)
+    encoder = ProgressEncoder(vqvae, dataset_length(dataset), verbose)
+    return keras_vq.data.encode_dataset(encoder, dataset, with_labels=with_labels, **kwargs)
+
+
+def load_model(path: str, expected: tuple[str, ...], flag: str):
+    """Load a ``.keras`` file and check it is one of the ``expected`` keras_vq classes."""
+    import keras
+
+    import keras_vq  # noqa: F401  (registers the classes)
+
+    if not os.path.isfile(path):
+        raise RecipeError(f"{flag} {path}: no such file.")
+    model = keras.saving.load_model(path)
+    if type(model).__name__ not in expected:
+        raise RecipeError(
+            f"{flag} {path} holds a {type(model).__name__}, expected {' or '.join(expected)}."
+        )
+    return model
+
+
+def class_labels(spec: str | None, num_samples: int, num_classes: int | None):
+    """``--labels`` → int32 ``(num_samples,)`` for a conditional prior, ``None`` otherwise."""
+    import numpy as np
+
+    if num_classes is None:
+        if spec is not None:
+            raise RecipeError("--labels needs a class-conditional prior (trained --conditional).")
+        return None
+    if spec is None or spec == "cycle":
+        values = list(range(num_classes))
+    else:
+        try:
+            values = [int(v) for v in spec.split(",") if v.strip()]
+        except ValueError:
+            raise RecipeError(f"--labels {spec!r}: expected ints like '3' or '0,1,2'.") from None
+    if not values or min(values) < 0 or max(values) >= num_classes:
+        raise RecipeError(f"--labels {spec!r}: classes must lie in [0, {num_classes - 1}].")
+    return np.resize(np.asarray(values, np.int32), num_samples)
+
+
+def sample_prior_images(
+    vqvae,
+    prior,
+    num_samples: int,
+    *,
+    temperature: float,
+    seed: int | None,
+    labels=None,
+    batch_size: int = 32,
+    verbose: int = 1,
+):
+    """``keras_vq.models.generate`` in equal chunks (one compiled sampler) with a progress bar."""
+    import numpy as np
+
+    from keras_vq.models import generate
+
+    chunk = min(batch_size, num_samples)
+    num_chunks = math.ceil(num_samples / chunk)
+    if verbose:
+        print(f"Sampling {num_samples} images ({num_chunks} sampler calls):", flush=True)
+    bar = progbar(num_chunks, verbose, unit="call")
+    out = []
+    for i in range(num_chunks):
+        chunk_labels = None
+        if labels is not None:
+            chunk_labels = np.resize(np.roll(labels, -i * chunk), chunk)
+        with no_grad():
+            images = generate(
+                vqvae,
+                prior,
+                chunk,
+                temperature=temperature,
+                seed=None if seed is None else seed + i,
+                labels=chunk_labels,
+            )
+        out.append(to_numpy(images))
+        bar.update(i + 1)
+    return np.concatenate(out)[:num_samples]
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _repair_backup(backup_dir: Path) -> None:
+    """A kill while the metadata JSON was being written leaves it unreadable (BackupAndRestore
+    only falls back on I/O errors of the weights): go back to the previous pair."""
+    meta = backup_dir / "training_metadata.json"
+    if not meta.is_file():
+        return
+    try:
+        read_json(meta)
+    except ValueError:
+        prev_meta, prev_weights = Path(f"{meta}.bkp"), backup_dir / "latest.weights.h5.bkp"
+        if prev_meta.is_file() and prev_weights.is_file():
+            shutil.copyfile(prev_weights, backup_dir / "latest.weights.h5")
+            shutil.copyfile(prev_meta, meta)
+        else:
+            shutil.rmtree(backup_dir)
+
+
+def checkpoint_epoch(backup_dir: Path) -> int:
+    try:
+        return int(read_json(backup_dir / "training_metadata.json")["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def has_tensorboard() -> bool:
+    """Whether the ``tensorboard`` package (behind ``tf.summary.scalar/image``) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def _plugin_metadata(plugin: str) -> bytes:
+    from tensorflow.core.framework import summary_pb2
+
+    return summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin)
+    ).SerializeToString()
+
+
+def summary_images(name: str, images, step: int) -> None:
+    """``tf.summary.image`` into the default writer; without the tensorboard package, the same
+    record (``[width, height, png, ...]`` for the images plugin) through ``tf.summary.write``."""
+    import numpy as np
+    import tensorflow as tf
+
+    images = np.clip(np.nan_to_num(np.asarray(images, np.float32)), 0.0, 1.0)
+    if has_tensorboard():
+        tf.summary.image(name, images, step=step, max_outputs=len(images))
+        return
+    pixels = tf.image.convert_image_dtype(images, tf.uint8, saturate=True)
+    pngs = [tf.image.encode_png(image) for image in pixels]
+    size = [tf.as_string(images.shape[2]), tf.as_string(images.shape[1])]
+    tensor = tf.stack(size + pngs)
+    tf.summary.write(name, tensor, step=step, metadata=_plugin_metadata("images"))
+
+
+def write_tensorboard_images(log_dir: Path, name: str, images, step: int = 0) -> None:
+    """Write one set of images (e.g. the final samples) to ``log_dir/images``."""
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(str(log_dir / "images"))
+    with writer.as_default():
+        summary_images(name, images, step=step)
+    writer.close()
+
+
+def tensorboard_callback(log_dir: Path):
+    """``keras.callbacks.TensorBoard`` (epoch logs to ``logs/train`` and ``logs/validation``).
+
+    Keras' callback needs the ``tensorboard`` package; without it the same ``epoch_<metric>``
+    scalars go to the same folders through ``tf.summary.write``, readable by TensorBoard.
+    """
+    import keras
+
+    if has_tensorboard():
+        return keras.callbacks.TensorBoard(str(log_dir), write_graph=False)
+    import tensorflow as tf
+
+    metadata = _plugin_metadata("scalars")
+
+    class EpochScalars(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self._writers = {}
+
+        def on_epoch_end(self, epoch, logs=None):
+            for name, value in (logs or {}).items():
+                subdir, tag = (
+                    ("validation", name[4:]) if name.startswith("val_") else ("train", name)
+                )
+                if subdir not in self._writers:
+                    self._writers[subdir] = tf.summary.create_file_writer(str(log_dir / subdir))
+                with self._writers[subdir].as_default():
+                    tf.summary.write(
+                        f"epoch_{tag}", tf.constant(float(value)), step=epoch, metadata=metadata
+                    )
+            for writer in self._writers.values():
+                writer.flush()
+
+        def on_train_end(self, logs=None):
+            for writer in self._writers.values():
+                writer.close()
+
+    print(
+        "The tensorboard package is not installed: writing epoch scalars with tf.summary.write "
+        "(pip install tensorboard to view them and for keras.callbacks.TensorBoard).",
+        flush=True,
+    )
+    return EpochScalars()
+
+
+def image_logger(log_dir: Path, images, render: Callable[[Any], dict[str, Any]]):
+    """A callback writing ``render(images)`` (name → (N, H, W, C) in [0, 1]) to TensorBoard
+    (``logs/images``) at every epoch end."""
+    import keras
+    import tensorflow as tf
+
+    class ImageLogger(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self._writer = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(str(log_dir / "images"))
+            with no_grad():
+                rendered = render(images)
+            with self._writer.as_default():
+                for name, value in rendered.items():
+                    summary_images(name, value, step=epoch)
+            self._writer.flush()
+
+        def on_train_end(self, logs=None):
+            if self._writer is not None:
+                self._writer.close()
+
+    return ImageLogger()
+
+
+def fit(
+    model,
+    run: Run,
+    train_data,
+    *,
+    validation_data=None,
+    extra_callbacks: tuple = (),
+) -> dict[str, Any]:
+    """``model.fit`` with BackupAndRestore (every epoch end), TensorBoard and resume.
+
+    Returns a summary for metrics.json: epochs, the epoch it resumed from and the last
+    epoch's logs.
+    """
+    import keras
+
+    args = run.args
+    _repair_backup(run.backup_dir)
+    start_epoch = checkpoint_epoch(run.backup_dir)
+    if start_epoch:
+        print(f"Resuming from the checkpoint after epoch {start_epoch}/{args.epochs}.", flush=True)
+    if args.steps_per_epoch:
+        train_data = train_data.repeat()
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run.backup_dir), double_checkpoint=True),
+        tensorboard_callback(run.log_dir),
+        *extra_callbacks,
+    ]
+    history = model.fit(
+        train_data,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        validation_data=validation_data,
+        callbacks=callbacks,
+        shuffle=False,  # the tf.data pipeline shuffles
+        verbose=args.verbose,
+    )
+    logs = {k: float(v[-1]) for k, v in history.history.items() if v}
+    return {
+        "epochs": args.epochs,
+        "resumed_from_epoch": history.epoch[0] if history.epoch else start_epoch,
+        "final_epoch_logs": logs,
+    }
+
+
+# --------------------------------------------------------------------------- images
+
+
+def image_grid(images, ncols: int | None = None, padding: int = 2, pad_value: float = 0.5):
+    """Tile ``(N, H, W, C)`` images in [0, 1] into one ``(H', W', C)`` uint8 grid.
+
+    ``ncols`` defaults to ``ceil(sqrt(N))``; ``rows = ceil(N / ncols)``; the grid is
+    ``rows·H + (rows+1)·padding`` by ``ncols·W + (ncols+1)·padding`` pixels. Values are clipped.
+    """
+    import numpy as np
+
+    images = np.asarray(images, np.float32)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or not len(images):
+        raise ValueError(f"Expected (N, H, W, 1 or 3) images, got shape {images.shape}.")
+    n, h, w, c = images.shape
+    ncols = ncols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / ncols)
+    grid = np.full(
+        (rows * h + (rows + 1) * padding, ncols * w + (ncols + 1) * padding, c),
+        pad_value,
+        np.float32,
+    )
+    for i, image in enumerate(np.clip(np.nan_to_num(images), 0.0, 1.0)):
+        y = padding + (i // ncols) * (h + padding)
+        x = padding + (i % ncols) * (w + padding)
+        grid[y : y + h, x : x + w] = image
+    return np.round(grid * 255.0).astype(np.uint8)
+
+
+def save_grid(path: Path, images, ncols: int | None = None, padding: int = 2) -> Path:
+    """Write :func:`image_grid` as a PNG with PIL (grayscale or RGB)."""
+    from PIL import Image
+
+    grid = image_grid(images, ncols=ncols, padding=padding)
+    mode = "L" if grid.shape[-1] == 1 else "RGB"
+    Image.fromarray(grid[..., 0] if mode == "L" else grid, mode=mode).save(path)
+    return path
+
+
+def side_by_side(left, right):
+    """``(N, H, W, C)`` pairs joined along the width: ``(N, H, 2W, C)``."""
+    import numpy as np
+
+    return np.concatenate([np.asarray(left, np.float32), np.asarray(right, np.float32)], axis=2)
+
+
+def interleave_rows(originals, reconstructions, ncols: int):
+    """Rows of ``ncols`` originals, each followed by the row of their reconstructions."""
+    import numpy as np
+
+    rows = []
+    for start in range(0, len(originals), ncols):
+        a, b = originals[start : start + ncols], reconstructions[start : start + ncols]
+        pad = ncols - len(a)
+        if pad:  # keep every row full so the pairs stay aligned
+            blank = np.zeros((pad, *a.shape[1:]), a.dtype)
+            a, b = np.concatenate([a, blank]), np.concatenate([b, blank])
+        rows += [a, b]
+    return np.concatenate(rows)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_reconstructions(
+    model, dataset, *, verbose: int, num_embeddings: int | None = None, prefix: str = "test"
+):
+    """Mean squared reconstruction error over ``dataset`` and, for a VQ-VAE, code usage
+    (keys ``<prefix>_reconstruction_mse``, ``<prefix>_perplexity``, ``<prefix>_codes_used``)."""
+    import numpy as np
+
+    squared, pixels = 0.0, 0
+    counts = np.zeros(num_embeddings or 1, np.int64)
+    bar = progbar(dataset_length(dataset), verbose, unit="batch")
+    for step, batch in enumerate(dataset.as_numpy_iterator(), start=1):
+        images = batch[0] if isinstance(batch, tuple) else batch
+        with no_grad():
+            if num_embeddings:
+                codes = model.encode(images)
+                recon = to_numpy(model.decode(codes))
+                counts += np.bincount(to_numpy(codes).ravel(), minlength=num_embeddings)
+            else:
+                recon = to_numpy(model(images, training=False))
+        squared += float(np.sum((recon.astype(np.float64) - images) ** 2))
+        pixels += images.size
+        bar.update(step)
+    metrics = {f"{prefix}_reconstruction_mse": squared / max(pixels, 1)}
+    if num_embeddings:
+        p = counts / max(counts.sum(), 1)
+        metrics[f"{prefix}_perplexity"] = float(np.exp(-np.sum(p[p > 0] * np.log(p[p > 0]))))
+        metrics[f"{prefix}_codes_used"] = int(np.count_nonzero(counts))
+    return metrics
+
+
+def iter_batches(dataset) -> Iterator:
+    for batch in dataset.as_numpy_iterator():
+        yield batch[0] if isinstance(batch, tuple) else batch

@@ -1,0 +1,83 @@
+"""Export trained keras_vq models as SavedModels for TF Serving.
+
+    python recipes/export.py --model runs/vqvae.keras --out exports/vqvae
+    python recipes/export.py --vqvae runs/vqvae.keras --prior runs/prior.keras --out exports/gen
+
+Writes ``<out>/<version>/`` (the next free version unless ``--version``) and prints its path.
+Signatures: see ``keras_vq.export``. ``.keras`` files do not depend on the backend that
+trained them, so this script always loads them with TensorFlow: the direct export path, and
+a SavedModel of plain TensorFlow ops that any TF Serving build runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Export a VAE/VQVAE, or a VQVAE + PixelCNNPrior generator, as a "
+        "SavedModel in the TF Serving layout <out>/<version>/.",
+    )
+    parser.add_argument("--model", help="a VAE or VQVAE saved as .keras")
+    parser.add_argument("--vqvae", help="with --prior: the VQVAE (.keras) of a generator")
+    parser.add_argument("--prior", help="with --vqvae: the PixelCNNPrior (.keras) of a generator")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="model base directory that receives the version folders "
+        "(default: exports/<name of the --model file>, or exports/generator)",
+    )
+    parser.add_argument(
+        "--version", type=int, default=None, help="version number (default: next free one)"
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="generator sampling temperature; 0 = greedy (default: 1.0)",
+    )
+    args = parser.parse_args(argv)
+    if (args.vqvae is None) != (args.prior is None):
+        parser.error("--prior and --vqvae go together (a generator needs both)")
+    if (args.model is None) == (args.prior is None):
+        parser.error("pass either --model, or --vqvae with --prior")
+    if args.out is None:
+        args.out = str(Path("exports", Path(args.model).stem if args.model else "generator"))
+    return args
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    # Imported after parsing so that --help answers without loading Keras or TensorFlow.
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    import keras
+
+    import keras_vq  # noqa: F401  (registers the keras_vq classes for load_model)
+    from keras_vq.export import export_generator, export_saved_model
+
+    def load(path):
+        return keras.saving.load_model(path, compile=False)
+
+    try:
+        if args.model:
+            path = export_saved_model(load(args.model), args.out, version=args.version)
+        else:
+            path = export_generator(
+                load(args.vqvae),
+                load(args.prior),
+                args.out,
+                version=args.version,
+                temperature=args.temperature,
+            )
+    except (FileExistsError, TypeError, ValueError) as error:  # the library's own messages
+        sys.exit(f"error: {error}")
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()

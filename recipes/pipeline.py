@@ -1,0 +1,119 @@
+"""The whole VQ-VAE story in one command: train a VQ-VAE, train a PixelCNN prior on its
+codes, sample a grid of new images, and export SavedModels for TF Serving.
+
+    python recipes/pipeline.py --out runs/pipeline
+
+Writes to --out:
+    config.json                 the resolved arguments, backend and versions
+    vqvae/                      stage 1, a train_vqvae.py run (vqvae.keras, logs/, PNGs, ...)
+    prior/                      stage 2, a train_prior.py run on vqvae/vqvae.keras
+    samples.png                 codes ~ prior, decoded by the VQ-VAE
+    export/vqvae/1/             SavedModel: serving_default (reconstruct), encode, decode
+    export/generator/1/         SavedModel: sample(num_samples) -> images, codes
+    metrics.json, DONE          final numbers of every stage
+
+`tensorboard --logdir runs/pipeline` shows both stages. Killed midway, the same command
+resumes: finished stages are reused and the running one continues from its last epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common
+import train_prior
+import train_vqvae
+
+RECIPE = "pipeline"
+
+
+def build_parser():
+    parser = _common.new_parser(__doc__)
+    _common.add_data_args(parser)
+    _common.add_vqvae_args(parser)
+    _common.add_prior_args(parser)
+    group = parser.add_argument_group("training (the VQ-VAE; --prior-* for the prior)")
+    group.add_argument("--epochs", type=_common.positive_int, default=15, help="VQ-VAE epochs")
+    group.add_argument("--prior-epochs", type=_common.positive_int, default=15)
+    group.add_argument("--batch-size", type=_common.positive_int, default=64, help="both stages")
+    group.add_argument("--learning-rate", type=float, default=1e-3, help="VQ-VAE (Adam)")
+    group.add_argument("--prior-learning-rate", type=float, default=1e-3, help="prior (Adam)")
+    group.add_argument(
+        "--steps-per-epoch",
+        type=_common.positive_int,
+        default=None,
+        help="batches per epoch of both stages (default: one pass); for short test runs",
+    )
+    group.add_argument(
+        "--num-images",
+        type=_common.non_negative_int,
+        default=32,
+        help="test images in vqvae/reconstructions.png",
+    )
+    _common.add_sampling_args(parser)
+    group = parser.add_argument_group("export")
+    group.add_argument(
+        "--no-export", dest="export", action="store_false", help="skip the SavedModel export"
+    )
+    _common.add_run_args(parser, out="runs/pipeline")
+    return parser
+
+
+def pipeline(args, run: _common.Run) -> dict:
+    from keras_vq.export import export_generator, export_saved_model
+
+    vq_metrics = run.stage(
+        "vqvae", train_vqvae.RECIPE, train_vqvae.build_parser(), train_vqvae.train
+    )
+    vqvae_path = str(run.path("vqvae", train_vqvae.MODEL_FILE))
+    prior_metrics = run.stage(
+        "prior",
+        train_prior.RECIPE,
+        train_prior.build_parser(),
+        train_prior.train,
+        vqvae=vqvae_path,
+        epochs=args.prior_epochs,
+        learning_rate=args.prior_learning_rate,
+        num_samples=0,  # the pipeline draws its own grid below
+    )
+    vqvae = _common.load_model(vqvae_path, ("VQVAE",), "vqvae")
+    prior = _common.load_model(
+        str(run.path("prior", train_prior.MODEL_FILE)), ("PixelCNNPrior",), "prior"
+    )
+    metrics = {
+        "vqvae": vq_metrics,
+        "prior": prior_metrics,
+        "test_reconstruction_mse": vq_metrics["test_reconstruction_mse"],
+        "test_perplexity": vq_metrics["test_perplexity"],
+        "test_codes_used": vq_metrics["test_codes_used"],
+        "prior_test_nll_nats_per_code": prior_metrics.get("test_nll_nats_per_code"),
+        "prior_test_bits_per_code": prior_metrics.get("test_bits_per_code"),
+    }
+    if args.num_samples:
+        train_prior.write_samples(args, run, vqvae, prior, "samples.png")
+        metrics["samples"] = "samples.png"
+    if args.export:
+        export_root = run.path("export")
+        shutil.rmtree(export_root, ignore_errors=True)  # a partial export of a killed run
+        print("Exporting SavedModels ...", flush=True)
+        paths = {
+            "vqvae": export_saved_model(vqvae, export_root / "vqvae"),
+            "generator": export_generator(
+                vqvae, prior, export_root / "generator", temperature=args.temperature
+            ),
+        }
+        metrics["export"] = {k: os.path.relpath(v, run.out) for k, v in paths.items()}
+    return metrics
+
+
+def main(argv=None) -> int:
+    args = _common.parse_args(build_parser(), argv)
+    return _common.run_recipe(RECIPE, args, pipeline)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Sample a PNG grid of new images from a trained model.
+
+VAE (--vae vae.keras): decode z ~ N(0, I). VQ-VAE (--vqvae vqvae.keras --prior prior.keras):
+draw code maps from the PixelCNN prior and decode them; --labels picks the classes of a
+class-conditional prior (default: cycle through all classes, one per column).
+Writes to --out: config.json, samples.png, logs/ (the grid as a TensorBoard image) and
+metrics.json.
+
+Examples:
+    python recipes/sample.py --vae runs/train_vae/vae.keras --out runs/sample_vae
+    python recipes/sample.py --vqvae runs/train_vqvae/vqvae.keras \\
+        --prior runs/train_prior/prior.keras --temperature 0.8 --out runs/sample_vqvae
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common
+
+RECIPE = "sample"
+
+
+def build_parser():
+    parser = _common.new_parser(__doc__)
+    group = parser.add_argument_group("models (--vae, or --vqvae with --prior)")
+    group.add_argument("--vae", default=None, help="trained VAE (.keras)")
+    group.add_argument("--vqvae", default=None, help="trained VQ-VAE (.keras)")
+    group.add_argument("--prior", default=None, help="PixelCNN prior of --vqvae (.keras)")
+    _common.add_sampling_args(parser)
+    _common.add_run_args(parser, out="runs/sample")
+    return parser
+
+
+def check_models(parser, args) -> None:
+    if args.vae and (args.vqvae or args.prior):
+        parser.error("pass either --vae or --vqvae with --prior, not both")
+    if not args.vae and not (args.vqvae and args.prior):
+        parser.error("pass --vae, or both --vqvae and --prior")
+    if args.num_samples < 1:
+        parser.error("--num-samples must be >= 1")
+    if args.vae and args.labels is not None:
+        parser.error("--labels needs --vqvae with a class-conditional --prior")
+
+
+def sample(args, run: _common.Run) -> dict:
+    if args.vae:
+        vae = _common.load_model(args.vae, ("VAE",), "--vae")
+        with _common.no_grad():
+            images = _common.to_numpy(vae.sample(args.num_samples, seed=args.seed))
+        ncols = None
+    else:
+        vqvae = _common.load_model(args.vqvae, ("VQVAE",), "--vqvae")
+        prior = _common.load_model(args.prior, ("PixelCNNPrior",), "--prior")
+        if prior.num_embeddings != vqvae.num_embeddings or tuple(prior.latent_shape) != tuple(
+            vqvae.latent_shape
+        ):
+            raise _common.RecipeError(
+                f"--prior models {prior.num_embeddings} codes on a {prior.latent_shape} grid but "
+                f"--vqvae has {vqvae.num_embeddings} codes on a {vqvae.latent_shape} grid."
+            )
+        labels = _common.class_labels(args.labels, args.num_samples, prior.num_classes)
+        images = _common.sample_prior_images(
+            vqvae,
+            prior,
+            args.num_samples,
+            temperature=args.temperature,
+            seed=args.seed,
+            labels=labels,
+            batch_size=args.sample_batch_size,
+            verbose=args.verbose,
+        )
+        cycled = labels is not None and args.labels in (None, "cycle")
+        ncols = prior.num_classes if cycled else None
+    _common.save_grid(run.path("samples.png"), images, ncols=ncols)
+    _common.write_tensorboard_images(run.log_dir, "samples", images[:16])
+    return {
+        "num_samples": args.num_samples,
+        "image_shape": list(images.shape[1:]),
+        "pixel_mean": float(images.mean()),
+        "grid": "samples.png",
+    }
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = _common.parse_args(parser, argv)
+    check_models(parser, args)
+    return _common.run_recipe(RECIPE, args, sample)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

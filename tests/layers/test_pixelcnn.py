@@ -1,0 +1,190 @@
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_vq.layers import GatedPixelCNNBlock, MaskedConv2D
+from tests.test_case import TestCase, to_numpy
+
+
+def reference_mask(kh, kw, mask_type):
+    """Raster-order mask written out position by position."""
+    ch, cw = kh // 2, kw // 2
+    mask = np.zeros((kh, kw), "float32")
+    for r in range(kh):
+        for c in range(kw):
+            before = r < ch or (r == ch and c < cw)
+            centre = r == ch and c == cw
+            mask[r, c] = float(before or (centre and mask_type == "B"))
+    return mask
+
+
+def dependency_matrix(fn, height, width, channels=2, seed=0):
+    """D[q, p] = output at position q changes when the input at position p changes."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(1, height, width, channels)).astype("float32")
+    batch = np.repeat(base, height * width + 1, axis=0)
+    for p in range(height * width):
+        batch[p + 1, p // width, p % width] += 3.0
+    out = to_numpy(fn(batch)).reshape(height * width + 1, height * width, -1)
+    diff = np.abs(out[1:] - out[:1]).max(axis=-1)  # (perturbed p, output q)
+    return (diff > 1e-5).T
+
+
+def strictly_before(height, width, include_self=False):
+    n = height * width
+    return np.tri(n, n, 0 if include_self else -1, dtype=bool)
+
+
+class TestMaskedConv2D(TestCase):
+    @pytest.mark.parametrize("mask_type", ["A", "B"])
+    @pytest.mark.parametrize("kernel_size", [(3, 3), (5, 5), (3, 5), (1, 3)])
+    def test_mask_matches_numpy_reference(self, mask_type, kernel_size):
+        layer = MaskedConv2D(4, kernel_size, mask_type=mask_type)
+        layer.build((None, 6, 6, 2))
+        mask = to_numpy(layer.kernel_mask)
+        assert mask.shape == (*kernel_size, 1, 1)
+        np.testing.assert_array_equal(mask[:, :, 0, 0], reference_mask(*kernel_size, mask_type))
+
+    @pytest.mark.parametrize("mask_type", ["A", "B"])
+    def test_output_is_conv_with_masked_kernel_and_kernel_is_unchanged(self, mask_type):
+        layer = MaskedConv2D(3, 5, mask_type=mask_type)
+        x = np.random.default_rng(0).normal(size=(2, 6, 6, 2)).astype("float32")
+        out = layer(x)
+        kernel = to_numpy(layer.kernel)
+        masked = kernel * reference_mask(5, 5, mask_type)[:, :, None, None]
+        expected = to_numpy(ops.conv(x, masked, padding="same")) + to_numpy(layer.bias)
+        self.assertAllClose(out, expected, atol=1e-5)
+        assert np.count_nonzero(kernel[4]) > 0  # masked rows of the stored kernel are kept
+
+    @pytest.mark.parametrize("mask_type", ["A", "B"])
+    def test_dependencies_follow_the_mask(self, mask_type):
+        layer = MaskedConv2D(2, 3, mask_type=mask_type)
+        deps = dependency_matrix(layer, 4, 4)
+        assert not np.any(deps & ~strictly_before(4, 4, include_self=mask_type == "B"))
+        assert np.all(np.diag(deps)) == (mask_type == "B")
+
+    def test_layer_battery(self, tmp_path):
+        self.run_layer_test(
+            MaskedConv2D,
+            {"filters": 4, "kernel_size": (3, 3), "mask_type": "A"},
+            np.ones((2, 5, 5, 2), "float32"),
+            expected_output_shape=(2, 5, 5, 4),
+            expected_output_dtype="float32",
+            tmp_path=tmp_path,
+        )
+
+    def test_rejects_unknown_mask_type(self):
+        with pytest.raises(ValueError, match="mask_type"):
+            MaskedConv2D(4, 3, mask_type="C")
+
+
+def gated_blocks(num_layers, filters=4, kernel_size=3, num_classes=None):
+    return [
+        GatedPixelCNNBlock(
+            filters, kernel_size, num_classes=num_classes, mask_type="A" if i == 0 else "B"
+        )
+        for i in range(num_layers)
+    ]
+
+
+def gated_stack(num_layers, **kwargs):
+    """``x → horizontal output`` of an A block followed by B blocks (eager, no tracing)."""
+    blocks = gated_blocks(num_layers, **kwargs)
+
+    def run(x, *labels):
+        v, h = x, x
+        for block in blocks:
+            v, h = block([v, h, *labels])
+        return h
+
+    run.blocks = blocks
+    return run
+
+
+class TestGatedPixelCNNBlock(TestCase):
+    def test_output_shapes_and_config_round_trip(self):
+        block = GatedPixelCNNBlock(6, 5, num_classes=3, mask_type="A", name="blk")
+        x = np.ones((2, 4, 5, 3), "float32")
+        v, h = block([x, x, np.array([0, 2])])
+        assert tuple(v.shape) == (2, 4, 5, 6) and tuple(h.shape) == (2, 4, 5, 6)
+        assert block.compute_output_shape([x.shape, x.shape, (2,)]) == [(2, 4, 5, 6)] * 2
+        config = block.get_config()
+        assert {k: config[k] for k in ("filters", "kernel_size", "num_classes", "mask_type")} == {
+            "filters": 6,
+            "kernel_size": 5,
+            "num_classes": 3,
+            "mask_type": "A",
+        }
+        assert GatedPixelCNNBlock.from_config(config).get_config() == config
+
+    @pytest.mark.parametrize("kernel_size", [3, 5])
+    def test_stack_is_causal_without_blind_spot(self, kernel_size):
+        # 3 layers reach 3n columns left/right and 3n+1 rows up: the whole 5×5 past.
+        model = gated_stack(3 if kernel_size == 5 else 4, kernel_size=kernel_size)
+        deps = dependency_matrix(model, 5, 5)
+        np.testing.assert_array_equal(deps, strictly_before(5, 5))
+
+    def test_single_a_block_sees_left_pixels_and_rows_above(self):
+        # k=3 (n=1): the horizontal stack sees (i, j-1); the vertical stack n+1 = 2 rows above.
+        deps = dependency_matrix(gated_stack(1), 5, 5)
+        q = 3 * 5 + 2  # (3, 2)
+        seen = {(int(p) // 5, int(p) % 5) for p in np.flatnonzero(deps[q])}
+        assert seen == {(3, 1), (2, 1), (2, 2), (2, 3), (1, 1), (1, 2), (1, 3)}
+
+    def test_class_bias_changes_output(self):
+        stack = gated_stack(2, num_classes=3)
+        x = np.random.default_rng(0).normal(size=(2, 5, 5, 2)).astype("float32")
+        stack(x, np.array([0, 0]))
+        for block in stack.blocks:
+            block.class_bias.embeddings.assign(keras.random.normal((3, 8), seed=1))
+        out_a = to_numpy(stack(x, np.array([0, 0])))
+        out_b = to_numpy(stack(x, np.array([0, 2])))
+        np.testing.assert_allclose(out_a[0], out_b[0])
+        assert np.abs(out_a[1] - out_b[1]).max() > 1e-3
+
+    def test_functional_model_saving_round_trip(self, tmp_path):
+        x, labels = keras.Input((4, 4, 2)), keras.Input((), dtype="int32")
+        v, h = GatedPixelCNNBlock(4, 3, num_classes=2, mask_type="A")([x, x, labels])
+        model = keras.Model([x, labels], GatedPixelCNNBlock(4, 3, num_classes=2)([v, h, labels]))
+        data = [np.random.default_rng(0).normal(size=(2, 4, 4, 2)).astype("float32")]
+        self.run_model_saving_test(model, [*data, np.array([1, 0], "int32")], tmp_path)
+
+    def test_incremental_methods_match_full_call(self):
+        n, width = 1, 5
+        block = GatedPixelCNNBlock(4, 3)
+        rng = np.random.default_rng(0)
+        v = rng.normal(size=(2, 4, width, 4)).astype("float32")
+        h = rng.normal(size=(2, 4, width, 4)).astype("float32")
+        v_out, h_out = (to_numpy(t) for t in block([v, h]))
+        padded_v = np.pad(v, [(0, 0), (n, 0), (n, n), (0, 0)])
+        v_row, link_row = block.vertical_row(ops.convert_to_tensor(padded_v[:, 1 : 1 + n + 1]))  # row r = 1
+        self.assertAllClose(v_row, v_out[:, 1:2], atol=1e-5)
+        padded_h = np.pad(h, [(0, 0), (0, 0), (n, 0), (0, 0)])
+        i, j = 2, 3
+        window = ops.convert_to_tensor(padded_h[:, i : i + 1, j : j + n + 1])
+        link = ops.convert_to_tensor(to_numpy(link_row)[:, :, j : j + 1])
+        residual = ops.convert_to_tensor(h[:, i : i + 1, j : j + 1])
+        pixel = block.horizontal_pixel(window, link, h=residual)
+        self.assertAllClose(pixel, h_out[:, i : i + 1, j : j + 1], atol=1e-5)
+
+    @pytest.mark.parametrize(
+        "kwargs, error, match",
+        [
+            ({"filters": 0}, ValueError, "filters"),
+            ({"filters": 4.0}, TypeError, "filters"),
+            ({"kernel_size": 4}, ValueError, "kernel_size"),
+            ({"kernel_size": 1}, ValueError, "kernel_size"),
+            ({"num_classes": 0}, ValueError, "num_classes"),
+            ({"mask_type": "a"}, ValueError, "mask_type"),
+        ],
+    )
+    def test_rejects_bad_arguments(self, kwargs, error, match):
+        with pytest.raises(error, match=match):
+            GatedPixelCNNBlock(**{"filters": 4, "kernel_size": 3, **kwargs})
+
+    def test_rejects_missing_labels(self):
+        block = GatedPixelCNNBlock(4, 3, num_classes=2)
+        x = np.ones((1, 3, 3, 2), "float32")
+        with pytest.raises(ValueError, match="labels"):
+            block([x, x])

@@ -1,0 +1,253 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_vq.models import PixelCNNPrior, generate
+from tests.test_case import TestCase, to_numpy
+
+K = 8
+SHAPE = (4, 4)
+TINY = {"num_embeddings": K, "latent_shape": SHAPE, "num_layers": 3, "filters": 8}
+# Two code maps that differ at every position: any visible earlier code identifies the map.
+MAPS = np.array(
+    [
+        [[0, 1, 2, 3], [4, 5, 6, 7], [0, 2, 4, 6], [1, 3, 5, 7]],
+        [[7, 6, 5, 4], [3, 2, 1, 0], [7, 5, 3, 1], [6, 4, 2, 0]],
+    ],
+    dtype="int32",
+)
+
+
+def random_codes(batch, shape=SHAPE, k=K, seed=0):
+    return np.random.default_rng(seed).integers(0, k, (batch, *shape)).astype("int32")
+
+
+def greedy_by_full_passes(prior, num_samples, labels=None, uniform=None, temperature=0.0):
+    """Reference sampler: one full forward pass per position (the keras.io way)."""
+    codes = np.zeros((num_samples, *prior.latent_shape), "int32")
+    gumbel = None if uniform is None else -np.log(-np.log(uniform))
+    for i in range(prior.latent_shape[0]):
+        for j in range(prior.latent_shape[1]):
+            inputs = codes if labels is None else [codes, labels]
+            logits = to_numpy(prior(inputs))[:, i, j]
+            if gumbel is not None:
+                logits = logits + temperature * gumbel[:, i, j]
+            codes[:, i, j] = np.argmax(logits, axis=-1)
+    return codes
+
+
+def train_on_maps(num_classes=None, steps=60):
+    """Memorise MAPS: one epoch of ``steps`` batches of 32 (per-epoch overhead paid once)."""
+    keras.utils.set_random_seed(0)  # module fixtures run before the per-test seed reset
+    prior = PixelCNNPrior(**{**TINY, "filters": 16}, num_classes=num_classes)
+    prior.compile(optimizer=keras.optimizers.Adam(2e-2))
+    codes = np.tile(MAPS, (16 * steps, 1, 1))
+    labels = np.tile(np.array([0, 1], "int32"), 16 * steps)
+    data = codes if num_classes is None else (codes, labels)
+    history = prior.fit(data, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    return prior, history
+
+
+@pytest.fixture(scope="module")
+def unconditional_prior():
+    return train_on_maps()
+
+
+@pytest.fixture(scope="module")
+def conditional_prior():
+    return train_on_maps(num_classes=2)
+
+
+class TestPixelCNNPrior(TestCase):
+    def test_logits_shape_and_dtype(self):
+        prior = PixelCNNPrior(**TINY)
+        logits = prior(random_codes(3))
+        assert tuple(logits.shape) == (3, *SHAPE, K)
+        assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+
+    def test_logits_are_causal_in_raster_order_without_blind_spot(self):
+        height = width = 5
+        prior = PixelCNNPrior(K, (height, width), num_layers=3, filters=8, kernel_size=5)
+        # Spread the embeddings so every dependency moves the logits well above round-off.
+        prior.embedding.embeddings.assign(keras.random.normal((K, 8), seed=2))
+        base = random_codes(1, (height, width))
+        batch = np.repeat(base, height * width + 1, axis=0)
+        for p in range(height * width):
+            batch[p + 1, p // width, p % width] = (base[0, p // width, p % width] + 1) % K
+        logits = to_numpy(prior(batch)).reshape(height * width + 1, height * width, K)
+        deps = (np.abs(logits[1:] - logits[:1]).max(axis=-1) > 1e-5).T  # deps[q, p]
+        np.testing.assert_array_equal(deps, np.tri(height * width, k=-1, dtype=bool))
+        q = 3 * width + 2  # (3, 2): (2, 3) and (1, 4) lie in the classic blind spot.
+        for i, j in [(2, 3), (1, 4), (3, 1)]:
+            assert deps[q, i * width + j]
+
+    def test_sampler_equals_full_forward_passes(self):
+        prior = PixelCNNPrior(**TINY)
+        prior.embedding.embeddings.assign(keras.random.normal((K, 8), seed=3))
+        greedy = to_numpy(prior.sample(5, temperature=0.0, seed=0))
+        np.testing.assert_array_equal(greedy, greedy_by_full_passes(prior, 5))
+        uniform = np.random.default_rng(1).uniform(1e-6, 1.0, (5, *SHAPE, K)).astype("float32")
+        zeros = np.zeros((5,), "int32")
+        fast = to_numpy(prior._sample_from_uniform(uniform, 0.7, zeros))
+        slow = greedy_by_full_passes(prior, 5, uniform=uniform, temperature=0.7)
+        np.testing.assert_array_equal(fast, slow)
+        # The compiled loop takes the weights as arguments: new weights are used at once.
+        for v in prior.trainable_variables:
+            v.assign(keras.random.normal(v.shape, seed=4) * 0.5)
+        np.testing.assert_array_equal(
+            to_numpy(prior.sample(5, temperature=0.0)), greedy_by_full_passes(prior, 5)
+        )
+
+    def test_sample_is_int32_and_seeded(self):
+        prior = PixelCNNPrior(**TINY)
+        first = prior.sample(6, seed=7)
+        assert tuple(first.shape) == (6, *SHAPE)
+        assert keras.backend.standardize_dtype(first.dtype) == "int32"
+        np.testing.assert_array_equal(to_numpy(first), to_numpy(prior.sample(6, seed=7)))
+        assert np.any(to_numpy(first) != to_numpy(prior.sample(6, seed=8)))
+        codes = to_numpy(first)
+        assert codes.min() >= 0 and codes.max() < K
+
+    def test_trained_prior_reproduces_its_two_maps(self, unconditional_prior):
+        prior, _ = unconditional_prior
+        logs = prior.evaluate(MAPS, verbose=0, return_dict=True)
+        assert logs["loss"] < 0.1  # the optimum is ln(2)/16: a coin flip at (0, 0), then certain
+        samples = to_numpy(prior.sample(8, temperature=0.1, seed=0))
+        for sample in samples:
+            assert any(np.array_equal(sample, m) for m in MAPS), sample
+        greedy = to_numpy(prior.sample(2, temperature=0.0))
+        np.testing.assert_array_equal(greedy, greedy_by_full_passes(prior, 2))
+
+    def test_conditional_prior_samples_the_map_of_its_label(self, conditional_prior):
+        prior, history = conditional_prior
+        assert set(history.history) >= {"loss", "accuracy", "bits_per_code"}
+        labels = np.array([0, 1, 1, 0], "int32")
+        samples = to_numpy(prior.sample(4, temperature=0.5, seed=1, labels=labels))
+        np.testing.assert_array_equal(samples, MAPS[labels])
+        np.testing.assert_array_equal(to_numpy(prior.sample(2, labels=1, seed=2)), MAPS[[1, 1]])
+        greedy = to_numpy(prior.sample(4, temperature=0.0, labels=labels))
+        np.testing.assert_array_equal(greedy, greedy_by_full_passes(prior, 4, labels=labels))
+
+    def test_fit_and_evaluate_log_loss_accuracy_bits(self):
+        prior = PixelCNNPrior(**TINY)
+        prior.compile(optimizer="adam")
+        codes = random_codes(8)
+        history = prior.fit(codes, batch_size=4, epochs=2, verbose=0)
+        assert set(history.history) == {"loss", "accuracy", "bits_per_code"}
+        logs = prior.evaluate(codes, batch_size=8, verbose=0, return_dict=True)
+        logits = to_numpy(prior(codes))
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nll = -np.take_along_axis(log_probs, codes[..., None], -1).mean()
+        accuracy = (logits.argmax(-1) == codes).mean()
+        np.testing.assert_allclose(logs["loss"], nll, rtol=1e-4)
+        np.testing.assert_allclose(logs["bits_per_code"], nll / math.log(2.0), rtol=1e-4)
+        np.testing.assert_allclose(logs["accuracy"], accuracy, atol=1e-6)
+
+    def test_conditional_fit_needs_labels_and_evaluates_on_pairs(self, conditional_prior):
+        prior, _ = conditional_prior
+        codes, labels = MAPS, np.array([0, 1], "int32")
+        logs = prior.evaluate((codes, labels), verbose=0, return_dict=True)
+        assert logs["loss"] < 0.1 and logs["accuracy"] == 1.0
+        swapped = prior.evaluate((codes, labels[::-1]), verbose=0, return_dict=True)
+        assert swapped["loss"] > 1.0  # the labels matter
+        with pytest.raises(ValueError, match="labels"):
+            prior.fit(codes, batch_size=2, epochs=1, verbose=0)
+
+    def test_config_round_trip(self):
+        prior = PixelCNNPrior(**TINY, kernel_size=5, num_classes=2, name="prior")
+        config = prior.get_config()
+        for key, value in {**TINY, "kernel_size": 5, "num_classes": 2}.items():
+            assert config[key] == (list(value) if isinstance(value, tuple) else value)
+        revived = PixelCNNPrior.from_config(config)
+        assert revived.get_config() == config
+        assert len(revived.weights) == len(prior.weights)
+
+    @pytest.mark.parametrize("num_classes", [None, 2])
+    def test_keras_save_load_gives_identical_logits_and_samples(self, tmp_path, num_classes):
+        prior = PixelCNNPrior(**TINY, num_classes=num_classes)
+        codes = random_codes(3)
+        labels = np.array([0, 1, 1], "int32")
+        inputs = codes if num_classes is None else [codes, labels]
+        revived = self.run_model_saving_test(prior, inputs, tmp_path)
+        assert isinstance(revived, PixelCNNPrior)
+        kwargs = {} if num_classes is None else {"labels": labels}
+        np.testing.assert_array_equal(
+            to_numpy(prior.sample(3, seed=5, **kwargs)), to_numpy(revived.sample(3, seed=5, **kwargs))
+        )
+
+    def test_generate_decodes_prior_samples(self):
+        class TinyVQVAE:
+            num_embeddings = K
+
+            def __init__(self):
+                self.codebook = keras.layers.Embedding(K, 3)
+                self.codebook.build((None,))
+
+            def decode(self, codes):
+                return ops.sigmoid(self.codebook(codes))
+
+        vqvae, prior = TinyVQVAE(), PixelCNNPrior(**TINY)
+        images = generate(vqvae, prior, 2, temperature=0.5, seed=3)
+        expected = vqvae.decode(prior.sample(2, temperature=0.5, seed=3))
+        assert tuple(images.shape) == (2, *SHAPE, 3)
+        self.assertAllClose(images, expected)
+        with pytest.raises(TypeError, match="vqvae"):
+            generate(object(), prior, 2)
+        vqvae.num_embeddings = K + 1
+        with pytest.raises(ValueError, match="num_embeddings"):
+            generate(vqvae, prior, 2)
+
+    @pytest.mark.parametrize(
+        "kwargs, error, match",
+        [
+            ({"num_embeddings": 0}, ValueError, "num_embeddings"),
+            ({"latent_shape": (4,)}, ValueError, "latent_shape"),
+            ({"latent_shape": (4, 0)}, ValueError, "latent_shape"),
+            ({"num_layers": 0}, ValueError, "num_layers"),
+            ({"filters": 2.5}, TypeError, "filters"),
+            ({"kernel_size": 4}, ValueError, "kernel_size"),
+            ({"num_classes": 0}, ValueError, "num_classes"),
+        ],
+    )
+    def test_constructor_rejects_bad_arguments(self, kwargs, error, match):
+        with pytest.raises(error, match=match):
+            PixelCNNPrior(**{**TINY, **kwargs})
+
+    def test_call_rejects_bad_codes_and_labels(self):
+        prior = PixelCNNPrior(**TINY)
+        with pytest.raises(TypeError, match="codes"):
+            prior(random_codes(2).astype("float32"))
+        with pytest.raises(ValueError, match=r"codes.*\[0, 7\]"):
+            prior(random_codes(2) + K)
+        with pytest.raises(ValueError, match=r"codes.*latent_shape"):
+            prior(random_codes(2, (5, 4)))
+        with pytest.raises(ValueError, match="unconditional"):
+            prior([random_codes(2), np.zeros(2, "int32")])
+        conditional = PixelCNNPrior(**TINY, num_classes=2)
+        with pytest.raises(ValueError, match="labels"):
+            conditional(random_codes(2))
+        with pytest.raises(ValueError, match=r"labels.*\[0, 1\]"):
+            conditional([random_codes(2), np.array([0, 2], "int32")])
+        with pytest.raises(TypeError, match="labels"):
+            conditional([random_codes(2), np.array([0.0, 1.0])])
+
+    def test_sample_rejects_bad_arguments(self):
+        prior = PixelCNNPrior(**TINY)
+        conditional = PixelCNNPrior(**TINY, num_classes=2)
+        cases = [
+            (prior, {"num_samples": 0}, ValueError, "num_samples"),
+            (prior, {"num_samples": 2.0}, TypeError, "num_samples"),
+            (prior, {"num_samples": 2, "temperature": -1.0}, ValueError, "temperature"),
+            (prior, {"num_samples": 2, "temperature": "hot"}, TypeError, "temperature"),
+            (prior, {"num_samples": 2, "seed": -1}, ValueError, "seed"),
+            (prior, {"num_samples": 2, "labels": [0, 1]}, ValueError, "labels"),
+            (conditional, {"num_samples": 2}, ValueError, "labels"),
+            (conditional, {"num_samples": 2, "labels": [0, 1, 1]}, ValueError, "labels"),
+            (conditional, {"num_samples": 2, "labels": 2}, ValueError, "labels"),
+        ]
+        for model, kwargs, error, match in cases:
+            with pytest.raises(error, match=match):
+                model.sample(**kwargs)

@@ -1,0 +1,154 @@
+import keras
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+from keras_vq.models import VAE
+from tests.test_case import TestCase, to_numpy
+
+D, L, SIGMA = 5, 2, 0.5
+
+
+def linear_gaussian_vae(posterior_shift: float = 0.0, posterior_log_var_shift: float = 0.0):
+    """p(z) = N(0, I), p(x|z) = N(Wz + b, σ²I) with a linear encoder.
+
+    W has orthogonal columns, so the exact posterior N(A(x - b), Σ) is diagonal:
+    Σ = (I + WᵀW/σ²)⁻¹, A = Σ Wᵀ/σ². The shifts move q(z|x) away from it.
+    """
+    rng = np.random.default_rng(3)
+    q, _ = np.linalg.qr(rng.normal(size=(D, L)))
+    w = q * np.array([1.5, 0.7])
+    b = rng.normal(size=D)
+    sigma_post = np.linalg.inv(np.eye(L) + w.T @ w / SIGMA**2)
+    a = sigma_post @ w.T / SIGMA**2
+
+    enc_in = keras.Input((D,))
+    z_mean = keras.layers.Dense(L, name="z_mean")(enc_in)
+    z_log_var = keras.layers.Dense(L, name="z_log_var")(enc_in)
+    encoder = keras.Model(enc_in, [z_mean, z_log_var])
+    encoder.get_layer("z_mean").set_weights([a.T, -a @ b + posterior_shift])
+    encoder.get_layer("z_log_var").set_weights(
+        [np.zeros((D, L)), np.log(np.diag(sigma_post)) + posterior_log_var_shift]
+    )
+    dec_in = keras.Input((L,))
+    decoder = keras.Model(dec_in, keras.layers.Dense(D, name="mean")(dec_in))
+    decoder.get_layer("mean").set_weights([w.T, b])
+    model = VAE(
+        input_shape=(D,),
+        latent_dim=L,
+        encoder=encoder,
+        decoder=decoder,
+        likelihood="gaussian",
+        observation_scale=SIGMA,
+    )
+    marginal = multivariate_normal(mean=b, cov=w @ w.T + SIGMA**2 * np.eye(D))
+    x = marginal.rvs(size=6, random_state=1).astype("float32")
+    return model, x, marginal.logpdf(x)
+
+
+def tiny_vae(**kwargs):
+    kwargs.setdefault("latent_dim", 4)
+    return VAE(input_shape=(8, 8, 1), filters=(8,), **kwargs)
+
+
+class TestVAE(TestCase):
+    def test_elbo_is_exact_with_the_true_posterior(self):
+        model, x, log_px = linear_gaussian_vae()
+        self.assertAllClose(model.elbo(x, seed=0), log_px, atol=1e-3, rtol=1e-4)
+        self.assertAllClose(model.log_likelihood(x, num_samples=7, seed=0), log_px, atol=1e-3)
+
+    def test_iwae_tightens_towards_log_px(self):
+        model, x, log_px = linear_gaussian_vae(posterior_shift=0.8, posterior_log_var_shift=1.0)
+        repeats = {1: 300, 10: 60, 1000: 10}
+
+        def expected_bound(num_samples):
+            # Seeds far apart: Keras' torch backend derives the k-th draw of seed s from s + k,
+            # so neighbouring seeds would share most of their samples.
+            draws = [
+                to_numpy(model.log_likelihood(x, num_samples=num_samples, seed=10007 * i))
+                for i in range(repeats[num_samples])
+            ]
+            return np.mean(draws, axis=0)
+
+        elbo, iwae_10, iwae_1000 = (expected_bound(s) for s in (1, 10, 1000))
+        # Jensen: E[ELBO] ≤ E[IWAE_10] ≤ E[IWAE_1000] ≤ log p(x), tight as S → ∞.
+        assert elbo.mean() + 0.1 < iwae_10.mean() < iwae_1000.mean() - 0.02
+        # The estimator is a bound in expectation; single draws scatter by a few 0.01 nats.
+        assert iwae_1000.mean() <= log_px.mean() + 0.03
+        np.testing.assert_allclose(iwae_1000, log_px, atol=0.15)
+
+    def test_fit_lowers_loss_and_logs_terms(self, digits):
+        images = digits[0][:512]
+        model = tiny_vae(seed=0)
+        model.compile(optimizer=keras.optimizers.Adam(3e-3))
+        history = model.fit(images, epochs=4, batch_size=64, verbose=0).history
+        assert set(history) >= {"loss", "reconstruction_loss", "kl_loss"}
+        assert history["loss"][-1] < history["loss"][0] - 1.0
+        assert history["kl_loss"][-1] > 0
+        logs = model.evaluate(images, batch_size=64, verbose=0, return_dict=True)
+        assert logs["loss"] == pytest.approx(logs["reconstruction_loss"] + logs["kl_loss"], rel=1e-4)
+        # The IWAE bound is at least the ELBO (nats per example).
+        iwae = to_numpy(model.log_likelihood(images[:16], num_samples=50, seed=0)).mean()
+        elbo = np.mean([to_numpy(model.elbo(images[:16], seed=s)).mean() for s in range(5)])
+        assert iwae >= elbo
+
+    def test_gaussian_likelihood_with_learnt_scale(self, digits):
+        model = tiny_vae(likelihood="gaussian")
+        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+        before = float(to_numpy(model.log_scale))
+        model.fit(digits[0][:128], epochs=2, batch_size=32, verbose=0)
+        assert float(to_numpy(model.log_scale)) < before  # σ shrinks as the fit improves
+
+    def test_encode_decode_sample_contract(self, digits):
+        model = tiny_vae()
+        z_mean, z_log_var = model.encode(digits[0][:3])
+        assert tuple(z_mean.shape) == tuple(z_log_var.shape) == (3, 4)
+        images = to_numpy(model.decode(z_mean))
+        assert images.shape == (3, 8, 8, 1)
+        assert images.min() >= 0 and images.max() <= 1  # Bernoulli means
+        self.assertAllClose(model(digits[0][:3]), images, atol=1e-5)
+        first = to_numpy(model.sample(5, seed=1))
+        assert first.shape == (5, 8, 8, 1)
+        np.testing.assert_array_equal(first, to_numpy(model.sample(5, seed=1)))
+        assert not np.allclose(first, to_numpy(model.sample(5, seed=2)))
+
+    def test_save_load_round_trip(self, digits, tmp_path):
+        model = tiny_vae(likelihood="gaussian", beta=0.5)
+        model.compile(optimizer="adam")
+        model.fit(digits[0][:64], epochs=1, batch_size=32, verbose=0)
+        revived = self.run_model_saving_test(model, digits[0][:8], tmp_path)
+        assert revived.get_config() == model.get_config()
+        self.assertAllClose(revived.log_scale, model.log_scale)
+
+    def test_custom_networks_round_trip(self, tmp_path):
+        model, x, _ = linear_gaussian_vae()
+        self.run_model_saving_test(model, x, tmp_path)
+
+    def test_wrong_input_shape_raises(self):
+        model = tiny_vae()
+        with pytest.raises(ValueError, match=r"images.*\(batch, 8, 8, 1\)"):
+            model.encode(np.zeros((2, 16, 16, 1), "float32"))
+        with pytest.raises(ValueError, match="z"):
+            model.decode(np.zeros((2, 5), "float32"))
+
+    @pytest.mark.parametrize(
+        "kwargs, error, match",
+        [
+            ({"input_shape": (8, 8, 1), "latent_dim": 0}, ValueError, "latent_dim"),
+            ({"input_shape": (8, 8, 1), "likelihood": "poisson"}, ValueError, "likelihood"),
+            ({"input_shape": (8, 8, 1), "beta": -1}, ValueError, "beta"),
+            ({"input_shape": (8, 8, 1), "observation_scale": 0.0}, ValueError, "observation_scale"),
+            ({"input_shape": (6, 6, 1)}, ValueError, "divisible"),
+            ({"input_shape": (8, 8, 1), "encoder": "conv"}, TypeError, "encoder"),
+        ],
+    )
+    def test_bad_arguments_raise(self, kwargs, error, match):
+        with pytest.raises(error, match=match):
+            VAE(**kwargs)
+
+    def test_bad_method_arguments_raise(self, digits):
+        model = tiny_vae()
+        with pytest.raises(ValueError, match="num_samples"):
+            model.sample(0)
+        with pytest.raises(ValueError, match="num_samples"):
+            model.log_likelihood(digits[0][:2], num_samples=0)

@@ -1,0 +1,447 @@
+"""SavedModel export: signatures checked in a fresh process that cannot import keras_vq.
+
+The models are exported once per module; one subprocess reloads every artifact with
+``tf.saved_model.load``, calls each signature by name with named inputs and writes the
+outputs as ``.npy``; the tests compare them with the Keras models' own outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from keras_vq.export import _version_dir, export_generator, export_saved_model
+from keras_vq.models import VAE, VQVAE, PixelCNNPrior
+from tests.test_case import to_numpy
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE_SHAPE = (8, 8, 1)
+K = 8
+ATOL = 1e-5
+
+# Runs with `python -I` in a temporary cwd: no PYTHONPATH, no repository on sys.path.
+RELOAD_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    sys.modules["keras_vq"] = None  # installed (editable) in the venv: block it outright
+    try:
+        import keras_vq  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("keras_vq must not be importable in the reload process")
+
+    import json
+
+    import numpy as np
+    import tensorflow as tf
+
+    calls = json.load(open(sys.argv[1]))
+    loaded, results = {}, {}
+    for call_id, call in calls.items():
+        if call["path"] not in loaded:
+            loaded[call["path"]] = tf.saved_model.load(call["path"])
+        fn = loaded[call["path"]].signatures[call["signature"]]
+        inputs = {name: tf.constant(np.load(path)) for name, path in call["inputs"].items()}
+        result = {
+            "inputs": sorted(fn.structured_input_signature[1]),
+            "outputs": sorted(fn.structured_outputs),
+            "error": None,
+        }
+        try:
+            outputs = fn(**inputs)
+        except tf.errors.InvalidArgumentError as error:
+            result["error"] = error.message
+        else:
+            for name, value in outputs.items():
+                np.save(f"{call['prefix']}.{name}.npy", value.numpy())
+        results[call_id] = result
+    json.dump(results, open(sys.argv[2], "w"))
+    """
+)
+
+
+def tiny_vae():
+    return VAE(input_shape=IMAGE_SHAPE, latent_dim=3, filters=(4,))
+
+
+def tiny_vqvae():
+    return VQVAE(input_shape=IMAGE_SHAPE, num_embeddings=K, embedding_dim=4, filters=(4,))
+
+
+def tiny_prior(latent_shape, num_classes=None, num_embeddings=K):
+    return PixelCNNPrior(
+        num_embeddings,
+        latent_shape,
+        num_layers=2,
+        filters=4,
+        kernel_size=3,
+        num_classes=num_classes,
+    )
+
+
+class Served:
+    """The exports, and every call's served outputs next to the Keras models' outputs.
+
+    An export that raises is recorded, not raised: only the tests of that model fail (with
+    its traceback), and the others still run.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.paths: dict[str, str] = {}
+        self.errors: dict[str, Exception] = {}
+        self.calls: dict[str, dict] = {}
+        self.call_model: dict[str, str] = {}
+        self.expected: dict[str, dict[str, np.ndarray]] = {}
+        self.results: dict[str, dict] = {}
+
+    def export(self, name, fn, *args, **kwargs):
+        try:
+            self.paths[name] = fn(*args, **kwargs)
+        except Exception as error:
+            self.errors[name] = error
+
+    def path(self, name) -> str:
+        if name in self.errors:
+            raise self.errors[name]
+        return self.paths[name]
+
+    def add(self, call_id, signature, inputs, expected=None):
+        model = call_id.split(".")[0]
+        self.call_model[call_id] = model
+        if model in self.errors:
+            return
+        prefix = self.root / "calls" / call_id
+        prefix.parent.mkdir(exist_ok=True)
+        files = {}
+        for name, value in inputs.items():
+            files[name] = f"{prefix}.in.{name}.npy"
+            np.save(files[name], to_numpy(value))
+        self.calls[call_id] = {
+            "path": self.paths[model],
+            "signature": signature,
+            "inputs": files,
+            "prefix": str(prefix),
+        }
+        self.expected[call_id] = {k: to_numpy(v) for k, v in (expected or {}).items()}
+
+    def result(self, call_id) -> dict:
+        self.path(self.call_model[call_id])
+        return self.results[call_id]
+
+    def outputs(self, call_id) -> dict[str, np.ndarray]:
+        result = self.result(call_id)
+        assert result["error"] is None, result["error"]
+        prefix = self.calls[call_id]["prefix"]
+        return {name: np.load(f"{prefix}.{name}.npy") for name in result["outputs"]}
+
+    def reload_in_fresh_process(self):
+        calls_file, results_file = self.root / "calls.json", self.root / "results.json"
+        calls_file.write_text(json.dumps(self.calls))
+        script = self.root / "reload.py"
+        script.write_text(RELOAD_SCRIPT)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        proc = subprocess.run(
+            [sys.executable, "-I", str(script), str(calls_file), str(results_file)],
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+        self.results = json.loads(results_file.read_text())
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    s = Served(tmp_path_factory.mktemp("export"))
+    vae, vqvae = tiny_vae(), tiny_vqvae()
+    prior = tiny_prior(vqvae.latent_shape)
+    conditional_prior = tiny_prior(vqvae.latent_shape, num_classes=3)
+    s.export("vae", export_saved_model, vae, s.root / "vae")
+    s.export("vqvae", export_saved_model, vqvae, str(s.root / "vqvae"), version=1)
+    s.export("generator", export_generator, vqvae, prior, s.root / "generator")
+    s.export(
+        "greedy", export_generator, vqvae, conditional_prior, s.root / "greedy", temperature=0
+    )
+
+    images = rng.random((3, *IMAGE_SHAPE), dtype="float32")
+    one = images[:1]
+    latents = rng.normal(size=(2, vae.latent_dim)).astype("float32")
+    codes = rng.integers(0, K, size=(2, *vqvae.latent_shape), dtype="int32")
+    z_mean, z_log_var = vae.encode(images)
+    s.add("vae.reconstruct", "serving_default", {"images": images}, {"images": vae(images)})
+    s.add("vae.reconstruct_1", "serving_default", {"images": one}, {"images": vae(one)})
+    s.add("vae.encode", "encode", {"images": images}, {"z_mean": z_mean, "z_log_var": z_log_var})
+    s.add("vae.decode", "decode", {"latents": latents}, {"images": vae.decode(latents)})
+    s.add("vqvae.reconstruct", "serving_default", {"images": images}, {"images": vqvae(images)})
+    s.add("vqvae.encode", "encode", {"images": images}, {"codes": vqvae.encode(images)})
+    s.add("vqvae.encode_1", "encode", {"images": one}, {"codes": vqvae.encode(one)})
+    s.add("vqvae.decode", "decode", {"codes": codes}, {"images": vqvae.decode(codes)})
+
+    # Temperature 0 is the argmax path: exact on every backend, whatever the noise.
+    n, labels = np.int32(4), np.array([0, 2, 1, 2], "int32")
+    greedy = conditional_prior.sample(4, temperature=0.0, labels=labels)
+    expected = {"codes": greedy, "images": vqvae.decode(greedy)}
+    s.add("greedy.sample", "sample", {"num_samples": n, "labels": labels}, expected)
+    seeded = {"num_samples": n, "seed": np.int32(1), "labels": labels}
+    s.add("greedy.sample_seeded", "sample_seeded", seeded, expected)
+    bad_labels = {"num_samples": np.int32(2), "labels": np.array([0, 5], "int32")}
+    s.add("greedy.bad_labels", "sample", bad_labels)
+    for call_id, seed in [("seed7", 7), ("seed7_again", 7), ("seed8", 8), ("zero", 1)]:
+        count = np.int32(0 if call_id == "zero" else 3)
+        s.add(
+            f"generator.{call_id}", "sample_seeded", {"num_samples": count, "seed": np.int32(seed)}
+        )
+    for call_id in ("fresh_a", "fresh_b"):
+        s.add(f"generator.{call_id}", "sample", {"num_samples": np.int32(3)})
+
+    s.reload_in_fresh_process()
+
+    # Served codes decoded by the Keras VQVAE, and the prior's own draw for seed 7.
+    if "generator" not in s.errors:
+        for call_id in ("seed7", "seed8", "fresh_a"):
+            served_codes = s.outputs(f"generator.{call_id}")["codes"]
+            s.expected[f"generator.{call_id}"] = {"images": vqvae.decode(served_codes)}
+    s.prior_seed7_codes = to_numpy(prior.sample(3, temperature=1.0, seed=7))
+    return s
+
+
+def assert_outputs_match(served, call_id, exact=()):
+    outputs = served.outputs(call_id)
+    for name, expected in served.expected[call_id].items():
+        expected = to_numpy(expected)
+        if name in exact:
+            assert outputs[name].dtype == np.int32, (name, outputs[name].dtype)
+            np.testing.assert_array_equal(outputs[name], expected, err_msg=f"{call_id}:{name}")
+        else:
+            np.testing.assert_allclose(outputs[name], expected, atol=ATOL, err_msg=call_id)
+
+
+def signature_keys(served, call_id):
+    result = served.result(call_id)
+    return result["inputs"], result["outputs"]
+
+
+@pytest.mark.subprocess
+class TestServedSignatures:
+    def test_vae_signatures_match_the_keras_model(self, served):
+        assert signature_keys(served, "vae.reconstruct") == (["images"], ["images"])
+        assert signature_keys(served, "vae.encode") == (["images"], ["z_log_var", "z_mean"])
+        assert signature_keys(served, "vae.decode") == (["latents"], ["images"])
+        for call_id in ("vae.reconstruct", "vae.reconstruct_1", "vae.encode", "vae.decode"):
+            assert_outputs_match(served, call_id)
+
+    def test_vqvae_signatures_match_the_keras_model(self, served):
+        assert signature_keys(served, "vqvae.reconstruct") == (["images"], ["images"])
+        assert signature_keys(served, "vqvae.encode") == (["images"], ["codes"])
+        assert signature_keys(served, "vqvae.decode") == (["codes"], ["images"])
+        for call_id in ("vqvae.reconstruct", "vqvae.encode", "vqvae.encode_1", "vqvae.decode"):
+            assert_outputs_match(served, call_id, exact=("codes",))
+
+    def test_batch_dimension_is_dynamic(self, served):
+        assert served.outputs("vae.reconstruct")["images"].shape == (3, *IMAGE_SHAPE)
+        assert served.outputs("vae.reconstruct_1")["images"].shape == (1, *IMAGE_SHAPE)
+        assert served.outputs("vqvae.encode_1")["codes"].shape[0] == 1
+
+    def test_greedy_generator_matches_prior_sample_with_labels(self, served):
+        assert signature_keys(served, "greedy.sample") == (
+            ["labels", "num_samples"],
+            ["codes", "images"],
+        )
+        assert signature_keys(served, "greedy.sample_seeded") == (
+            ["labels", "num_samples", "seed"],
+            ["codes", "images"],
+        )
+        assert_outputs_match(served, "greedy.sample", exact=("codes",))
+        assert_outputs_match(served, "greedy.sample_seeded", exact=("codes",))
+
+    def test_generator_seed_repeats_and_images_decode_the_codes(self, served):
+        assert signature_keys(served, "generator.fresh_a") == (
+            ["num_samples"],
+            ["codes", "images"],
+        )
+        seed7 = served.outputs("generator.seed7")["codes"]
+        assert seed7.shape == (3, 4, 4) and seed7.dtype == np.int32
+        assert seed7.min() >= 0 and seed7.max() < K
+        np.testing.assert_array_equal(served.outputs("generator.seed7_again")["codes"], seed7)
+        assert not np.array_equal(served.outputs("generator.seed8")["codes"], seed7)
+        fresh_a = served.outputs("generator.fresh_a")["codes"]
+        assert not np.array_equal(served.outputs("generator.fresh_b")["codes"], fresh_a)
+        for call_id in ("generator.seed7", "generator.seed8", "generator.fresh_a"):
+            assert_outputs_match(served, call_id)
+
+    @pytest.mark.skipif(
+        keras.backend.backend() != "tensorflow",
+        reason="the same noise as prior.sample(seed=...) only with TensorFlow's RNG",
+    )
+    def test_seeded_generator_draws_what_prior_sample_draws(self, served):
+        codes = served.outputs("generator.seed7")["codes"]
+        np.testing.assert_array_equal(codes, served.prior_seed7_codes)
+
+    def test_bad_generator_requests_fail_with_a_message(self, served):
+        assert "num_samples" in served.result("generator.zero")["error"]
+        assert "labels" in served.result("greedy.bad_labels")["error"]
+
+    @pytest.mark.parametrize("name", ["vae", "vqvae", "generator", "greedy"])
+    def test_layout_is_tf_serving(self, served, name):
+        path = Path(served.path(name))
+        assert path == served.root / name / "1"
+        assert (path / "saved_model.pb").is_file()
+        assert (path / "variables" / "variables.index").is_file()
+        assert os.listdir(path.parent) == ["1"]  # no staging directory left behind
+
+    def test_second_export_takes_the_next_version(self, served):
+        base = Path(served.path("vqvae")).parent
+        first = (base / "1" / "saved_model.pb").read_bytes()
+        path = export_saved_model(tiny_vqvae(), base)
+        assert path == str(base / "2")
+        assert (base / "2" / "saved_model.pb").is_file()
+        assert (base / "1" / "saved_model.pb").read_bytes() == first
+
+    def test_refuses_to_overwrite_an_existing_version(self, served):
+        vae_path, greedy_path = Path(served.path("vae")), Path(served.path("greedy"))
+        with pytest.raises(FileExistsError, match=re.escape(str(vae_path))):
+            export_saved_model(tiny_vae(), vae_path.parent, version=1)
+        with pytest.raises(FileExistsError, match=re.escape(str(greedy_path))):
+            export_generator(tiny_vqvae(), tiny_prior((4, 4)), greedy_path.parent, 1)
+
+    def test_saved_model_cli_lists_the_signatures(self, served):
+        cli = Path(sys.executable).parent / "saved_model_cli"
+        if not cli.exists():
+            pytest.skip("saved_model_cli is not installed next to the interpreter")
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        proc = subprocess.run(
+            [str(cli), "show", "--dir", served.path("vqvae"), "--all"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        for name in ("serving_default", "encode", "decode"):
+            assert f"signature_def['{name}']" in proc.stdout
+        assert "DT_INT32" in proc.stdout
+
+
+class TestVersions:
+    def test_next_version_is_largest_existing_plus_one(self, tmp_path):
+        assert _version_dir(tmp_path / "new", None) == tmp_path / "new" / "1"
+        for name in ("1", "7", "notes", ".7.partial-abc"):
+            (tmp_path / name).mkdir()
+        (tmp_path / "12").write_text("a file, not a version")
+        assert _version_dir(tmp_path, None) == tmp_path / "8"
+        assert _version_dir(tmp_path, 3) == tmp_path / "3"
+        assert _version_dir(str(tmp_path), np.int64(0)) == tmp_path / "0"
+
+    @pytest.mark.parametrize("version", ["2", 1.0, True, [1]])
+    def test_non_integer_version_is_a_type_error(self, tmp_path, version):
+        with pytest.raises(TypeError, match="`version`"):
+            export_saved_model(tiny_vae(), tmp_path, version=version)
+        assert not tmp_path.joinpath("1").exists()
+
+    def test_negative_version_is_a_value_error(self, tmp_path):
+        with pytest.raises(ValueError, match="`version` must be >= 0, got -1"):
+            export_saved_model(tiny_vae(), tmp_path, version=-1)
+
+    def test_export_dir_must_be_a_path_to_a_directory(self, tmp_path):
+        with pytest.raises(TypeError, match="`export_dir`"):
+            export_saved_model(tiny_vae(), 42)
+        (tmp_path / "file").write_text("")
+        with pytest.raises(NotADirectoryError, match="`export_dir`"):
+            export_saved_model(tiny_vae(), tmp_path / "file")
+
+
+class TestBadModels:
+    def test_other_models_are_a_type_error_naming_the_accepted_types(self, tmp_path):
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        with pytest.raises(
+            TypeError,
+            match=r"`model` must be a keras_vq.models.VAE or "
+            r"keras_vq.models.VQVAE.*got Sequential",
+        ):
+            export_saved_model(model, tmp_path)
+        with pytest.raises(TypeError, match="export_generator"):
+            export_saved_model(tiny_prior((4, 4)), tmp_path)
+        assert list(tmp_path.iterdir()) == []
+
+    def test_unbuilt_model_is_a_value_error(self, tmp_path):
+        model = tiny_vae()
+        model.built = False
+        with pytest.raises(ValueError, match="`model` must be built"):
+            export_saved_model(model, tmp_path)
+
+    def test_generator_checks_its_pair(self, tmp_path):
+        vqvae = tiny_vqvae()
+        with pytest.raises(TypeError, match=r"`vqvae` must be a keras_vq\.models\.VQVAE"):
+            export_generator(tiny_vae(), tiny_prior((4, 4)), tmp_path)
+        with pytest.raises(TypeError, match=r"`prior` must be a keras_vq\.models\.PixelCNNPrior"):
+            export_generator(vqvae, vqvae, tmp_path)
+        with pytest.raises(ValueError, match="num_embeddings=4 codes but `vqvae` has"):
+            export_generator(vqvae, tiny_prior((4, 4), num_embeddings=4), tmp_path)
+        with pytest.raises(ValueError, match=r"latent_shape=\(3, 4\)"):
+            export_generator(vqvae, tiny_prior((3, 4)), tmp_path)
+        with pytest.raises(ValueError, match="`temperature`"):
+            export_generator(vqvae, tiny_prior((4, 4)), tmp_path, temperature=-1.0)
+        assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.subprocess
+class TestRecipe:
+    def run_recipe(self, *args, cwd):
+        # The keras_vq under test, as in this process (not another installed copy).
+        pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": pythonpath}
+        return subprocess.run(
+            [sys.executable, str(REPO / "recipes" / "export.py"), *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    def test_help_does_not_import_keras(self, tmp_path):
+        code = (
+            "import runpy, sys; sys.argv = ['export.py', '--help']\n"
+            "try:\n    runpy.run_path(sys.argv.pop(1), run_name='__main__')\n"
+            "except SystemExit as exit:\n    assert exit.code == 0\n"
+            "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules\n"
+        )
+        code = code.replace("sys.argv.pop(1)", repr(str(REPO / "recipes" / "export.py")))
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert "--model" in proc.stdout and "--prior" in proc.stdout
+
+    def test_prior_without_vqvae_is_a_usage_error(self, tmp_path):
+        proc = self.run_recipe("--prior", "p.keras", cwd=tmp_path)
+        assert proc.returncode == 2
+        assert "--vqvae" in proc.stderr
+
+    @pytest.mark.skipif(
+        keras.backend.backend() != "tensorflow",
+        reason="the recipe always exports with TensorFlow; once per suite is enough",
+    )
+    def test_exports_a_saved_model_and_prints_its_path(self, tmp_path):
+        model_path = tmp_path / "vqvae.keras"
+        tiny_vqvae().save(model_path)
+        proc = self.run_recipe("--model", str(model_path), "--out", "exports/vqvae", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        path = proc.stdout.strip().splitlines()[-1]
+        assert Path(tmp_path, path).resolve() == (tmp_path / "exports" / "vqvae" / "1")
+        assert (tmp_path / "exports" / "vqvae" / "1" / "saved_model.pb").is_file()

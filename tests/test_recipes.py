@@ -1,0 +1,344 @@
+"""End-to-end tests of the command-line recipes, each run in a fresh interpreter.
+
+Every recipe runs once on a tiny configuration (8x8 digits, one epoch of two steps); the
+trained VQ-VAE, VAE and prior are shared by the tests that need a model. Resume is checked by
+killing a training run with SIGKILL once it has written a checkpoint and running the same
+command again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import pytest
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+ALL_RECIPES = ("train_vae", "train_vqvae", "train_prior", "sample", "reconstruct", "pipeline")
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="the recipes run under KERAS_BACKEND=tensorflow; once per suite is enough",
+)
+
+TINY_RUN = "--batch-size 16 --epochs 1 --steps-per-epoch 2 --verbose 2".split()
+TINY_VQVAE = "--image-size 8 --filters 4 --num-embeddings 8 --embedding-dim 4".split()
+TINY_PRIOR = "--num-layers 2 --prior-filters 8 --kernel-size 3".split()
+TINY_VAE = "--image-size 8 --filters 4 --latent-dim 2 --iwae-samples 4".split()
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def command(recipe: str, *args: str) -> list[str]:
+    return [sys.executable, str(RECIPES / f"{recipe}.py"), *args]
+
+
+def run(recipe: str, *args: str, check: bool = True, timeout: float = 240):
+    result = subprocess.run(
+        command(recipe, *args), env=env(), capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{recipe} exited with {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
+            f"\n--- stderr\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image.size
+
+
+def grid_size(num_images: int, ncols: int, side: int = 8, padding: int = 2) -> tuple[int, int]:
+    """(width, height) of the PNG grid of ``num_images`` side x side images."""
+    rows = math.ceil(num_images / ncols)
+    return ncols * side + (ncols + 1) * padding, rows * side + (rows + 1) * padding
+
+
+def event_tags(log_dir: Path) -> set[str]:
+    import tensorflow as tf
+
+    tags = set()
+    for path in log_dir.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def check_run_dir(out: Path, recipe: str) -> dict:
+    """config.json and DONE are there; returns metrics.json."""
+    config = read_json(out / "config.json")
+    assert config["recipe"] == recipe
+    assert config["backend"] == "tensorflow"
+    assert config["versions"]["keras"] == keras.__version__
+    assert config["versions"]["keras_vq"]
+    assert config["args"]["out"] == str(out)
+    assert (out / "DONE").is_file()
+    assert not (out / "backup").exists(), "BackupAndRestore removes its checkpoint at the end"
+    return read_json(out / "metrics.json")
+
+
+def load(path: Path):
+    import keras_vq  # noqa: F401  (registers the classes)
+
+    return keras.saving.load_model(path)
+
+
+# --------------------------------------------------------------------------- shared runs
+
+
+@pytest.fixture(scope="module")
+def vqvae_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("recipes") / "vqvae"
+    run("train_vqvae", "--out", str(out), *TINY_VQVAE, *TINY_RUN)
+    return out
+
+
+@pytest.fixture(scope="module")
+def prior_dir(vqvae_dir):
+    out = vqvae_dir.parent / "prior"
+    vqvae = str(vqvae_dir / "vqvae.keras")
+    extra = "--conditional --num-samples 10".split()
+    run("train_prior", "--vqvae", vqvae, "--out", str(out), *extra, *TINY_PRIOR, *TINY_RUN)
+    return out
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("recipes") / "vae"
+    run("train_vae", "--out", str(out), *TINY_VAE, "--num-samples", "12", *TINY_RUN)
+    return out
+
+
+# --------------------------------------------------------------------------- --help
+
+
+@pytest.mark.parametrize("recipe", ALL_RECIPES)
+def test_help_answers_without_importing_keras(recipe):
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = [{str(RECIPES / (recipe + '.py'))!r}, '--help']\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code in (0, None), exit.code\n"
+        "print('IMPORTED', sorted(m for m in ('keras', 'tensorflow', 'keras_vq') "
+        "if m in sys.modules))\n"
+    )
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=env(), capture_output=True, text=True, timeout=60
+    )
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout and "--out" in result.stdout
+    assert "IMPORTED []" in result.stdout
+    assert elapsed < 10
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.mark.subprocess
+def test_train_vqvae_writes_model_logs_grid_and_metrics(vqvae_dir):
+    metrics = check_run_dir(vqvae_dir, "train_vqvae")
+    for key in ("test_reconstruction_mse", "test_perplexity", "test_codes_used"):
+        assert key in metrics
+    assert 1 <= metrics["test_codes_used"] <= 8
+    assert metrics["epochs"] == 1 and metrics["resumed_from_epoch"] == 0
+    assert metrics["latent_shape"] == [4, 4]
+    model = load(vqvae_dir / "vqvae.keras")
+    assert type(model).__name__ == "VQVAE" and model.num_embeddings == 8
+    assert png_size(vqvae_dir / "reconstructions.png") == grid_size(64, 8)  # 32 pairs
+    assert {"epoch_loss", "epoch_perplexity", "epoch_vq_loss"} <= event_tags(
+        vqvae_dir / "logs" / "train"
+    )
+    assert "epoch_loss" in event_tags(vqvae_dir / "logs" / "validation")
+    assert event_tags(vqvae_dir / "logs" / "images")
+
+
+@pytest.mark.subprocess
+def test_train_vae_writes_model_samples_and_likelihoods(vae_dir):
+    metrics = check_run_dir(vae_dir, "train_vae")
+    for key in ("test_reconstruction_mse", "test_elbo_nats", "test_iwae_nll_nats"):
+        assert math.isfinite(metrics[key])
+    # The IWAE bound is at least as tight as the ELBO (up to Monte-Carlo noise).
+    assert metrics["test_iwae_nll_nats"] <= -metrics["test_elbo_nats"] + 1.0
+    assert type(load(vae_dir / "vae.keras")).__name__ == "VAE"
+    assert png_size(vae_dir / "samples.png") == grid_size(12, 4)
+    assert png_size(vae_dir / "reconstructions.png") == grid_size(64, 8)
+    assert "epoch_kl_loss" in event_tags(vae_dir / "logs" / "train")
+
+
+@pytest.mark.subprocess
+def test_train_prior_on_vqvae_codes_with_labels(prior_dir):
+    metrics = check_run_dir(prior_dir, "train_prior")
+    assert math.isfinite(metrics["test_nll_nats_per_code"])
+    assert metrics["num_classes"] == 10 and metrics["latent_shape"] == [4, 4]
+    prior = load(prior_dir / "prior.keras")
+    assert type(prior).__name__ == "PixelCNNPrior"
+    assert prior.num_classes == 10 and prior.num_embeddings == 8
+    # One class per column: ten samples fill one row.
+    assert png_size(prior_dir / "samples.png") == grid_size(10, 10)
+    assert "epoch_accuracy" in event_tags(prior_dir / "logs" / "train")
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+@pytest.mark.subprocess
+def test_sample_vqvae_with_prior_and_labels(vqvae_dir, prior_dir, tmp_path):
+    out = tmp_path / "sample"
+    models = ["--vqvae", str(vqvae_dir / "vqvae.keras"), "--prior", str(prior_dir / "prior.keras")]
+    extra = "--labels 3,4 --num-samples 6 --sample-batch-size 4 --verbose 2".split()
+    run("sample", *models, *extra, "--out", str(out))
+    metrics = check_run_dir(out, "sample")
+    assert metrics["num_samples"] == 6 and metrics["image_shape"] == [8, 8, 1]
+    assert png_size(out / "samples.png") == grid_size(6, 3)
+
+
+@pytest.mark.subprocess
+def test_sample_vae(vae_dir, tmp_path):
+    out = tmp_path / "sample"
+    run("sample", "--vae", str(vae_dir / "vae.keras"), "--num-samples", "5", "--out", str(out))
+    check_run_dir(out, "sample")
+    assert png_size(out / "samples.png") == grid_size(5, 3)
+
+
+@pytest.mark.subprocess
+def test_sample_needs_a_model(tmp_path):
+    result = run("sample", "--out", str(tmp_path / "s"), check=False, timeout=60)
+    assert result.returncode == 2
+    assert "--vae" in result.stderr and "--prior" in result.stderr
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.subprocess
+def test_reconstruct_writes_pairs_and_mse(vqvae_dir, tmp_path):
+    out = tmp_path / "reconstruct"
+    extra = "--num-images 10 --ncols 5".split()
+    run("reconstruct", "--model", str(vqvae_dir / "vqvae.keras"), *extra, "--out", str(out))
+    metrics = check_run_dir(out, "reconstruct")
+    assert metrics["model"] == "VQVAE" and metrics["split"] == "test"
+    assert metrics["test_reconstruction_mse"] >= 0 and metrics["test_codes_used"] >= 1
+    assert png_size(out / "reconstructions.png") == grid_size(20, 5)
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+@pytest.mark.subprocess
+def test_pipeline_trains_samples_and_exports(tmp_path):
+    out = tmp_path / "pipeline"
+    extra = "--prior-epochs 1 --num-samples 4".split()
+    run("pipeline", "--out", str(out), *TINY_VQVAE, *TINY_PRIOR, *extra, *TINY_RUN)
+    metrics = check_run_dir(out, "pipeline")
+    assert math.isfinite(metrics["test_reconstruction_mse"])
+    assert math.isfinite(metrics["prior_test_nll_nats_per_code"])
+    assert check_run_dir(out / "vqvae", "train_vqvae")["epochs"] == 1
+    prior_config = read_json(out / "prior" / "config.json")
+    assert prior_config["args"]["vqvae"] == str(out / "vqvae" / "vqvae.keras")
+    assert type(load(out / "prior" / "prior.keras")).__name__ == "PixelCNNPrior"
+    assert png_size(out / "samples.png") == grid_size(4, 2)
+    assert metrics["export"] == {"vqvae": "export/vqvae/1", "generator": "export/generator/1"}
+
+    import numpy as np
+    import tensorflow as tf
+
+    served = tf.saved_model.load(str(out / "export" / "vqvae" / "1"))
+    codes = served.signatures["encode"](images=tf.zeros((2, 8, 8, 1)))["codes"]
+    assert codes.shape == (2, 4, 4) and codes.dtype == tf.int32
+    generator = tf.saved_model.load(str(out / "export" / "generator" / "1"))
+    images = generator.signatures["sample"](num_samples=tf.constant(2))["images"]
+    assert images.shape == (2, 8, 8, 1) and np.all(np.isfinite(images.numpy()))
+
+
+# --------------------------------------------------------------------------- output dir
+
+
+@pytest.mark.subprocess
+def test_finished_run_is_not_overwritten_without_flag(vqvae_dir, tmp_path):
+    out = tmp_path / "vqvae"
+    shutil.copytree(vqvae_dir, out)
+    before = (out / "metrics.json").read_text()
+    args = ["--out", str(out), *TINY_VQVAE, *TINY_RUN]
+    result = run("train_vqvae", *args, check=False, timeout=60)
+    assert result.returncode == 2
+    assert "already holds a finished train_vqvae run" in result.stderr
+    assert "--overwrite" in result.stderr
+    assert (out / "metrics.json").read_text() == before
+
+    # --overwrite replaces it, here with another configuration (MirroredStrategy, bf16).
+    extra = "--overwrite --distribute mirrored --precision mixed_bfloat16".split()
+    run("train_vqvae", *args, *extra)
+    metrics = check_run_dir(out, "train_vqvae")
+    config = read_json(out / "config.json")
+    assert config["args"]["distribute"] == "mirrored"
+    assert config["args"]["precision"] == "mixed_bfloat16"
+    assert math.isfinite(metrics["test_reconstruction_mse"])
+
+
+@pytest.mark.subprocess
+def test_unfinished_run_with_other_config_is_refused(vqvae_dir, tmp_path):
+    out = tmp_path / "vqvae"
+    shutil.copytree(vqvae_dir, out)
+    (out / "DONE").unlink()
+    args = ["--out", str(out), *TINY_VQVAE, *TINY_RUN, "--learning-rate", "0.01"]
+    result = run("train_vqvae", *args, check=False, timeout=60)
+    assert result.returncode == 2
+    assert "config mismatch" in result.stderr and "--learning-rate" in result.stderr
+
+
+@pytest.mark.subprocess
+def test_distribution_the_backend_lacks_is_an_error(tmp_path):
+    args = ["--out", str(tmp_path / "dp"), *TINY_VQVAE, *TINY_RUN, "--distribute", "data_parallel"]
+    result = run("train_vqvae", *args, check=False, timeout=60)
+    assert result.returncode == 2
+    assert "needs the JAX backend" in result.stderr
+    assert not (tmp_path / "dp").exists(), "refused before touching --out"
+
+
+@pytest.mark.subprocess
+def test_killed_training_resumes_from_last_checkpoint(tmp_path):
+    out = tmp_path / "vqvae"
+    long_run = "--batch-size 16 --epochs 6 --steps-per-epoch 150 --num-images 0 --verbose 2"
+    args = ["--out", str(out), *TINY_VQVAE, *long_run.split()]
+    metadata = out / "backup" / "training_metadata.json"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    process = subprocess.Popen(command("train_vqvae", *args), env=env(), **quiet)
+    try:
+        deadline = time.monotonic() + 180
+        while not metadata.is_file():
+            assert process.poll() is None, "training ended before it wrote a checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 180 s"
+            time.sleep(0.05)
+        assert process.poll() is None, "training finished before it could be killed"
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert not (out / "DONE").exists()
+
+    result = run("train_vqvae", *args)
+    assert "Resuming from the checkpoint after epoch" in result.stdout
+    assert "Epoch 6/6" in result.stdout and "Epoch 1/6" not in result.stdout
+    metrics = check_run_dir(out, "train_vqvae")
+    assert metrics["epochs"] == 6 and 1 <= metrics["resumed_from_epoch"] < 6
