@@ -108,7 +108,7 @@ def check_finite(name: str, x: Any) -> None:
 
 def check_integer_codes(name: str, codes: Any, num_embeddings: int) -> None:
     """Codes must have an integer dtype and lie in ``[0, num_embeddings)``."""
-    dtype = str(getattr(codes, "dtype", np.asarray(codes).dtype))
+    dtype = str(codes.dtype if hasattr(codes, "dtype") else np.asarray(codes).dtype)
     if "int" not in dtype:
         raise TypeError(f"`{name}` must have an integer dtype, got dtype {dtype}.")
     value = concrete_value(codes)

@@ -56,8 +56,17 @@ class RecipeError(Exception):
 # --------------------------------------------------------------------------- flags
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows defaults, except for flags and options whose help says what unset means."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if default is None or isinstance(default, bool) or default is argparse.SUPPRESS:
+            return text
+        if "%(default)" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)".strip()
 
 
 def new_parser(doc: str | None) -> argparse.ArgumentParser:
@@ -114,7 +123,7 @@ def add_train_args(
         "--steps-per-epoch",
         type=positive_int,
         default=None,
-        help="batches per epoch (default: one pass over the data); for short test runs",
+        help="batches per epoch (unset: one pass over the data); for short test runs",
     )
 
 
@@ -131,7 +140,7 @@ def add_vqvae_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--beta", type=float, default=0.25, help="commitment weight")
     group.add_argument(
-        "--ema-decay", type=float, default=None, help="EMA codebook decay (default: gradients)"
+        "--ema-decay", type=float, default=None, help="EMA codebook decay (unset: gradients)"
     )
     group.add_argument(
         "--dead-code-threshold", type=float, default=0.0, help="restart rarely used codes"
@@ -158,14 +167,14 @@ def add_sampling_args(parser: argparse.ArgumentParser, num_samples: int = 64) ->
         "--labels",
         default=None,
         help="class-conditional prior: one int, a comma list (cycled), or 'cycle' "
-        "(0, 1, ..., K-1, 0, ...; the default)",
+        "(0, 1, ..., K-1, 0, ...; also when unset)",
     )
     group.add_argument(
         "--sample-batch-size", type=positive_int, default=32, help="maps drawn per sampler call"
     )
 
 
-def add_run_args(parser: argparse.ArgumentParser, *, out: str, epochs: bool = True) -> None:
+def add_run_args(parser: argparse.ArgumentParser, *, out: str) -> None:
     group = parser.add_argument_group("run")
     group.add_argument("--out", default=out, help="output directory")
     group.add_argument(
@@ -173,7 +182,10 @@ def add_run_args(parser: argparse.ArgumentParser, *, out: str, epochs: bool = Tr
     )
     group.add_argument("--seed", type=non_negative_int, default=0, help="keras random seed")
     group.add_argument(
-        "--backend", choices=BACKENDS, default=None, help="Keras backend (default: KERAS_BACKEND)"
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="Keras backend (unset: KERAS_BACKEND, else keras.json)",
     )
     group.add_argument("--precision", choices=PRECISIONS, default="float32", help="dtype policy")
     group.add_argument(
@@ -518,6 +530,16 @@ def to_numpy(x: Any):
 
 def image_size(args: argparse.Namespace) -> int | None:
     return args.image_size or None
+
+
+def dataset_info(args: argparse.Namespace, image_size=None):
+    """``keras_vq.data.info`` for ``--dataset``; a bad name or size is a usage error."""
+    import keras_vq
+
+    try:
+        return keras_vq.data.info(args.dataset, args.data_dir, image_size=image_size)
+    except (ValueError, TypeError) as error:
+        raise RecipeError(f"--dataset {args.dataset}: {error}") from None
 
 
 def load_split(

@@ -38,7 +38,9 @@ def build_parser():
     _common.add_prior_args(parser)
     group = parser.add_argument_group("training (the VQ-VAE; --prior-* for the prior)")
     group.add_argument("--epochs", type=_common.positive_int, default=15, help="VQ-VAE epochs")
-    group.add_argument("--prior-epochs", type=_common.positive_int, default=15)
+    group.add_argument(
+        "--prior-epochs", type=_common.positive_int, default=15, help="prior epochs"
+    )
     group.add_argument("--batch-size", type=_common.positive_int, default=64, help="both stages")
     group.add_argument("--learning-rate", type=float, default=1e-3, help="VQ-VAE (Adam)")
     group.add_argument("--prior-learning-rate", type=float, default=1e-3, help="prior (Adam)")
@@ -46,7 +48,7 @@ def build_parser():
         "--steps-per-epoch",
         type=_common.positive_int,
         default=None,
-        help="batches per epoch of both stages (default: one pass); for short test runs",
+        help="batches per epoch of both stages (unset: one pass); for short test runs",
     )
     group.add_argument(
         "--num-images",

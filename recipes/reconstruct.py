@@ -27,7 +27,7 @@ def build_parser():
         "--model", default="runs/train_vqvae/vqvae.keras", help="trained VAE or VQ-VAE (.keras)"
     )
     _common.add_data_args(parser, image_size=False)
-    parser.add_argument("--split", default=None, help="split (default: --eval-split)")
+    parser.add_argument("--split", default=None, help="split (unset: --eval-split)")
     parser.add_argument("--num-images", type=_common.positive_int, default=32)
     parser.add_argument("--ncols", type=_common.positive_int, default=8, help="images per row")
     parser.add_argument("--batch-size", type=_common.positive_int, default=128)

@@ -45,7 +45,7 @@ def train(args, run: _common.Run) -> dict:
     import keras_vq
 
     vqvae = _common.load_model(args.vqvae, ("VQVAE",), "--vqvae")
-    info = keras_vq.data.info(args.dataset, args.data_dir)
+    info = _common.dataset_info(args)
     if info.image_shape[-1] != vqvae.image_shape[-1]:
         raise _common.RecipeError(
             f"--vqvae {args.vqvae} takes {vqvae.image_shape[-1]}-channel images but "

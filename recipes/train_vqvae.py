@@ -44,7 +44,7 @@ def train(args, run: _common.Run) -> dict:
     import keras_vq
 
     size = _common.image_size(args)
-    image_shape = keras_vq.data.info(args.dataset, args.data_dir, image_size=size).image_shape
+    image_shape = _common.dataset_info(args, size).image_shape
     train_data = _common.load_split(
         args,
         "train",

@@ -50,7 +50,8 @@ def nearest_code(flat_inputs, codebook, chunk_size: int = 4096):
         return ops.cast(ops.argmin(e_sq - 2.0 * ops.matmul(chunk, codebook_t), axis=-1), "int32")
 
     num_rows = flat_inputs.shape[0]
-    if num_rows is not None and num_rows <= chunk_size:
+    # A symbolic batch (jax2tf export) is not an int: take the chunked path, valid for any N.
+    if isinstance(num_rows, int) and num_rows <= chunk_size:
         return assign(flat_inputs)
 
     # Pad to whole chunks and scan over them (tf.map_fn / lax.map / a loop on torch).
@@ -108,9 +109,13 @@ class VectorQuantizer(keras.layers.Layer):
         inputs: float tensor ``(..., D)``.
         training: update EMA statistics, restarts and ``perplexity`` when true.
         return_indices: also return the int32 code indices, shape ``inputs.shape[:-1]``.
+        return_loss: return the VQ loss (float32 scalar) instead of adding it with
+            ``add_loss``: the caller owns it. keras_vq's models use this, because a layer's
+            ``losses`` list is shared by the replica threads of ``MirroredStrategy``.
 
     Returns:
-        Quantised tensor, same shape and dtype as ``inputs`` (and the indices if asked).
+        Quantised tensor, same shape and dtype as ``inputs``, followed by the indices and the
+        loss when asked for.
 
     Example:
         >>> vq = VectorQuantizer(num_embeddings=64, embedding_dim=8)
@@ -228,18 +233,23 @@ class VectorQuantizer(keras.layers.Layer):
         z = ops.cast(inputs, "float32")
         return z, ops.reshape(z, (-1, self.embedding_dim))
 
-    def call(self, inputs, training=None, return_indices=False):
+    def call(self, inputs, training=None, return_indices=False, return_loss=False):
         z, flat = self._flatten(inputs)
         indices = nearest_code(flat, self.codebook, self.chunk_size)
         quantized = ops.reshape(ops.take(self.codebook, indices, axis=0), ops.shape(z))
-        self.add_loss(vq_losses.vq_loss(z, quantized, self.beta, codebook_term=not self.uses_ema))
+        loss = vq_losses.vq_loss(z, quantized, self.beta, codebook_term=not self.uses_ema)
+        if not return_loss:
+            self.add_loss(loss)
         if training:
             self._update_state(flat, indices)
         # Straight-through estimator: forward value e_k, gradient identity w.r.t. z_e.
         outputs = inputs + ops.stop_gradient(ops.cast(quantized, inputs.dtype) - inputs)
+        extras = []
         if return_indices:
-            return outputs, ops.reshape(indices, ops.shape(inputs)[:-1])
-        return outputs
+            extras.append(ops.reshape(indices, ops.shape(inputs)[:-1]))
+        if return_loss:
+            extras.append(loss)
+        return (outputs, *extras) if extras else outputs
 
     def _update_state(self, flat, indices) -> None:
         counts = vq_metrics.code_counts(indices, self.num_embeddings)
@@ -322,11 +332,13 @@ class VectorQuantizer(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def compute_output_spec(self, inputs, training=None, return_indices=False):
-        outputs = keras.KerasTensor(inputs.shape, dtype=inputs.dtype)
+    def compute_output_spec(self, inputs, training=None, return_indices=False, return_loss=False):
+        outputs = [keras.KerasTensor(inputs.shape, dtype=inputs.dtype)]
         if return_indices:
-            return outputs, keras.KerasTensor(inputs.shape[:-1], dtype="int32")
-        return outputs
+            outputs.append(keras.KerasTensor(inputs.shape[:-1], dtype="int32"))
+        if return_loss:
+            outputs.append(keras.KerasTensor((), dtype="float32"))
+        return tuple(outputs) if len(outputs) > 1 else outputs[0]
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -115,13 +115,15 @@ class VQVAE(TrainStepMixin, keras.Model):
         images = self._check_images(x)
         target = images if y is None else y
         z_e = self.encoder(images, training=training)
-        z_q, codes = self.quantizer(z_e, training=training, return_indices=True)
+        z_q, codes, vq_loss = self.quantizer(
+            z_e, training=training, return_indices=True, return_loss=True
+        )
         reconstruction = self.decoder(z_q, training=training)
         reconstruction_loss = _common.weighted_mean(
             _common.per_example_mse(target, reconstruction), sample_weight
         )
-        vq_loss = _common.sum_losses(self.quantizer.losses)
-        total = reconstruction_loss + _common.sum_losses(self.losses)
+        # Other add_loss terms (a custom network's regularisers) are added as Keras would.
+        total = reconstruction_loss + vq_loss + _common.sum_losses(self.losses)
         self.reconstruction_loss_tracker.update_state(reconstruction_loss)
         self.vq_loss_tracker.update_state(vq_loss)
         self.perplexity_tracker.update_state(vq_metrics.perplexity(codes, self.num_embeddings))

@@ -10,6 +10,7 @@ from tests.test_case import TestCase, to_numpy
 
 K = 8
 SHAPE = (4, 4)
+B = 4  # one batch size everywhere: one compiled sampler per model
 TINY = {"num_embeddings": K, "latent_shape": SHAPE, "num_layers": 3, "filters": 8}
 # Two code maps that differ at every position: any visible earlier code identifies the map.
 MAPS = np.array(
@@ -52,6 +53,16 @@ def train_on_maps(num_classes=None, steps=60):
 
 
 @pytest.fixture(scope="module")
+def prior():
+    """An untrained prior shared by tests that leave its weights alone (one compiled sampler)."""
+    keras.utils.set_random_seed(0)
+    model = PixelCNNPrior(**TINY)
+    # Spread the embeddings so that the greedy path is not flat.
+    model.embedding.embeddings.assign(keras.random.normal((K, TINY["filters"]), seed=3))
+    return model
+
+
+@pytest.fixture(scope="module")
 def unconditional_prior():
     return train_on_maps()
 
@@ -62,10 +73,9 @@ def conditional_prior():
 
 
 class TestPixelCNNPrior(TestCase):
-    def test_logits_shape_and_dtype(self):
-        prior = PixelCNNPrior(**TINY)
-        logits = prior(random_codes(3))
-        assert tuple(logits.shape) == (3, *SHAPE, K)
+    def test_logits_shape_and_dtype(self, prior):
+        logits = prior(random_codes(B))
+        assert tuple(logits.shape) == (B, *SHAPE, K)
         assert keras.backend.standardize_dtype(logits.dtype) == "float32"
 
     def test_logits_are_causal_in_raster_order_without_blind_spot(self):
@@ -84,30 +94,33 @@ class TestPixelCNNPrior(TestCase):
         for i, j in [(2, 3), (1, 4), (3, 1)]:
             assert deps[q, i * width + j]
 
-    def test_sampler_equals_full_forward_passes(self):
-        prior = PixelCNNPrior(**TINY)
-        prior.embedding.embeddings.assign(keras.random.normal((K, 8), seed=3))
-        greedy = to_numpy(prior.sample(5, temperature=0.0, seed=0))
-        np.testing.assert_array_equal(greedy, greedy_by_full_passes(prior, 5))
-        uniform = np.random.default_rng(1).uniform(1e-6, 1.0, (5, *SHAPE, K)).astype("float32")
-        zeros = np.zeros((5,), "int32")
+    def test_sampler_equals_full_forward_passes(self, prior):
+        greedy = to_numpy(prior.sample(B, temperature=0.0, seed=0))
+        np.testing.assert_array_equal(greedy, greedy_by_full_passes(prior, B))
+        uniform = np.random.default_rng(1).uniform(1e-6, 1.0, (B, *SHAPE, K)).astype("float32")
+        zeros = np.zeros((B,), "int32")
         fast = to_numpy(prior._sample_from_uniform(uniform, 0.7, zeros))
-        slow = greedy_by_full_passes(prior, 5, uniform=uniform, temperature=0.7)
+        slow = greedy_by_full_passes(prior, B, uniform=uniform, temperature=0.7)
         np.testing.assert_array_equal(fast, slow)
-        # The compiled loop takes the weights as arguments: new weights are used at once.
-        for v in prior.trainable_variables:
-            v.assign(keras.random.normal(v.shape, seed=4) * 0.5)
-        np.testing.assert_array_equal(
-            to_numpy(prior.sample(5, temperature=0.0)), greedy_by_full_passes(prior, 5)
-        )
 
-    def test_sample_is_int32_and_seeded(self):
-        prior = PixelCNNPrior(**TINY)
-        first = prior.sample(6, seed=7)
-        assert tuple(first.shape) == (6, *SHAPE)
+    def test_sampler_follows_weight_updates(self, prior):
+        prior.sample(B, temperature=0.0)  # compiled with the current weights
+        saved = prior.get_weights()
+        try:
+            for v in prior.trainable_variables:
+                v.assign(keras.random.normal(v.shape, seed=4) * 0.5)
+            np.testing.assert_array_equal(
+                to_numpy(prior.sample(B, temperature=0.0)), greedy_by_full_passes(prior, B)
+            )
+        finally:
+            prior.set_weights(saved)
+
+    def test_sample_is_int32_and_seeded(self, prior):
+        first = prior.sample(B, seed=7)
+        assert tuple(first.shape) == (B, *SHAPE)
         assert keras.backend.standardize_dtype(first.dtype) == "int32"
-        np.testing.assert_array_equal(to_numpy(first), to_numpy(prior.sample(6, seed=7)))
-        assert np.any(to_numpy(first) != to_numpy(prior.sample(6, seed=8)))
+        np.testing.assert_array_equal(to_numpy(first), to_numpy(prior.sample(B, seed=7)))
+        assert np.any(to_numpy(first) != to_numpy(prior.sample(B, seed=8)))
         codes = to_numpy(first)
         assert codes.min() >= 0 and codes.max() < K
 
@@ -115,11 +128,11 @@ class TestPixelCNNPrior(TestCase):
         prior, _ = unconditional_prior
         logs = prior.evaluate(MAPS, verbose=0, return_dict=True)
         assert logs["loss"] < 0.1  # the optimum is ln(2)/16: a coin flip at (0, 0), then certain
-        samples = to_numpy(prior.sample(8, temperature=0.1, seed=0))
+        samples = to_numpy(prior.sample(B, temperature=0.1, seed=0))
         for sample in samples:
             assert any(np.array_equal(sample, m) for m in MAPS), sample
-        greedy = to_numpy(prior.sample(2, temperature=0.0))
-        np.testing.assert_array_equal(greedy, greedy_by_full_passes(prior, 2))
+        greedy = to_numpy(prior.sample(B, temperature=0.0))
+        np.testing.assert_array_equal(greedy, greedy_by_full_passes(prior, B))
 
     def test_conditional_prior_samples_the_map_of_its_label(self, conditional_prior):
         prior, history = conditional_prior
@@ -127,7 +140,7 @@ class TestPixelCNNPrior(TestCase):
         labels = np.array([0, 1, 1, 0], "int32")
         samples = to_numpy(prior.sample(4, temperature=0.5, seed=1, labels=labels))
         np.testing.assert_array_equal(samples, MAPS[labels])
-        np.testing.assert_array_equal(to_numpy(prior.sample(2, labels=1, seed=2)), MAPS[[1, 1]])
+        np.testing.assert_array_equal(to_numpy(prior.sample(B, labels=1, seed=2)), MAPS[[1] * B])
         greedy = to_numpy(prior.sample(4, temperature=0.0, labels=labels))
         np.testing.assert_array_equal(greedy, greedy_by_full_passes(prior, 4, labels=labels))
 
@@ -153,8 +166,11 @@ class TestPixelCNNPrior(TestCase):
         assert logs["loss"] < 0.1 and logs["accuracy"] == 1.0
         swapped = prior.evaluate((codes, labels[::-1]), verbose=0, return_dict=True)
         assert swapped["loss"] > 1.0  # the labels matter
+        # A fresh model: an error inside JAX's fit leaves that model's variables purged.
+        fresh = PixelCNNPrior(**TINY, num_classes=2)
+        fresh.compile(optimizer="adam")
         with pytest.raises(ValueError, match="labels"):
-            prior.fit(codes, batch_size=2, epochs=1, verbose=0)
+            fresh.fit(codes, batch_size=2, epochs=1, verbose=0)
 
     def test_config_round_trip(self):
         prior = PixelCNNPrior(**TINY, kernel_size=5, num_classes=2, name="prior")
@@ -165,20 +181,23 @@ class TestPixelCNNPrior(TestCase):
         assert revived.get_config() == config
         assert len(revived.weights) == len(prior.weights)
 
-    @pytest.mark.parametrize("num_classes", [None, 2])
-    def test_keras_save_load_gives_identical_logits_and_samples(self, tmp_path, num_classes):
-        prior = PixelCNNPrior(**TINY, num_classes=num_classes)
-        codes = random_codes(3)
-        labels = np.array([0, 1, 1], "int32")
-        inputs = codes if num_classes is None else [codes, labels]
-        revived = self.run_model_saving_test(prior, inputs, tmp_path)
+    def test_keras_save_load_gives_identical_logits_and_samples(self, tmp_path, prior):
+        revived = self.run_model_saving_test(prior, random_codes(B), tmp_path)
         assert isinstance(revived, PixelCNNPrior)
-        kwargs = {} if num_classes is None else {"labels": labels}
         np.testing.assert_array_equal(
-            to_numpy(prior.sample(3, seed=5, **kwargs)), to_numpy(revived.sample(3, seed=5, **kwargs))
+            to_numpy(prior.sample(B, seed=5)), to_numpy(revived.sample(B, seed=5))
         )
 
-    def test_generate_decodes_prior_samples(self):
+    def test_conditional_keras_save_load(self, tmp_path, conditional_prior):
+        prior, _ = conditional_prior
+        labels = np.array([0, 1, 1, 0], "int32")
+        revived = self.run_model_saving_test(prior, [random_codes(B), labels], tmp_path)
+        assert revived.num_classes == 2
+        np.testing.assert_array_equal(
+            to_numpy(revived.sample(B, seed=5, labels=labels)), MAPS[labels]
+        )
+
+    def test_generate_decodes_prior_samples(self, prior):
         class TinyVQVAE:
             num_embeddings = K
 
@@ -189,10 +208,10 @@ class TestPixelCNNPrior(TestCase):
             def decode(self, codes):
                 return ops.sigmoid(self.codebook(codes))
 
-        vqvae, prior = TinyVQVAE(), PixelCNNPrior(**TINY)
-        images = generate(vqvae, prior, 2, temperature=0.5, seed=3)
-        expected = vqvae.decode(prior.sample(2, temperature=0.5, seed=3))
-        assert tuple(images.shape) == (2, *SHAPE, 3)
+        vqvae = TinyVQVAE()
+        images = generate(vqvae, prior, B, temperature=0.5, seed=3)
+        expected = vqvae.decode(prior.sample(B, temperature=0.5, seed=3))
+        assert tuple(images.shape) == (B, *SHAPE, 3)
         self.assertAllClose(images, expected)
         with pytest.raises(TypeError, match="vqvae"):
             generate(object(), prior, 2)
@@ -216,8 +235,7 @@ class TestPixelCNNPrior(TestCase):
         with pytest.raises(error, match=match):
             PixelCNNPrior(**{**TINY, **kwargs})
 
-    def test_call_rejects_bad_codes_and_labels(self):
-        prior = PixelCNNPrior(**TINY)
+    def test_call_rejects_bad_codes_and_labels(self, prior):
         with pytest.raises(TypeError, match="codes"):
             prior(random_codes(2).astype("float32"))
         with pytest.raises(ValueError, match=r"codes.*\[0, 7\]"):
@@ -234,8 +252,7 @@ class TestPixelCNNPrior(TestCase):
         with pytest.raises(TypeError, match="labels"):
             conditional([random_codes(2), np.array([0.0, 1.0])])
 
-    def test_sample_rejects_bad_arguments(self):
-        prior = PixelCNNPrior(**TINY)
+    def test_sample_rejects_bad_arguments(self, prior):
         conditional = PixelCNNPrior(**TINY, num_classes=2)
         cases = [
             (prior, {"num_samples": 0}, ValueError, "num_samples"),
