@@ -1,7 +1,7 @@
 """What the three backend mixins share: argument unpacking and the end of a step."""
 
 import keras
-from keras import tree
+from keras import ops, tree
 
 
 def batch_size(x) -> int:
@@ -19,6 +19,12 @@ class StepMixinBase:
             self._loss_tracker.update_state(loss, sample_weight=batch_size(x))
         target = x if y is None else y
         return self.compute_metrics(x, target, y_pred, sample_weight)
+
+    @staticmethod
+    def _is_finite(loss):
+        """A NaN/Inf loss (a corrupt batch) skips the update instead of poisoning weights;
+        ``keras.callbacks.TerminateOnNaN`` then stops training on the logged NaN."""
+        return ops.all(ops.isfinite(loss))
 
     @staticmethod
     def _unpack(data):

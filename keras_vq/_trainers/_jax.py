@@ -51,10 +51,18 @@ class TrainStepMixin(StepMixinBase):
         (_, (loss, y_pred, updated)), grads = grad_fn(
             trainable, non_trainable, metrics_vars, optimizer_vars, x, y, sample_weight, True
         )
-        forward_trainable, non_trainable, metrics_vars = updated
-        new_trainable, optimizer_vars = self.optimizer.stateless_apply(
-            optimizer_vars, grads, trainable
+        forward_trainable, new_non_trainable, metrics_vars = updated
+        finite = self._is_finite(loss)
+        new_trainable, new_optimizer_vars = jax.lax.cond(
+            finite,
+            lambda: self.optimizer.stateless_apply(optimizer_vars, grads, trainable),
+            lambda: (list(trainable), list(optimizer_vars)),
         )
+        optimizer_vars = new_optimizer_vars
+        # A non-finite batch leaves the layers' state (EMA statistics, BN moments) as it was.
+        non_trainable = [
+            jax.numpy.where(finite, new, old) for new, old in zip(new_non_trainable, non_trainable)
+        ]
         # A trainable variable assigned in the forward pass (a restarted dead code) keeps that
         # assignment with the optimizer's step on top, as on TF and torch.
         new_trainable = [

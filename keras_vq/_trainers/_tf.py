@@ -1,6 +1,7 @@
 """TensorFlow step: GradientTape around the forward pass and the scaled loss."""
 
 import tensorflow as tf
+from keras import ops
 
 from keras_vq import _distribute
 from keras_vq._trainers._base import StepMixinBase
@@ -16,7 +17,12 @@ class TrainStepMixin(StepMixinBase):
             scaled = self.optimizer.scale_loss(loss / _distribute.num_replicas())
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
-        self.optimizer.apply(grads, variables)
+        if _distribute.num_replicas() == 1:
+            ops.cond(
+                self._is_finite(loss), lambda: self.optimizer.apply(grads, variables), lambda: None
+            )
+        else:  # the optimizer's cross-replica merge cannot sit inside a cond
+            self.optimizer.apply(grads, variables)
         return self._finish_step(loss, x, y, y_pred, sample_weight)
 
     def test_step(self, data):

@@ -13,8 +13,9 @@ class TrainStepMixin(StepMixinBase):
         self.optimizer.scale_loss(loss).backward()
         variables = self.trainable_variables
         grads = [v.value.grad for v in variables]
-        with torch.no_grad():
-            self.optimizer.apply(grads, variables)
+        if bool(self._is_finite(loss)):
+            with torch.no_grad():
+                self.optimizer.apply(grads, variables)
         return self._finish_step(loss.detach(), x, y, y_pred, sample_weight)
 
     def test_step(self, data):

@@ -100,9 +100,11 @@ class VAE(TrainStepMixin, keras.Model):
         self.built = True
 
     # ------------------------------------------------------------------ building blocks
-    def _check_inputs(self, x, name="images"):
+    def _check_inputs(self, x, finite: bool = False):
         x = ops.convert_to_tensor(x)
-        _validation.check_images(name, x, self.image_shape)
+        _validation.check_images("images", x, self.image_shape)
+        if finite:  # public eager methods only: the check reads the values back
+            _validation.check_finite("images", x)
         return x
 
     def _encode(self, x, training=False):
@@ -153,7 +155,7 @@ class VAE(TrainStepMixin, keras.Model):
 
     def encode(self, x):
         """Images → ``(z_mean, z_log_var)``, each float32 ``(B, latent_dim)``."""
-        return self._encode(self._check_inputs(x), training=False)
+        return self._encode(self._check_inputs(x, finite=True), training=False)
 
     def decode(self, z):
         """Latents ``(B, latent_dim)`` → mean images (probabilities for Bernoulli)."""
@@ -162,6 +164,7 @@ class VAE(TrainStepMixin, keras.Model):
             raise ValueError(
                 f"`z` must have shape (batch, {self.latent_dim}), got shape {tuple(z.shape)}."
             )
+        _validation.check_finite("z", z)
         return self._mean_image(self.decoder(z, training=False))
 
     def sample(self, num_samples: int, seed: int | None = None):
@@ -198,7 +201,7 @@ class VAE(TrainStepMixin, keras.Model):
         num_samples = _validation.check_int("num_samples", num_samples, minimum=1)
         chunk_size = _validation.check_int("chunk_size", chunk_size, minimum=1)
         seed = _validation.check_seed("seed", seed)
-        x = self._check_inputs(x)
+        x = self._check_inputs(x, finite=True)
         z_mean, z_log_var = self._encode(x, training=False)
         batch = ops.shape(x)[0]
         generator = keras.random.SeedGenerator(seed)

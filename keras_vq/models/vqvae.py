@@ -102,9 +102,11 @@ class VQVAE(TrainStepMixin, keras.Model):
         self.quantizer.build(z_e.shape)
         self.built = True
 
-    def _check_images(self, images):
+    def _check_images(self, images, finite: bool = False):
         images = ops.convert_to_tensor(images)
         _validation.check_images("images", images, self.image_shape)
+        if finite:  # public eager methods only: the check reads the values back
+            _validation.check_finite("images", images)
         return images
 
     def call(self, inputs, training=None):
@@ -131,7 +133,7 @@ class VQVAE(TrainStepMixin, keras.Model):
 
     def encode(self, images):
         """Images ``(B, H, W, C)`` → int32 codes ``(B, h, w)``."""
-        images = self._check_images(images)
+        images = self._check_images(images, finite=True)
         return self.quantizer.encode(self.encoder(images, training=False))
 
     def decode(self, codes):
