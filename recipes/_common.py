@@ -140,10 +140,16 @@ def add_vqvae_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--beta", type=float, default=0.25, help="commitment weight")
     group.add_argument(
-        "--ema-decay", type=float, default=None, help="EMA codebook decay (unset: gradients)"
+        "--ema-decay",
+        type=float,
+        default=0.99,
+        help="EMA codebook decay; 0 learns the codebook by gradients instead",
     )
     group.add_argument(
-        "--dead-code-threshold", type=float, default=0.0, help="restart rarely used codes"
+        "--dead-code-threshold",
+        type=float,
+        default=1.0,
+        help="restart codes assigned fewer than this many vectors per batch (EMA); 0 disables",
     )
 
 
@@ -742,36 +748,13 @@ def checkpoint_epoch(backup_dir: Path) -> int:
         return 0
 
 
-def has_tensorboard() -> bool:
-    """Whether the ``tensorboard`` package (behind ``tf.summary.scalar/image``) is installed."""
-    import importlib.util
-
-    return importlib.util.find_spec("tensorboard") is not None
-
-
-def _plugin_metadata(plugin: str) -> bytes:
-    from tensorflow.core.framework import summary_pb2
-
-    return summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin)
-    ).SerializeToString()
-
-
 def summary_images(name: str, images, step: int) -> None:
-    """``tf.summary.image`` into the default writer; without the tensorboard package, the same
-    record (``[width, height, png, ...]`` for the images plugin) through ``tf.summary.write``."""
+    """``tf.summary.image`` of (N, H, W, C) images in [0, 1] into the default writer."""
     import numpy as np
     import tensorflow as tf
 
     images = np.clip(np.nan_to_num(np.asarray(images, np.float32)), 0.0, 1.0)
-    if has_tensorboard():
-        tf.summary.image(name, images, step=step, max_outputs=len(images))
-        return
-    pixels = tf.image.convert_image_dtype(images, tf.uint8, saturate=True)
-    pngs = [tf.image.encode_png(image) for image in pixels]
-    size = [tf.as_string(images.shape[2]), tf.as_string(images.shape[1])]
-    tensor = tf.stack(size + pngs)
-    tf.summary.write(name, tensor, step=step, metadata=_plugin_metadata("images"))
+    tf.summary.image(name, images, step=step, max_outputs=len(images))
 
 
 def write_tensorboard_images(log_dir: Path, name: str, images, step: int = 0) -> None:
@@ -785,48 +768,10 @@ def write_tensorboard_images(log_dir: Path, name: str, images, step: int = 0) ->
 
 
 def tensorboard_callback(log_dir: Path):
-    """``keras.callbacks.TensorBoard`` (epoch logs to ``logs/train`` and ``logs/validation``).
-
-    Keras' callback needs the ``tensorboard`` package; without it the same ``epoch_<metric>``
-    scalars go to the same folders through ``tf.summary.write``, readable by TensorBoard.
-    """
+    """``keras.callbacks.TensorBoard`` (epoch logs to ``logs/train`` and ``logs/validation``)."""
     import keras
 
-    if has_tensorboard():
-        return keras.callbacks.TensorBoard(str(log_dir), write_graph=False)
-    import tensorflow as tf
-
-    metadata = _plugin_metadata("scalars")
-
-    class EpochScalars(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self._writers = {}
-
-        def on_epoch_end(self, epoch, logs=None):
-            for name, value in (logs or {}).items():
-                subdir, tag = (
-                    ("validation", name[4:]) if name.startswith("val_") else ("train", name)
-                )
-                if subdir not in self._writers:
-                    self._writers[subdir] = tf.summary.create_file_writer(str(log_dir / subdir))
-                with self._writers[subdir].as_default():
-                    tf.summary.write(
-                        f"epoch_{tag}", tf.constant(float(value)), step=epoch, metadata=metadata
-                    )
-            for writer in self._writers.values():
-                writer.flush()
-
-        def on_train_end(self, logs=None):
-            for writer in self._writers.values():
-                writer.close()
-
-    print(
-        "The tensorboard package is not installed: writing epoch scalars with tf.summary.write "
-        "(pip install tensorboard to view them and for keras.callbacks.TensorBoard).",
-        flush=True,
-    )
-    return EpochScalars()
+    return keras.callbacks.TensorBoard(str(log_dir), write_graph=False)
 
 
 def image_logger(log_dir: Path, images, render: Callable[[Any], dict[str, Any]]):
@@ -877,8 +822,11 @@ def fit(
     start_epoch = checkpoint_epoch(run.backup_dir)
     if start_epoch:
         print(f"Resuming from the checkpoint after epoch {start_epoch}/{args.epochs}.", flush=True)
-    if args.steps_per_epoch:
-        train_data = train_data.repeat()
+    # One endless stream (reshuffled every pass with the run's seed) cut into epochs; a resumed
+    # run skips the epochs it already trained on, so it sees exactly the batches an
+    # uninterrupted run would.
+    steps = args.steps_per_epoch or int(train_data.cardinality())
+    train_data = train_data.repeat().skip(start_epoch * steps)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run.backup_dir), double_checkpoint=True),
         tensorboard_callback(run.log_dir),
@@ -887,7 +835,7 @@ def fit(
     history = model.fit(
         train_data,
         epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
+        steps_per_epoch=steps,
         validation_data=validation_data,
         callbacks=callbacks,
         shuffle=False,  # the tf.data pipeline shuffles

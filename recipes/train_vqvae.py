@@ -77,7 +77,7 @@ def train(args, run: _common.Run) -> dict:
                 num_embeddings=args.num_embeddings,
                 embedding_dim=args.embedding_dim,
                 beta=args.beta,
-                ema_decay=args.ema_decay,
+                ema_decay=args.ema_decay or None,
                 filters=tuple(args.filters),
                 dead_code_threshold=args.dead_code_threshold,
                 seed=args.seed,

@@ -342,3 +342,22 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
     assert "Epoch 6/6" in result.stdout and "Epoch 1/6" not in result.stdout
     metrics = check_run_dir(out, "train_vqvae")
     assert metrics["epochs"] == 6 and 1 <= metrics["resumed_from_epoch"] < 6
+    # The resumed run ends with the weights of an uninterrupted one (same seed, TF, CPU).
+    reference = tmp_path / "reference"
+    run("train_vqvae", "--out", str(reference), *TINY_VQVAE, *long_run.split())
+    assert_same_weights(out / "vqvae.keras", reference / "vqvae.keras")
+
+
+def assert_same_weights(path_a: Path, path_b: Path) -> None:
+    model_a, model_b = load(path_a), load(path_b)
+    assert len(model_a.weights) == len(model_b.weights)
+    for a, b in zip(model_a.weights, model_b.weights):
+        assert (keras.ops.convert_to_numpy(a) == keras.ops.convert_to_numpy(b)).all(), a.path
+
+
+def test_same_seed_gives_bit_identical_weights(tmp_path):
+    args = [*TINY_VAE, "--batch-size", "16", "--epochs", "2", "--steps-per-epoch", "10"]
+    args += ["--num-samples", "4", "--verbose", "0", "--seed", "3"]
+    run("train_vae", "--out", str(tmp_path / "a"), *args)
+    run("train_vae", "--out", str(tmp_path / "b"), *args)
+    assert_same_weights(tmp_path / "a" / "vae.keras", tmp_path / "b" / "vae.keras")

@@ -6,10 +6,11 @@ import keras
 from keras import ops
 
 from keras_vq import _validation
+from keras_vq.layers._seed_state import SeedStateMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
-class Sampling(keras.layers.Layer):
+class Sampling(SeedStateMixin, keras.layers.Layer):
     """``z = μ + exp(½ log σ²) · ε``, ε ~ N(0, I) (the reparameterisation trick).
 
     The sample is a differentiable function of μ and log σ², so the ELBO's expectation

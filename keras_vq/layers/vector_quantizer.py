@@ -10,6 +10,7 @@ from keras import ops
 from keras_vq import _distribute, _validation
 from keras_vq import losses as vq_losses
 from keras_vq import metrics as vq_metrics
+from keras_vq.layers._seed_state import SeedStateMixin
 
 
 def squared_distances(flat_inputs, codebook):
@@ -66,7 +67,7 @@ def nearest_code(flat_inputs, codebook, chunk_size: int = 4096):
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
-class VectorQuantizer(keras.layers.Layer):
+class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
     """Nearest-neighbour vector quantiser with a straight-through gradient.
 
     Each input vector ``z_e`` (the last axis, size D) is replaced by its nearest code
