@@ -37,7 +37,11 @@ def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> dict[
 
 
 def machine() -> dict[str, Any]:
-    return {"cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}
+    return {
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+    }
 
 
 def emit(record: dict[str, Any]) -> None:

@@ -4,8 +4,8 @@
 # the order that avoids a known crash when both live in one process.
 import keras  # noqa: F401
 
-from keras_vq import data, layers, losses, metrics, models
+from keras_vq import data, export, layers, losses, metrics, models
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "data", "layers", "losses", "metrics", "models"]
+__all__ = ["__version__", "data", "export", "layers", "losses", "metrics", "models"]

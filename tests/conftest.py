@@ -5,8 +5,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # keras first: with the torch backend it imports torch before TensorFlow (avoids a crash).
-import keras  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import pytest
 
 
 def pytest_report_header(config):
@@ -26,7 +26,6 @@ def _reset_keras_state():
 @pytest.fixture(scope="session")
 def digits():
     """The real 8×8 scikit-learn digits as float32 images in [0, 1] and int32 labels."""
-    import numpy as np
     from sklearn.datasets import load_digits
 
     data = load_digits()

@@ -18,7 +18,9 @@ class TestCase:
     """Mix into a pytest class: ``class TestFoo(TestCase): ...``."""
 
     def assertAllClose(self, a, b, atol=1e-6, rtol=1e-6, msg=None):
-        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=atol, rtol=rtol, err_msg=msg or "")
+        np.testing.assert_allclose(
+            to_numpy(a), to_numpy(b), atol=atol, rtol=rtol, err_msg=msg or ""
+        )
 
     def run_layer_test(
         self,
@@ -36,7 +38,9 @@ class TestCase:
         config = layer.get_config()
         for key, value in init_kwargs.items():
             if key in config and not isinstance(value, keras.initializers.Initializer):
-                assert config[key] == value, f"get_config()[{key!r}] = {config[key]!r} != {value!r}"
+                assert config[key] == value, (
+                    f"get_config()[{key!r}] = {config[key]!r} != {value!r}"
+                )
         revived = layer_cls.from_config(config)
         assert revived.get_config() == config
 
@@ -69,4 +73,6 @@ class TestCase:
 def _symbolic_like(data):
     if isinstance(data, list | tuple):
         return [keras.Input(shape=tuple(d.shape)[1:], dtype=str(d.dtype)) for d in data]
-    return keras.Input(shape=tuple(data.shape)[1:], dtype=keras.backend.standardize_dtype(data.dtype))
+    return keras.Input(
+        shape=tuple(data.shape)[1:], dtype=keras.backend.standardize_dtype(data.dtype)
+    )

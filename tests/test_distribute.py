@@ -39,7 +39,9 @@ def train(ema_decay, dead_code_threshold, scope=None):
     return model, history
 """
 
-MIRRORED = TRAIN + """
+MIRRORED = (
+    TRAIN
+    + """
 import json, tensorflow as tf
 one = tf.distribute.OneDeviceStrategy("/cpu:0")
 two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -47,7 +49,8 @@ result = {"replicas": two.num_replicas_in_sync}
 for ema in (None, 0.9):
     m1, h1 = train(ema, 0.0, one.scope())
     m2, h2 = train(ema, 0.0, two.scope())
-    diffs = [float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(m1.weights, m2.weights)]
+    diffs = [float(np.abs(np.asarray(a) - np.asarray(b)).max())
+             for a, b in zip(m1.weights, m2.weights)]
     result[f"max_weight_diff_{ema}"] = max(diffs)
     result[f"loss_{ema}"] = [h1["loss"][-1], h2["loss"][-1]]
 # With restarts on, every replica must still hold the same codebook.
@@ -57,8 +60,11 @@ result["replica_codebook_diff"] = float(np.abs(copies[0] - copies[1]).max())
 result["num_copies"] = len(copies)
 print("RESULT", json.dumps(result))
 """
+)
 
-DATA_PARALLEL = TRAIN + """
+DATA_PARALLEL = (
+    TRAIN
+    + """
 import json, jax
 result = {"devices": len(jax.devices())}
 for ema in (None, 0.9):
@@ -66,11 +72,13 @@ for ema in (None, 0.9):
     m1, h1 = train(ema, 0.0)
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
     m2, h2 = train(ema, 0.0)
-    diffs = [float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(m1.weights, m2.weights)]
+    diffs = [float(np.abs(np.asarray(a) - np.asarray(b)).max())
+             for a, b in zip(m1.weights, m2.weights)]
     result[f"max_weight_diff_{ema}"] = max(diffs)
     result[f"loss_{ema}"] = [h1["loss"][-1], h2["loss"][-1]]
 print("RESULT", json.dumps(result))
 """
+)
 
 PRELUDE_TF = """
 import os

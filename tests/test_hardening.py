@@ -36,24 +36,59 @@ def _inf_images():
 
 BAD_CALLS = [
     # (description, callable(vqvae, vae), error, message pattern)
-    ("wrong channel count", lambda q, v: q.encode(np.zeros((2, 8, 8, 3), "float32")), ValueError, r"images.*8, 8, 1"),
+    (
+        "wrong channel count",
+        lambda q, v: q.encode(np.zeros((2, 8, 8, 3), "float32")),
+        ValueError,
+        r"images.*8, 8, 1",
+    ),
     ("wrong rank", lambda q, v: q.encode(np.zeros((8, 8, 1), "float32")), ValueError, "images"),
     ("vae wrong rank", lambda q, v: v.encode(np.zeros((2, 64), "float32")), ValueError, "images"),
     ("float codes", lambda q, v: q.decode(np.zeros((1, 2, 2), "float32")), TypeError, "integer"),
-    ("out-of-range codes", lambda q, v: q.decode(np.full((1, 2, 2), 8, "int32")), ValueError, r"\[0, 7\]"),
-    ("negative codes", lambda q, v: q.decode(np.full((1, 2, 2), -1, "int32")), ValueError, "codes|indices"),
-    ("codes of the wrong shape", lambda q, v: q.decode(np.zeros((1, 4), "int32")), ValueError, "codes"),
+    (
+        "out-of-range codes",
+        lambda q, v: q.decode(np.full((1, 2, 2), 8, "int32")),
+        ValueError,
+        r"\[0, 7\]",
+    ),
+    (
+        "negative codes",
+        lambda q, v: q.decode(np.full((1, 2, 2), -1, "int32")),
+        ValueError,
+        "codes|indices",
+    ),
+    (
+        "codes of the wrong shape",
+        lambda q, v: q.decode(np.zeros((1, 4), "int32")),
+        ValueError,
+        "codes",
+    ),
     ("NaN images", lambda q, v: q.encode(_nan_images()), ValueError, "NaN or Inf"),
     ("Inf images", lambda q, v: v.encode(_inf_images()), ValueError, "NaN or Inf"),
     ("NaN latents", lambda q, v: v.decode(np.full((1, 3), np.nan, "float32")), ValueError, "z"),
     ("negative sample count", lambda q, v: v.sample(-1), ValueError, "num_samples"),
     ("float sample count", lambda q, v: v.sample(2.5), TypeError, "num_samples"),
-    ("negative IWAE samples", lambda q, v: v.log_likelihood(np.zeros((1, 8, 8, 1), "float32"), num_samples=-3), ValueError, "num_samples"),
+    (
+        "negative IWAE samples",
+        lambda q, v: v.log_likelihood(np.zeros((1, 8, 8, 1), "float32"), num_samples=-3),
+        ValueError,
+        "num_samples",
+    ),
     ("negative seed", lambda q, v: v.sample(2, seed=-1), ValueError, "seed"),
     ("negative codebook size", lambda q, v: VectorQuantizer(-4), ValueError, "num_embeddings"),
-    ("negative latent size", lambda q, v: VAE(input_shape=(8, 8, 1), latent_dim=-2), ValueError, "latent_dim"),
+    (
+        "negative latent size",
+        lambda q, v: VAE(input_shape=(8, 8, 1), latent_dim=-2),
+        ValueError,
+        "latent_dim",
+    ),
     ("negative image size", lambda q, v: VQVAE(input_shape=(-8, 8, 1)), ValueError, "input_shape"),
-    ("negative filters", lambda q, v: VQVAE(input_shape=(8, 8, 1), filters=(8, -1)), ValueError, "filters"),
+    (
+        "negative filters",
+        lambda q, v: VQVAE(input_shape=(8, 8, 1), filters=(8, -1)),
+        ValueError,
+        "filters",
+    ),
     ("unknown dataset", lambda q, v: data.load("not_a_dataset"), ValueError, "digits"),
     ("bad batch size", lambda q, v: data.load("digits", batch_size=0), ValueError, "batch_size"),
 ]
@@ -104,7 +139,11 @@ def test_nan_batch_stops_training_without_poisoning_weights(tmp_path, digits, mo
     model.fit(images[:32], epochs=1, batch_size=32, verbose=0)  # build the optimizer
     images[40, 2, 2, 0] = np.nan  # the second batch is corrupt
     history = model.fit(
-        images, epochs=3, batch_size=32, shuffle=False, verbose=0,
+        images,
+        epochs=3,
+        batch_size=32,
+        shuffle=False,
+        verbose=0,
         callbacks=[keras.callbacks.TerminateOnNaN()],
     ).history
     assert len(history["loss"]) == 1  # stopped in the first epoch

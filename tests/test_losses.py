@@ -22,7 +22,9 @@ def test_kl_divergence_matches_tfp():
 
 
 def test_kl_divergence_is_zero_at_the_prior():
-    np.testing.assert_allclose(to_numpy(losses.kl_divergence(np.zeros((3, 2)), np.zeros((3, 2)))), 0)
+    np.testing.assert_allclose(
+        to_numpy(losses.kl_divergence(np.zeros((3, 2)), np.zeros((3, 2)))), 0
+    )
 
 
 def test_bernoulli_log_likelihood_matches_tfp():
@@ -49,7 +51,9 @@ def test_latent_log_probs_match_tfp():
     q = tfd.MultivariateNormalDiag(mean, np.exp(0.5 * log_var))
     p = tfd.MultivariateNormalDiag(np.zeros(3, "float32"), np.ones(3, "float32"))
     np.testing.assert_allclose(
-        to_numpy(losses.diagonal_normal_log_prob(z, mean, log_var)), q.log_prob(z).numpy(), rtol=1e-5
+        to_numpy(losses.diagonal_normal_log_prob(z, mean, log_var)),
+        q.log_prob(z).numpy(),
+        rtol=1e-5,
     )
     np.testing.assert_allclose(
         to_numpy(losses.standard_normal_log_prob(z)), p.log_prob(z).numpy(), rtol=1e-5

@@ -9,7 +9,9 @@ from tests.test_case import to_numpy
 
 
 def tiny_vqvae(**kwargs):
-    return VQVAE(input_shape=(8, 8, 1), num_embeddings=16, embedding_dim=4, filters=(8, 8), **kwargs)
+    return VQVAE(
+        input_shape=(8, 8, 1), num_embeddings=16, embedding_dim=4, filters=(8, 8), **kwargs
+    )
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])

@@ -111,7 +111,5 @@ def build_dense_to_conv_decoder(
         x = layers.Conv2DTranspose(
             f, 3, strides=2, padding="same", activation="relu", name=f"deconv{i}"
         )(x)
-    outputs = layers.Conv2D(output_shape[-1], 3, padding="same", dtype="float32", name="output")(
-        x
-    )
+    outputs = layers.Conv2D(output_shape[-1], 3, padding="same", dtype="float32", name="output")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -85,9 +85,7 @@ class VAE(TrainStepMixin, keras.Model):
             self.latent_dim, self.image_shape, self.filters[::-1]
         )
         self.sampler = Sampling(seed=seed, name="sampling")
-        self.prior_seed_generator = keras.random.SeedGenerator(
-            None if seed is None else seed + 1
-        )
+        self.prior_seed_generator = keras.random.SeedGenerator(None if seed is None else seed + 1)
         self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
         self.kl_loss_tracker = keras.metrics.Mean(name="kl_loss")
         self.build((None, *self.image_shape))
@@ -172,7 +170,8 @@ class VAE(TrainStepMixin, keras.Model):
         num_samples = _validation.check_int("num_samples", num_samples, minimum=1)
         seed = _validation.check_seed("seed", seed)
         z = keras.random.normal(
-            (num_samples, self.latent_dim), seed=self.prior_seed_generator if seed is None else seed
+            (num_samples, self.latent_dim),
+            seed=self.prior_seed_generator if seed is None else seed,
         )
         return self.decode(z)
 

@@ -86,7 +86,9 @@ class TestVAE(TestCase):
         assert history["loss"][-1] < history["loss"][0] - 1.0
         assert history["kl_loss"][-1] > 0
         logs = model.evaluate(images, batch_size=64, verbose=0, return_dict=True)
-        assert logs["loss"] == pytest.approx(logs["reconstruction_loss"] + logs["kl_loss"], rel=1e-4)
+        assert logs["loss"] == pytest.approx(
+            logs["reconstruction_loss"] + logs["kl_loss"], rel=1e-4
+        )
         # The IWAE bound is at least the ELBO (nats per example).
         iwae = to_numpy(model.log_likelihood(images[:16], num_samples=50, seed=0)).mean()
         elbo = np.mean([to_numpy(model.elbo(images[:16], seed=s)).mean() for s in range(5)])
@@ -137,7 +139,11 @@ class TestVAE(TestCase):
             ({"input_shape": (8, 8, 1), "latent_dim": 0}, ValueError, "latent_dim"),
             ({"input_shape": (8, 8, 1), "likelihood": "poisson"}, ValueError, "likelihood"),
             ({"input_shape": (8, 8, 1), "beta": -1}, ValueError, "beta"),
-            ({"input_shape": (8, 8, 1), "observation_scale": 0.0}, ValueError, "observation_scale"),
+            (
+                {"input_shape": (8, 8, 1), "observation_scale": 0.0},
+                ValueError,
+                "observation_scale",
+            ),
             ({"input_shape": (6, 6, 1)}, ValueError, "divisible"),
             ({"input_shape": (8, 8, 1), "encoder": "conv"}, TypeError, "encoder"),
         ],

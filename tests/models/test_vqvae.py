@@ -25,7 +25,9 @@ class TestVQVAE(TestCase):
         assert history["perplexity"][-1] > 1.5
         logs = model.evaluate(images, batch_size=64, verbose=0, return_dict=True)
         # The VQ term added with add_loss reaches the loss on every backend (JAX included).
-        assert logs["loss"] == pytest.approx(logs["reconstruction_loss"] + logs["vq_loss"], rel=1e-4)
+        assert logs["loss"] == pytest.approx(
+            logs["reconstruction_loss"] + logs["vq_loss"], rel=1e-4
+        )
         assert logs["vq_loss"] > 0
 
     def test_ema_codebook_is_updated_by_fit(self, digits):
