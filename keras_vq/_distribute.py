@@ -21,6 +21,15 @@ def num_replicas() -> int:
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
+def has_strategy() -> bool:
+    """Whether a ``tf.distribute`` strategy (even with one replica) is in scope."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return tf.distribute.has_strategy()
+
+
 def sum_across_replicas(*tensors):
     """Sum each tensor over replicas; returns them unchanged on a single replica."""
     if num_replicas() == 1:

@@ -17,7 +17,7 @@ class TrainStepMixin(StepMixinBase):
             scaled = self.optimizer.scale_loss(loss / _distribute.num_replicas())
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
-        if _distribute.num_replicas() == 1:
+        if not _distribute.has_strategy():
             ops.cond(
                 self._is_finite(loss), lambda: self.optimizer.apply(grads, variables), lambda: None
             )

@@ -11,7 +11,7 @@ from keras import ops
 
 from keras_vq import _validation
 from keras_vq._trainers import TrainStepMixin
-from keras_vq.layers.pixelcnn import GatedPixelCNNBlock
+from keras_vq.layers.pixelcnn import GatedPixelCNNBlock, _dense
 from keras_vq.losses import categorical_cross_entropy
 from keras_vq.metrics import bits_per_dim
 
@@ -347,25 +347,29 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
         biases = [block.label_bias(labels) for block in self.blocks]
 
         def pixel(i, j, codes, row_in, h_ins, links):
-            """Sample (i, j); row_in / h_ins are row i of each block's horizontal input."""
-            window = ops.slice(row_in, [0, 0, j, 0], [batch, 1, n, f])
-            link = ops.slice(links[0], [0, 0, j, 0], [batch, 1, 1, 2 * f])
-            h = self.blocks[0].horizontal_pixel(window, link, biases[0])
+            """Sample (i, j). row_in: codes of row i embedded; h_ins[l]: row i of block l+1's
+            horizontal input; both (B, W+n, F) with n zero columns on the left."""
+            window = ops.slice(row_in, [0, j, 0], [batch, n, f])
+            h = self.blocks[0].horizontal_pixel(window, link_at(links[0], j), biases[0])
             new_h_ins = []
             for layer in range(1, num_layers):
-                h_in = ops.slice_update(h_ins[layer - 1], [0, 0, j + n, 0], h)
+                h_in = ops.slice_update(h_ins[layer - 1], [0, j + n, 0], h[:, None, :])
                 new_h_ins.append(h_in)
-                window = ops.slice(h_in, [0, 0, j, 0], [batch, 1, n + 1, f])
-                link = ops.slice(links[layer], [0, 0, j, 0], [batch, 1, 1, 2 * f])
-                h = self.blocks[layer].horizontal_pixel(window, link, biases[layer], h)
-            logits = ops.reshape(self._head(h), (batch, k))
+                window = ops.slice(h_in, [0, j, 0], [batch, n + 1, f])
+                block = self.blocks[layer]
+                h = block.horizontal_pixel(window, link_at(links[layer], j), biases[layer], h)
+            hidden = ops.relu(_dense(self.head_hidden, ops.relu(h)))
+            logits = ops.cast(_dense(self.head_logits, hidden), "float32")
             u = ops.reshape(ops.slice(uniform, [0, i, j, 0], [batch, 1, 1, k]), (batch, k))
             gumbel = -ops.log(-ops.log(u))
             code = ops.cast(ops.argmax(logits + temperature * gumbel, axis=-1), "int32")
             codes = ops.slice_update(codes, [0, i, j], ops.reshape(code, (batch, 1, 1)))
-            embedded = ops.reshape(self.embedding(code), (batch, 1, 1, f))
-            row_in = ops.slice_update(row_in, [0, 0, j + n, 0], embedded)
+            embedded = ops.cast(ops.take(self.embedding.embeddings, code, axis=0), dtype)
+            row_in = ops.slice_update(row_in, [0, j + n, 0], embedded[:, None, :])
             return codes, row_in, new_h_ins
+
+        def link_at(links, j):
+            return ops.reshape(ops.slice(links, [0, 0, j, 0], [batch, 1, 1, 2 * f]), (batch, -1))
 
         def row(i, carry):
             codes, v_ins, links = carry
@@ -373,13 +377,13 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
             def column(j, carry):
                 return pixel(i, j, *carry, links)
 
-            row_in = ops.zeros((batch, 1, width + n, f), dtype)
-            h_ins = [ops.zeros((batch, 1, width + n, f), dtype) for _ in range(num_layers - 1)]
+            row_in = ops.zeros((batch, width + n, f), dtype)
+            h_ins = [ops.zeros((batch, width + n, f), dtype) for _ in range(num_layers - 1)]
             codes, row_in, _ = ops.fori_loop(0, width, column, (codes, row_in, h_ins))
             # Row i is complete: advance every vertical stack by row i, which gives the links
             # of row i+1. v_ins hold each block's vertical input with n zero rows on top and n
             # zero columns on each side; rows i-n..i are padded rows i..i+n.
-            x = ops.slice(row_in, [0, 0, n, 0], [batch, 1, width, f])
+            x = ops.reshape(row_in[:, n:], (batch, 1, width, f))
             new_v_ins, new_links = [], []
             for layer, block in enumerate(self.blocks):
                 x = ops.pad(x, [[0, 0], [0, 0], [n, n], [0, 0]])

@@ -4,6 +4,7 @@ import pytest
 from keras import ops
 
 from keras_vq.layers import GatedPixelCNNBlock, MaskedConv2D
+from keras_vq.layers.pixelcnn import causal_mask
 from tests.test_case import TestCase, to_numpy
 
 
@@ -39,12 +40,18 @@ def strictly_before(height, width, include_self=False):
 class TestMaskedConv2D(TestCase):
     @pytest.mark.parametrize("mask_type", ["A", "B"])
     @pytest.mark.parametrize("kernel_size", [(3, 3), (5, 5), (3, 5), (1, 3)])
-    def test_mask_matches_numpy_reference(self, mask_type, kernel_size):
-        layer = MaskedConv2D(4, kernel_size, mask_type=mask_type)
+    def test_causal_mask_matches_numpy_reference(self, mask_type, kernel_size):
+        np.testing.assert_array_equal(
+            causal_mask(kernel_size, mask_type), reference_mask(*kernel_size, mask_type)
+        )
+
+    @pytest.mark.parametrize("mask_type", ["A", "B"])
+    def test_layer_mask_is_a_constant_built_once(self, mask_type):
+        layer = MaskedConv2D(2, (3, 5), mask_type=mask_type)
         layer.build((None, 6, 6, 2))
         mask = to_numpy(layer.kernel_mask)
-        assert mask.shape == (*kernel_size, 1, 1)
-        np.testing.assert_array_equal(mask[:, :, 0, 0], reference_mask(*kernel_size, mask_type))
+        assert mask.shape == (3, 5, 1, 1)
+        np.testing.assert_array_equal(mask[:, :, 0, 0], reference_mask(3, 5, mask_type))
 
     @pytest.mark.parametrize("mask_type", ["A", "B"])
     def test_output_is_conv_with_masked_kernel_and_kernel_is_unchanged(self, mask_type):
@@ -104,15 +111,15 @@ def gated_stack(num_layers, **kwargs):
 
 class TestGatedPixelCNNBlock(TestCase):
     def test_output_shapes_and_config_round_trip(self):
-        block = GatedPixelCNNBlock(6, 5, num_classes=3, mask_type="A", name="blk")
-        x = np.ones((2, 4, 5, 3), "float32")
+        block = GatedPixelCNNBlock(4, 3, num_classes=3, mask_type="A", name="blk")
+        x = np.ones((2, 4, 5, 2), "float32")
         v, h = block([x, x, np.array([0, 2])])
-        assert tuple(v.shape) == (2, 4, 5, 6) and tuple(h.shape) == (2, 4, 5, 6)
-        assert block.compute_output_shape([x.shape, x.shape, (2,)]) == [(2, 4, 5, 6)] * 2
+        assert tuple(v.shape) == (2, 4, 5, 4) and tuple(h.shape) == (2, 4, 5, 4)
+        assert block.compute_output_shape([x.shape, x.shape, (2,)]) == [(2, 4, 5, 4)] * 2
         config = block.get_config()
         assert {k: config[k] for k in ("filters", "kernel_size", "num_classes", "mask_type")} == {
-            "filters": 6,
-            "kernel_size": 5,
+            "filters": 4,
+            "kernel_size": 3,
             "num_classes": 3,
             "mask_type": "A",
         }
@@ -135,7 +142,7 @@ class TestGatedPixelCNNBlock(TestCase):
         x = np.random.default_rng(0).normal(size=(2, 5, 5, 2)).astype("float32")
         stack(x, np.array([0, 0]))
         for block in stack.blocks:
-            block.class_bias.embeddings.assign(keras.random.normal((3, 8), seed=1))
+            block.class_bias.embeddings.assign(np.random.default_rng(1).normal(size=(3, 8)))
         out_a = to_numpy(stack(x, np.array([0, 0])))
         out_b = to_numpy(stack(x, np.array([0, 2])))
         np.testing.assert_allclose(out_a[0], out_b[0])
@@ -148,23 +155,30 @@ class TestGatedPixelCNNBlock(TestCase):
         data = [np.random.default_rng(0).normal(size=(2, 4, 4, 2)).astype("float32")]
         self.run_model_saving_test(model, [*data, np.array([1, 0], "int32")], tmp_path)
 
-    def test_incremental_methods_match_full_call(self):
-        n, width = 1, 5
-        block = GatedPixelCNNBlock(4, 3)
+    @pytest.mark.parametrize("mask_type", ["A", "B"])
+    def test_incremental_methods_match_full_call(self, mask_type):
+        n, width, labels = 1, 5, np.array([2, 0], "int32")
+        block = GatedPixelCNNBlock(4, 3, num_classes=3, mask_type=mask_type)
         rng = np.random.default_rng(0)
         v = rng.normal(size=(2, 4, width, 4)).astype("float32")
         h = rng.normal(size=(2, 4, width, 4)).astype("float32")
-        v_out, h_out = (to_numpy(t) for t in block([v, h]))
-        padded_v = np.pad(v, [(0, 0), (n, 0), (n, n), (0, 0)])
-        v_row, link_row = block.vertical_row(ops.convert_to_tensor(padded_v[:, 1 : 1 + n + 1]))  # row r = 1
+        v_out, h_out = (to_numpy(t) for t in block([v, h, labels]))
+        block.class_bias.embeddings.assign(rng.normal(size=(3, 8)))
+        v_out, h_out = (to_numpy(t) for t in block([v, h, labels]))
+        bias = block.label_bias(labels)
+        padded_v = ops.convert_to_tensor(np.pad(v, [(0, 0), (n, 0), (n, n), (0, 0)]))
+        v_row, link_row = block.vertical_row(padded_v[:, 1 : 1 + n + 1], bias)  # row r = 1
         self.assertAllClose(v_row, v_out[:, 1:2], atol=1e-5)
         padded_h = np.pad(h, [(0, 0), (0, 0), (n, 0), (0, 0)])
-        i, j = 2, 3
-        window = ops.convert_to_tensor(padded_h[:, i : i + 1, j : j + n + 1])
-        link = ops.convert_to_tensor(to_numpy(link_row)[:, :, j : j + 1])
-        residual = ops.convert_to_tensor(h[:, i : i + 1, j : j + 1])
-        pixel = block.horizontal_pixel(window, link, h=residual)
-        self.assertAllClose(pixel, h_out[:, i : i + 1, j : j + 1], atol=1e-5)
+        i, j = 2, 3  # link_row (from row 1) feeds row 2
+        cols = slice(j, j + n) if mask_type == "A" else slice(j, j + n + 1)
+        pixel = block.horizontal_pixel(
+            ops.convert_to_tensor(padded_h[:, i, cols]),
+            ops.convert_to_tensor(to_numpy(link_row)[:, 0, j]),
+            bias,
+            h=ops.convert_to_tensor(h[:, i, j]),
+        )
+        self.assertAllClose(pixel, h_out[:, i, j], atol=1e-5)
 
     @pytest.mark.parametrize(
         "kwargs, error, match",
