@@ -1,4 +1,4 @@
-"""VectorQuantizer forward+backward against DeepMind Sonnet and lucidrains' vector-quantize-pytorch.
+"""VectorQuantizer forward+backward vs Sonnet and lucidrains' vector-quantize-pytorch.
 
     python -m benchmarks.peers_vq                      # 4096 and 32768 vectors, D=64, K=512
     python -m benchmarks.peers_vq --quick              # 4096 vectors, 3 rounds
@@ -50,6 +50,13 @@ def parse_args(argv=None):
     parser.add_argument("--embedding-dim", type=int, default=64)
     parser.add_argument("--num-embeddings", type=int, default=512)
     parser.add_argument("--chunk-size", type=int, default=None, help="our layer's chunk_size")
+    parser.add_argument(
+        "--threads",
+        nargs="+",
+        default=["default", "1"],
+        help="intra-op thread settings to run, each for both sides (TF / torch): 'default' "
+        "(the libraries' own) or a number; 1 thread is far less noisy on a shared machine",
+    )
     parser.add_argument("--rounds", type=int, default=9, help="alternating timed rounds")
     parser.add_argument("--backends", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
@@ -58,7 +65,7 @@ def parse_args(argv=None):
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.rounds = [4096], 3
+        args.sizes, args.rounds, args.threads = [4096], 3, ["default"]
     return args
 
 
@@ -201,6 +208,16 @@ def run_child(args) -> None:
     from benchmarks import _harness
 
     backend = keras.backend.backend()
+    threads = args.threads[0]
+    if threads != "default":
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+        else:
+            import torch
+
+            torch.set_num_threads(int(threads))
     peer_module = PAIRS[backend]
     base = {
         "benchmark": "peers_vq",
@@ -209,6 +226,7 @@ def run_child(args) -> None:
         "peer_version": version(PEER_DISTRIBUTIONS[peer_module]),
         "embedding_dim": args.embedding_dim,
         "num_embeddings": args.num_embeddings,
+        "threads": threads,
     }
     try:
         __import__(peer_module)
@@ -251,7 +269,7 @@ def main(argv=None) -> None:
         run_child(args)
         return
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for backend in args.backends:
+    for backend, threads in [(b, t) for t in args.threads for b in args.backends]:
         env = {
             **os.environ,
             "KERAS_BACKEND": backend,
@@ -264,7 +282,13 @@ def main(argv=None) -> None:
         cmd += ["--num-embeddings", str(args.num_embeddings)]
         if args.chunk_size:
             cmd += ["--chunk-size", str(args.chunk_size)]
-        base = {"benchmark": "peers_vq", "backend": backend, "peer": PAIRS[backend]}
+        cmd += ["--threads", threads]
+        base = {
+            "benchmark": "peers_vq",
+            "backend": backend,
+            "peer": PAIRS[backend],
+            "threads": threads,
+        }
         try:
             result = subprocess.run(
                 cmd, env=env, cwd=root, capture_output=True, text=True, timeout=args.timeout

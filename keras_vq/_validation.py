@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from keras import ops
+from keras.backend import standardize_dtype
 
 
 def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
@@ -106,9 +107,14 @@ def check_finite(name: str, x: Any) -> None:
         raise ValueError(f"`{name}` contains {bad} NaN or Inf values; expected finite values.")
 
 
-def check_integer_codes(name: str, codes: Any, num_embeddings: int) -> None:
-    """Codes must have an integer dtype and lie in ``[0, num_embeddings)``."""
-    dtype = str(codes.dtype if hasattr(codes, "dtype") else np.asarray(codes).dtype)
+def check_integer_codes(
+    name: str, codes: Any, num_embeddings: int, size_name: str = "num_embeddings"
+) -> None:
+    """Values must have an integer dtype and lie in ``[0, num_embeddings)``.
+
+    The range is checked when the values are known (skipped while tracing).
+    """
+    dtype = standardize_dtype(codes.dtype if hasattr(codes, "dtype") else np.asarray(codes).dtype)
     if "int" not in dtype:
         raise TypeError(f"`{name}` must have an integer dtype, got dtype {dtype}.")
     value = concrete_value(codes)
@@ -116,6 +122,6 @@ def check_integer_codes(name: str, codes: Any, num_embeddings: int) -> None:
         low, high = int(value.min()), int(value.max())
         if low < 0 or high >= num_embeddings:
             raise ValueError(
-                f"`{name}` must lie in [0, {num_embeddings - 1}] (num_embeddings="
+                f"`{name}` must lie in [0, {num_embeddings - 1}] ({size_name}="
                 f"{num_embeddings}), got values in [{low}, {high}]."
             )

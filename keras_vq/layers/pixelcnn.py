@@ -83,8 +83,8 @@ class MaskedConv2D(keras.layers.Conv2D):
 
 def gate(x):
     """Gated activation ``tanh(a) ⊙ σ(b)`` with ``[a, b]`` the two halves of the last axis."""
-    a, b = ops.split(x, 2, axis=-1)
-    return ops.tanh(a) * ops.sigmoid(b)
+    half = x.shape[-1] // 2
+    return ops.tanh(x[..., :half]) * ops.sigmoid(x[..., half:])
 
 
 def shift_down(x):
@@ -92,14 +92,14 @@ def shift_down(x):
     return ops.pad(x, [[0, 0], [1, 0], [0, 0], [0, 0]])[:, :-1]
 
 
-def _weights(conv, dtype):
-    return ops.cast(conv.kernel, dtype), ops.cast(conv.bias, dtype)
+def dense_weights(conv, dtype) -> tuple:
+    """``conv``'s kernel as a ``(kh·kw·C, filters)`` matrix and its bias, cast to ``dtype``.
 
-
-def _dense(conv, x):
-    """``conv`` applied to inputs flattened to its whole receptive field, ``(..., kh·kw·C)``."""
-    kernel, bias = _weights(conv, x.dtype)
-    return ops.matmul(x, ops.reshape(kernel, (-1, kernel.shape[-1]))) + bias
+    A "valid" convolution over an input exactly the size of its kernel is one matmul with
+    this matrix: what an incremental sampler computes at one position.
+    """
+    kernel = ops.cast(conv.kernel, dtype)
+    return ops.reshape(kernel, (-1, kernel.shape[-1])), ops.cast(conv.bias, dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
@@ -232,46 +232,74 @@ class GatedPixelCNNBlock(keras.layers.Layer):
         h_out = self.residual_conv(self._gate(h_pre + link, bias))
         return [self._gate(v_pre, bias), h_out if self.first else h_out + h]
 
-    # --- incremental sampling: the same weights, one row / one pixel at a time --------------
-    # A sampler calls these once per row / per pixel; they use the kernels directly (a "valid"
-    # convolution over a window of the kernel's size is one matmul), which skips the per-call
-    # overhead of four Layer calls per pixel. Tests check them against ``call``.
-    def vertical_row(self, window, bias=None):
+    # --- incremental sampling: the same computation, one row / one pixel at a time --------
+    # A sampler calls these once per row / per pixel. They take the weights prepared once per
+    # sampling call (``sampling_weights``) and keep the per-pixel work to a few ops: a "valid"
+    # convolution over a window of the kernel's size is one matmul, and every per-row term of
+    # the horizontal pre-activation (link, biases, class bias) is summed once per row into an
+    # ``offset``. Tests check both against ``call``.
+    def sampling_weights(self, dtype) -> dict:
+        """The kernels as the incremental methods use them, cast to ``dtype``."""
+        vertical = ops.cast(self.vertical_conv.kernel, dtype)
+        link, link_bias = dense_weights(self.link_conv, dtype)
+        horizontal, horizontal_bias = dense_weights(self.horizontal_conv, dtype)
+        residual, residual_bias = dense_weights(self.residual_conv, dtype)
+        return {
+            "vertical": vertical,
+            "vertical_bias": ops.cast(self.vertical_conv.bias, dtype),
+            "link": link,
+            "offset_bias": link_bias + horizontal_bias,
+            "horizontal": horizontal,
+            "residual": residual,
+            "residual_bias": residual_bias,
+        }
+
+    def vertical_row(self, window, bias=None, weights=None):
         """Vertical stack for one row ``r``.
 
         Args:
             window: rows ``r-n..r`` of the block's vertical input, zero-padded with ``n``
                 columns on each side: ``(B, n+1, W+2n, C)``.
             bias: ``label_bias(labels)`` or ``None``.
+            weights: ``sampling_weights(dtype)``; computed here when ``None``.
 
         Returns:
-            ``(v_row, link_row)``: row ``r`` of ``v_out``, ``(B, 1, W, F)``, and the link term
-            the horizontal stack receives at row ``r+1``, ``(B, 1, W, 2F)``.
+            ``(v_row, offset)``: row ``r`` of ``v_out``, ``(B, 1, W, F)``, and the part of the
+            horizontal pre-activation at row ``r+1`` that does not depend on row ``r+1``
+            (link + biases + class bias), ``(B, W, 2F)``.
         """
-        kernel, b = _weights(self.vertical_conv, window.dtype)
-        v_pre = ops.conv(window, kernel, padding="valid") + b
-        return self._gate(v_pre, bias), _dense(self.link_conv, v_pre)
+        w = self.sampling_weights(window.dtype) if weights is None else weights
+        v_pre = ops.conv(window, w["vertical"], padding="valid") + w["vertical_bias"]
+        batch, width, channels = v_pre.shape[0], v_pre.shape[2], v_pre.shape[3]
+        flat = ops.reshape(v_pre, (batch * width, channels))
+        offset = ops.reshape(ops.matmul(flat, w["link"]), (batch, width, channels))
+        offset = offset + w["offset_bias"]
+        if bias is not None:
+            offset = offset + ops.cast(bias, offset.dtype)[:, None, :]
+        return self._gate(v_pre, bias), offset
 
-    def horizontal_pixel(self, window, link, bias=None, h=None):
+    def horizontal_pixel(self, window, offset, h=None, weights=None):
         """Horizontal stack at one pixel ``(i, j)``.
 
         Args:
             window: columns ``j-n..j-1`` (mask A) or ``j-n..j`` (mask B) of row ``i`` of the
-                horizontal input, zero-padded on the left: ``(B, n or n+1, C)``.
-            link: link term at ``(i, j)``, ``(B, 2F)``.
-            bias: ``label_bias(labels)`` or ``None``.
+                horizontal input, zero-padded on the left, flattened: ``(B, (n or n+1)·C)``.
+            offset: column ``j`` of ``vertical_row``'s offset for row ``i``, ``(B, 2F)``.
             h: horizontal input at ``(i, j)`` for the residual (mask B), ``(B, C)``.
+            weights: ``sampling_weights(dtype)``; computed here when ``None``.
 
         Returns:
             ``h_out`` at ``(i, j)``, ``(B, F)``.
         """
-        flat = ops.reshape(window, (-1, window.shape[1] * window.shape[2]))
-        h_out = _dense(self.residual_conv, self._gate(_dense(self.horizontal_conv, flat) + link, bias))
-        return h_out if self.first else h_out + h
+        w = self.sampling_weights(window.dtype) if weights is None else weights
+        # Python operators, not keras.ops, where they exist: the same native op on every
+        # backend without the dispatch cost of an eager keras.ops call (torch runs this eagerly).
+        out = gate(window @ w["horizontal"] + offset) @ w["residual"] + w["residual_bias"]
+        return out if self.first else out + h
 
     def compute_output_shape(self, input_shape):
         input_shape = self._check_inputs(input_shape)
-        shape = tuple(input_shape[0][:-1]) + (self.filters,)
+        shape = (*tuple(input_shape[0][:-1]), self.filters)
         return [shape, shape]
 
     def get_config(self):

@@ -11,7 +11,7 @@ from keras import ops
 
 from keras_vq import _validation
 from keras_vq._trainers import TrainStepMixin
-from keras_vq.layers.pixelcnn import GatedPixelCNNBlock, _dense
+from keras_vq.layers.pixelcnn import GatedPixelCNNBlock, dense_weights
 from keras_vq.losses import categorical_cross_entropy
 from keras_vq.metrics import bits_per_dim
 
@@ -39,23 +39,6 @@ def _compile(fn: Callable) -> Callable:
 
         return no_grad
     return fn
-
-
-def _dtype(x) -> str:
-    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
-    return keras.backend.standardize_dtype(dtype)
-
-
-def _check_range(name: str, x, size: int, size_name: str) -> None:
-    """Integers in ``[0, size)``; skipped while tracing (values unknown)."""
-    value = _validation.concrete_value(x)
-    if value is not None and value.size:
-        low, high = int(value.min()), int(value.max())
-        if low < 0 or high >= size:
-            raise ValueError(
-                f"`{name}` must lie in [0, {size - 1}] ({size_name}={size}), "
-                f"got values in [{low}, {high}]."
-            )
 
 
 class _SamplerCache:
@@ -175,10 +158,7 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
 
     # --- inputs ---------------------------------------------------------------------------
     def _check_codes(self, codes, name: str = "codes"):
-        # Not _validation.check_integer_codes: its dtype probe converts symbolic TF tensors.
-        if "int" not in _dtype(codes):
-            raise TypeError(f"`{name}` must have an integer dtype, got dtype {_dtype(codes)}.")
-        _check_range(name, codes, self.num_embeddings, "num_embeddings")
+        _validation.check_integer_codes(name, codes, self.num_embeddings)
         shape = tuple(codes.shape)
         if len(shape) != 3 or any(
             got is not None and got != want for got, want in zip(shape[1:], self.latent_shape)
@@ -189,12 +169,10 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
             )
 
     def _check_labels(self, labels, name: str = "labels"):
-        if "int" not in _dtype(labels):
-            raise TypeError(f"`{name}` must have an integer dtype, got dtype {_dtype(labels)}.")
         shape = tuple(labels.shape)
         if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
             raise ValueError(f"`{name}` must have shape (batch,) or (batch, 1), got {shape}.")
-        _check_range(name, labels, self.num_classes, "num_classes")
+        _validation.check_integer_codes(name, labels, self.num_classes, "num_classes")
 
     def _split_inputs(self, inputs):
         """``codes`` or ``[codes, labels]`` → ``(codes, labels or None)``, validated."""
@@ -344,62 +322,77 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
         batch = uniform.shape[0]
         (height, width), n, f = self.latent_shape, self.kernel_size // 2, self.filters
         num_layers, k, dtype = self.num_layers, self.num_embeddings, self.compute_dtype
+        # Loop invariants, prepared once: per-block biases and weights, the noise.
         biases = [block.label_bias(labels) for block in self.blocks]
+        weights = [block.sampling_weights(dtype) for block in self.blocks]
+        hidden_w, hidden_b = dense_weights(self.head_hidden, dtype)
+        logits_w, logits_b = dense_weights(self.head_logits, dtype)
+        embeddings = ops.cast(self.embedding.embeddings, dtype)
+        # Per-position tensors are kept flat, (B, positions · channels), so that reading one
+        # position is one slice (the cheapest op on every backend, eager torch included).
+        noise = ops.reshape(temperature * -ops.log(-ops.log(uniform)), (batch, -1))  # T·Gumbel
 
-        def pixel(i, j, codes, row_in, h_ins, links):
-            """Sample (i, j). row_in: codes of row i embedded; h_ins[l]: row i of block l+1's
-            horizontal input; both (B, W+n, F) with n zero columns on the left."""
-            window = ops.slice(row_in, [0, j, 0], [batch, n, f])
-            h = self.blocks[0].horizontal_pixel(window, link_at(links[0], j), biases[0])
+        def pixel(i, j, codes, row_in, h_ins, offsets):
+            """Sample (i, j). row_in: row i of the codes, embedded; h_ins[l]: row i of block
+            l+1's horizontal input; both with n zero columns on the left, flattened to
+            (B, (W+n)·F), so a window of columns is one slice."""
+            window = ops.slice(row_in, [0, j * f], [batch, n * f])
+            h = self.blocks[0].horizontal_pixel(window, at(offsets[0], j), weights=weights[0])
             new_h_ins = []
             for layer in range(1, num_layers):
-                h_in = ops.slice_update(h_ins[layer - 1], [0, j + n, 0], h[:, None, :])
+                h_in = ops.slice_update(h_ins[layer - 1], [0, (j + n) * f], h)
                 new_h_ins.append(h_in)
-                window = ops.slice(h_in, [0, j, 0], [batch, n + 1, f])
-                block = self.blocks[layer]
-                h = block.horizontal_pixel(window, link_at(links[layer], j), biases[layer], h)
-            hidden = ops.relu(_dense(self.head_hidden, ops.relu(h)))
-            logits = ops.cast(_dense(self.head_logits, hidden), "float32")
-            u = ops.reshape(ops.slice(uniform, [0, i, j, 0], [batch, 1, 1, k]), (batch, k))
-            gumbel = -ops.log(-ops.log(u))
-            code = ops.cast(ops.argmax(logits + temperature * gumbel, axis=-1), "int32")
+                window = ops.slice(h_in, [0, j * f], [batch, (n + 1) * f])
+                h = self.blocks[layer].horizontal_pixel(
+                    window, at(offsets[layer], j), h, weights=weights[layer]
+                )
+            hidden = ops.relu(ops.relu(h) @ hidden_w + hidden_b)
+            logits = ops.cast(hidden @ logits_w + logits_b, "float32")
+            scores = logits + ops.slice(noise, [0, (i * width + j) * k], [batch, k])
+            code = ops.cast(ops.argmax(scores, axis=-1), "int32")
             codes = ops.slice_update(codes, [0, i, j], ops.reshape(code, (batch, 1, 1)))
-            embedded = ops.cast(ops.take(self.embedding.embeddings, code, axis=0), dtype)
-            row_in = ops.slice_update(row_in, [0, j + n, 0], embedded[:, None, :])
+            embedded = ops.take(embeddings, code, axis=0)
+            row_in = ops.slice_update(row_in, [0, (j + n) * f], embedded)
             return codes, row_in, new_h_ins
 
-        def link_at(links, j):
-            return ops.reshape(ops.slice(links, [0, 0, j, 0], [batch, 1, 1, 2 * f]), (batch, -1))
+        def at(offsets, j):
+            return ops.slice(offsets, [0, j * 2 * f], [batch, 2 * f])
 
         def row(i, carry):
-            codes, v_ins, links = carry
+            codes, v_ins, offsets = carry
 
             def column(j, carry):
-                return pixel(i, j, *carry, links)
+                return pixel(i, j, *carry, offsets)
 
-            row_in = ops.zeros((batch, width + n, f), dtype)
-            h_ins = [ops.zeros((batch, width + n, f), dtype) for _ in range(num_layers - 1)]
+            row_in = ops.zeros((batch, (width + n) * f), dtype)
+            h_ins = [ops.zeros((batch, (width + n) * f), dtype) for _ in range(num_layers - 1)]
             codes, row_in, _ = ops.fori_loop(0, width, column, (codes, row_in, h_ins))
-            # Row i is complete: advance every vertical stack by row i, which gives the links
-            # of row i+1. v_ins hold each block's vertical input with n zero rows on top and n
-            # zero columns on each side; rows i-n..i are padded rows i..i+n.
-            x = ops.reshape(row_in[:, n:], (batch, 1, width, f))
-            new_v_ins, new_links = [], []
+            # Row i is complete: advance every vertical stack by row i, which gives the
+            # offsets of row i+1. v_ins hold each block's vertical input with n zero rows on
+            # top and n zero columns on each side; rows i-n..i are padded rows i..i+n.
+            x = ops.reshape(row_in[:, n * f :], (batch, 1, width, f))
+            new_v_ins, new_offsets = [], []
             for layer, block in enumerate(self.blocks):
                 x = ops.pad(x, [[0, 0], [0, 0], [n, n], [0, 0]])
                 v_in = ops.slice_update(v_ins[layer], [0, i + n, 0, 0], x)
                 window = ops.slice(v_in, [0, i, 0, 0], [batch, n + 1, width + 2 * n, f])
-                x, link = block.vertical_row(window, biases[layer])
+                x, offset = block.vertical_row(window, biases[layer], weights=weights[layer])
                 new_v_ins.append(v_in)
-                new_links.append(link)
-            return codes, new_v_ins, new_links
+                new_offsets.append(ops.reshape(offset, (batch, width * 2 * f)))
+            return codes, new_v_ins, new_offsets
 
         codes = ops.zeros((batch, height, width), "int32")
         v_ins = [
             ops.zeros((batch, height + n, width + 2 * n, f), dtype) for _ in range(num_layers)
         ]
-        links = [ops.zeros((batch, 1, width, 2 * f), dtype) for _ in range(num_layers)]
-        codes, _, _ = ops.fori_loop(0, height, row, (codes, v_ins, links))
+        # Row 0 sees no row above: its offsets are the biases alone.
+        offsets = []
+        for w, bias in zip(weights, biases):
+            offset = ops.zeros((batch, width, 2 * f), dtype) + w["offset_bias"]
+            if bias is not None:
+                offset = offset + ops.cast(bias, dtype)[:, None, :]
+            offsets.append(ops.reshape(offset, (batch, width * 2 * f)))
+        codes, _, _ = ops.fori_loop(0, height, row, (codes, v_ins, offsets))
         return codes
 
     # --- serialization ----------------------------------------------------------------------

@@ -162,23 +162,23 @@ class TestGatedPixelCNNBlock(TestCase):
         rng = np.random.default_rng(0)
         v = rng.normal(size=(2, 4, width, 4)).astype("float32")
         h = rng.normal(size=(2, 4, width, 4)).astype("float32")
-        v_out, h_out = (to_numpy(t) for t in block([v, h, labels]))
+        block([v, h, labels])  # build
         block.class_bias.embeddings.assign(rng.normal(size=(3, 8)))
         v_out, h_out = (to_numpy(t) for t in block([v, h, labels]))
         bias = block.label_bias(labels)
         padded_v = ops.convert_to_tensor(np.pad(v, [(0, 0), (n, 0), (n, n), (0, 0)]))
-        v_row, link_row = block.vertical_row(padded_v[:, 1 : 1 + n + 1], bias)  # row r = 1
+        v_row, offset = block.vertical_row(padded_v[:, 1 : 1 + n + 1], bias)  # row r = 1
         self.assertAllClose(v_row, v_out[:, 1:2], atol=1e-5)
         padded_h = np.pad(h, [(0, 0), (0, 0), (n, 0), (0, 0)])
-        i, j = 2, 3  # link_row (from row 1) feeds row 2
-        cols = slice(j, j + n) if mask_type == "A" else slice(j, j + n + 1)
-        pixel = block.horizontal_pixel(
-            ops.convert_to_tensor(padded_h[:, i, cols]),
-            ops.convert_to_tensor(to_numpy(link_row)[:, 0, j]),
-            bias,
-            h=ops.convert_to_tensor(h[:, i, j]),
-        )
-        self.assertAllClose(pixel, h_out[:, i, j], atol=1e-5)
+        i = 2  # the offset of row 1 feeds row 2
+        for j in range(width):
+            cols = slice(j, j + n) if mask_type == "A" else slice(j, j + n + 1)
+            pixel = block.horizontal_pixel(
+                ops.convert_to_tensor(padded_h[:, i, cols].reshape(2, -1)),
+                ops.convert_to_tensor(to_numpy(offset)[:, j]),
+                h=ops.convert_to_tensor(h[:, i, j]),
+            )
+            self.assertAllClose(pixel, h_out[:, i, j], atol=1e-5)
 
     @pytest.mark.parametrize(
         "kwargs, error, match",
