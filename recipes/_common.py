@@ -580,6 +580,28 @@ def load_split(
     return dataset
 
 
+def load_train_and_eval(args: argparse.Namespace, size):
+    """Training batches, held-out batches, and the held-out batches ``fit`` validates on.
+
+    The last two differ only under data_parallel, where ``fit`` needs batches that split
+    evenly over the devices (see :func:`even_batches`).
+    """
+    train_data = load_split(
+        args,
+        "train",
+        image_size=size,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_remainder=True,
+    )
+    eval_kwargs = {"image_size": size, "batch_size": eval_batch_size(args), "shuffle": False}
+    eval_data = load_split(args, args.eval_split, **eval_kwargs)
+    fit_eval_data = eval_data
+    if even_batches(args):
+        fit_eval_data = load_split(args, args.eval_split, drop_remainder=True, **eval_kwargs)
+    return train_data, eval_data, fit_eval_data
+
+
 def eval_batch_size(args: argparse.Namespace) -> int:
     """A multiple of ``--batch-size`` near 128 (divisible by the devices when it is)."""
     return args.batch_size * max(1, 128 // args.batch_size)

@@ -89,31 +89,7 @@ def train(args, run: _common.Run) -> dict:
 
     size = _common.image_size(args)
     image_shape = _common.dataset_info(args, size).image_shape
-    train_data = _common.load_split(
-        args,
-        "train",
-        image_size=size,
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_remainder=True,
-    )
-    eval_data = _common.load_split(
-        args,
-        args.eval_split,
-        image_size=size,
-        batch_size=_common.eval_batch_size(args),
-        shuffle=False,
-    )
-    fit_eval_data = eval_data
-    if _common.even_batches(args):
-        fit_eval_data = _common.load_split(
-            args,
-            args.eval_split,
-            image_size=size,
-            batch_size=_common.eval_batch_size(args),
-            shuffle=False,
-            drop_remainder=True,
-        )
+    train_data, eval_data, fit_eval_data = _common.load_train_and_eval(args, size)
     with _common.strategy_scope():
         try:
             model = keras_vq.models.VAE(

@@ -7,6 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_vq import _validation
 from keras_vq.models import networks
 
 
@@ -27,6 +28,18 @@ def resolve_input_shape(input_shape, encoder, filters):
         "`input_shape` is required (e.g. input_shape=(32, 32, 1)) unless `encoder` is a "
         "built model with a known input shape."
     )
+
+
+def checked_images(images, image_shape, finite: bool = False):
+    """``images`` as a tensor after checking its shape (and, if asked, that it is finite).
+
+    ``finite`` reads the values back, so only public eager methods ask for it.
+    """
+    images = ops.convert_to_tensor(images)
+    _validation.check_images("images", images, image_shape)
+    if finite:
+        _validation.check_finite("images", images)
+    return images
 
 
 def check_networks(encoder, decoder) -> bool:

@@ -98,13 +98,6 @@ class VAE(TrainStepMixin, keras.Model):
         self.built = True
 
     # ------------------------------------------------------------------ building blocks
-    def _check_inputs(self, x, finite: bool = False):
-        x = ops.convert_to_tensor(x)
-        _validation.check_images("images", x, self.image_shape)
-        if finite:  # public eager methods only: the check reads the values back
-            _validation.check_finite("images", x)
-        return x
-
     def _encode(self, x, training=False):
         outputs = self.encoder(x, training=training)
         if isinstance(outputs, list | tuple):
@@ -137,7 +130,7 @@ class VAE(TrainStepMixin, keras.Model):
         return self._mean_image(self.decoder(z, training=training))
 
     def step_loss(self, x, y=None, sample_weight=None, training=False):
-        x = self._check_inputs(x)
+        x = _common.checked_images(x, self.image_shape)
         target = x if y is None else y
         z_mean, z_log_var = self._encode(x, training=training)
         z = self.sampler([z_mean, z_log_var])
@@ -153,7 +146,9 @@ class VAE(TrainStepMixin, keras.Model):
 
     def encode(self, x):
         """Images → ``(z_mean, z_log_var)``, each float32 ``(B, latent_dim)``."""
-        return self._encode(self._check_inputs(x, finite=True), training=False)
+        return self._encode(
+            _common.checked_images(x, self.image_shape, finite=True), training=False
+        )
 
     def decode(self, z):
         """Latents ``(B, latent_dim)`` → mean images (probabilities for Bernoulli)."""
@@ -200,7 +195,7 @@ class VAE(TrainStepMixin, keras.Model):
         num_samples = _validation.check_int("num_samples", num_samples, minimum=1)
         chunk_size = _validation.check_int("chunk_size", chunk_size, minimum=1)
         seed = _validation.check_seed("seed", seed)
-        x = self._check_inputs(x, finite=True)
+        x = _common.checked_images(x, self.image_shape, finite=True)
         z_mean, z_log_var = self._encode(x, training=False)
         batch = ops.shape(x)[0]
         generator = keras.random.SeedGenerator(seed)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-from keras import ops
 
 from keras_vq import _validation
 from keras_vq import metrics as vq_metrics
@@ -102,19 +101,12 @@ class VQVAE(TrainStepMixin, keras.Model):
         self.quantizer.build(z_e.shape)
         self.built = True
 
-    def _check_images(self, images, finite: bool = False):
-        images = ops.convert_to_tensor(images)
-        _validation.check_images("images", images, self.image_shape)
-        if finite:  # public eager methods only: the check reads the values back
-            _validation.check_finite("images", images)
-        return images
-
     def call(self, inputs, training=None):
         z_q = self.quantizer(self.encoder(inputs, training=training), training=training)
         return self.decoder(z_q, training=training)
 
     def step_loss(self, x, y=None, sample_weight=None, training=False):
-        images = self._check_images(x)
+        images = _common.checked_images(x, self.image_shape)
         target = images if y is None else y
         z_e = self.encoder(images, training=training)
         z_q, codes, vq_loss = self.quantizer(
@@ -133,7 +125,7 @@ class VQVAE(TrainStepMixin, keras.Model):
 
     def encode(self, images):
         """Images ``(B, H, W, C)`` → int32 codes ``(B, h, w)``."""
-        images = self._check_images(images, finite=True)
+        images = _common.checked_images(images, self.image_shape, finite=True)
         return self.quantizer.encode(self.encoder(images, training=False))
 
     def decode(self, codes):
