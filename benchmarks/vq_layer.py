@@ -4,8 +4,9 @@
     python benchmarks/vq_layer.py --sizes 4096x64x512 --repeats 10
 
 Each configuration runs in a fresh subprocess so its peak memory is its own:
-``step_peak_mib`` is the growth of ``ru_maxrss`` over the resident size once the inputs exist
-(the working memory of forward + backward), ``inputs_resident_mib`` what the inputs took. The step is the
+``step_peak_mib`` is the growth of ``ru_maxrss`` over the resident size once the inputs
+exist (the working memory of forward + backward); ``inputs_resident_mib`` is what the inputs
+took. The step is the
 layer's forward pass, the VQ loss plus a unit-weight sum of the outputs, and the gradients
 with respect to the inputs and the codebook, compiled where the backend compiles
 (``tf.function``, ``jax.jit``; torch runs eagerly).
