@@ -7,7 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_vq import _distribute, _validation
+from keras_vq.backend import distribute as _distribute, _validation
 from keras_vq import losses as vq_losses
 from keras_vq import metrics as vq_metrics
 from keras_vq.layers._seed_state import SeedStateMixin

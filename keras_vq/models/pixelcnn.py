@@ -10,35 +10,13 @@ import numpy as np
 from keras import ops
 
 from keras_vq import _validation
-from keras_vq._trainers import TrainStepMixin
+from keras_vq.backend import TrainStepMixin, compile_function
 from keras_vq.layers.pixelcnn import GatedPixelCNNBlock, dense_weights
 from keras_vq.losses import categorical_cross_entropy
 from keras_vq.metrics import bits_per_dim
 
 # Gumbel noise is -log(-log(u)); u in [tiny, 1) keeps it finite, so 0 · noise is exactly 0.
 _TINY = float(np.finfo("float32").tiny)
-
-
-def _compile(fn: Callable) -> Callable:
-    """Compile a sampling loop: XLA on TF and JAX, eager without autograd on torch."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(fn, jit_compile=True)
-    if backend == "jax":
-        import jax
-
-        return jax.jit(fn)
-    if backend == "torch":
-        import torch
-
-        def no_grad(*args):
-            with torch.no_grad():
-                return fn(*args)
-
-        return no_grad
-    return fn
 
 
 class _SamplerCache:
@@ -310,7 +288,7 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
                 with keras.StatelessScope(state_mapping=list(zip(cache.variables, state))):
                     return self._sample_loop(uniform, temperature, labels)
 
-            cache.fn = _compile(run)
+            cache.fn = compile_function(run)
         return cache.fn(
             [v.value for v in cache.variables],
             ops.convert_to_tensor(uniform, "float32"),

@@ -11,7 +11,7 @@ from keras import ops
 from keras_vq import _validation
 from keras_vq import losses as vq_losses
 from keras_vq import metrics as vq_metrics
-from keras_vq._trainers import TrainStepMixin
+from keras_vq.backend import TrainStepMixin
 from keras_vq.layers.sampling import Sampling
 from keras_vq.models import _common, networks
 

@@ -8,7 +8,7 @@ import keras
 
 from keras_vq import _validation
 from keras_vq import metrics as vq_metrics
-from keras_vq._trainers import TrainStepMixin
+from keras_vq.backend import TrainStepMixin
 from keras_vq.layers.vector_quantizer import VectorQuantizer
 from keras_vq.models import _common, networks
 

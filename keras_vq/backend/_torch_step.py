@@ -2,7 +2,7 @@
 
 import torch
 
-from keras_vq._trainers._base import StepMixinBase
+from keras_vq.backend._step_base import StepMixinBase
 
 
 class TrainStepMixin(StepMixinBase):

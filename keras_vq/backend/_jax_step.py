@@ -7,9 +7,9 @@ codebooks, RNG seeds, trackers) are read back from the scope and returned as the
 """
 
 import jax
-from keras.src.backend.common.stateless_scope import StatelessScope
+from keras import StatelessScope
 
-from keras_vq._trainers._base import StepMixinBase
+from keras_vq.backend._step_base import StepMixinBase
 
 
 def _values_after(scope, variables, before):

@@ -17,11 +17,11 @@ own layers (BatchNormalization) — see ``shared/KERAS3_NOTES.md`` §1–§5 for
 import keras
 
 if keras.backend.backend() == "jax":
-    from keras_vq._trainers._jax import TrainStepMixin
+    from keras_vq.backend._jax_step import TrainStepMixin
 elif keras.backend.backend() == "torch":
-    from keras_vq._trainers._torch import TrainStepMixin
+    from keras_vq.backend._torch_step import TrainStepMixin
 elif keras.backend.backend() == "tensorflow":
-    from keras_vq._trainers._tf import TrainStepMixin
+    from keras_vq.backend._tf_step import TrainStepMixin
 else:  # pragma: no cover - numpy / openvino cannot train
     raise ImportError(
         f"keras_vq models train on the tensorflow, jax and torch backends; KERAS_BACKEND is "

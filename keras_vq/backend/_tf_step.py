@@ -2,8 +2,8 @@
 
 import tensorflow as tf
 
-from keras_vq import _distribute
-from keras_vq._trainers._base import StepMixinBase
+from keras_vq.backend import distribute as _distribute
+from keras_vq.backend._step_base import StepMixinBase
 
 
 class TrainStepMixin(StepMixinBase):
