@@ -7,9 +7,10 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_vq.backend import distribute as _distribute, _validation
+from keras_vq import _validation
 from keras_vq import losses as vq_losses
 from keras_vq import metrics as vq_metrics
+from keras_vq.backend import distribute as _distribute
 from keras_vq.layers._seed_state import SeedStateMixin
 
 
