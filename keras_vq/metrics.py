@@ -1,4 +1,4 @@
-"""Evaluation statistics: codebook perplexity, bits per dimension, IWAE log-likelihood."""
+"""Evaluation statistics: codebook perplexity and usage, bits per dimension, IWAE log-likelihood."""
 
 from __future__ import annotations
 
@@ -40,6 +40,32 @@ def perplexity_from_counts(counts):
     counts = ops.cast(counts, "float32")
     p = counts / ops.maximum(ops.sum(counts), 1.0)
     return ops.exp(-ops.sum(p * ops.log(p + 1e-10)))
+
+
+def code_usage(indices, num_embeddings: int, threshold: float = 1.0) -> dict:
+    """Codebook usage statistics of a set of code indices.
+
+    Args:
+        indices: int code indices, any shape (all positions of a dataset or a batch).
+        num_embeddings: K.
+        threshold: a code counts as used when it is assigned at least this many times.
+
+    Returns:
+        Dict of float32 scalars: ``perplexity`` (``exp(-Σ_k p_k log p_k)``), ``used_codes``
+        (number of codes used), ``used_fraction`` (``used_codes / K``) and ``dead_codes``
+        (``K - used_codes``).
+
+    Example:
+        >>> code_usage(ops.array([0, 0, 1, 3]), 8)["used_codes"]   # 3.0
+    """
+    counts = code_counts(indices, num_embeddings)
+    used = ops.sum(ops.cast(counts >= threshold, "float32"))
+    return {
+        "perplexity": perplexity_from_counts(counts),
+        "used_codes": used,
+        "used_fraction": used / num_embeddings,
+        "dead_codes": num_embeddings - used,
+    }
 
 
 def bits_per_dim(nll_nats, num_dims: int):
