@@ -1,4 +1,4 @@
-"""Evaluation statistics: codebook perplexity and usage, bits per dimension, IWAE log-likelihood."""
+"""Evaluation statistics: codebook perplexity and usage, bits per dimension, IWAE bounds."""
 
 from __future__ import annotations
 

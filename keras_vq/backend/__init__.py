@@ -5,18 +5,29 @@ TensorFlow, JAX and PyTorch lives here:
 
 - ``TrainStepMixin`` (``trainers``): the per-backend ``train_step``/``test_step``;
 - ``distribute``: cross-replica sums for ``tf.distribute`` (no-ops elsewhere);
-- ``compile_function``, ``no_grad``, ``inference``, ``to_numpy`` (``ops``): running a loop
-  compiled, running inference without autograd state, copying results to the host.
+- ``ops``: running a loop compiled (``compile_function``), inference without autograd state
+  (``no_grad``, ``inference``), host copies (``to_numpy``), a gather with a dense gradient
+  (``gather_rows``), and whether forward-pass assignments to trainable weights persist;
+- ``checks``: input checks that also hold inside compiled steps.
 """
 
 from keras_vq.backend import distribute
-from keras_vq.backend.ops import compile_function, inference, no_grad, to_numpy
+from keras_vq.backend.ops import (
+    compile_function,
+    forward_assignments_persist,
+    gather_rows,
+    inference,
+    no_grad,
+    to_numpy,
+)
 from keras_vq.backend.trainers import TrainStepMixin
 
 __all__ = [
     "TrainStepMixin",
     "compile_function",
     "distribute",
+    "forward_assignments_persist",
+    "gather_rows",
     "inference",
     "no_grad",
     "to_numpy",

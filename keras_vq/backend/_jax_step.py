@@ -10,6 +10,7 @@ import jax
 from keras import StatelessScope
 
 from keras_vq.backend._step_base import StepMixinBase
+from keras_vq.backend.checks import validating_batches
 
 
 def _values_after(scope, variables, before):
@@ -20,6 +21,26 @@ def _values_after(scope, variables, before):
 
 
 class TrainStepMixin(StepMixinBase):
+    def _wrap_step_function(self, fn):
+        # A jitted step cannot raise without losing its donated state: check batches first.
+        return validating_batches(
+            super()._wrap_step_function(fn), self.validate_batch, self._restore_state
+        )
+
+    def _restore_state(self, state):
+        """Write a step's input state (train, test or predict layout) back to the variables."""
+        groups = [self.trainable_variables, self.non_trainable_variables]
+        if len(state) == 4:
+            groups += [self.optimizer.variables, self.metrics_variables]
+        elif len(state) == 3:
+            groups.append(self.metrics_variables)
+        try:
+            for variables, values in zip(groups, state):
+                for variable, value in zip(variables, values):
+                    variable.assign(value)
+        except RuntimeError:  # buffers donated to an earlier step of a multi-step execution
+            pass
+
     def _stateless_step_loss(
         self, trainable, non_trainable, metrics_vars, optimizer_vars, x, y, sample_weight, training
     ):
@@ -69,10 +90,26 @@ class TrainStepMixin(StepMixinBase):
             new if after is before else after + (new - before)
             for new, after, before in zip(new_trainable, forward_trainable, trainable)
         ]
+        self._fold_codebook_offsets(new_trainable, non_trainable)
         logs, metrics_vars = self._stateless_finish(
             metrics_vars, loss, x, y, y_pred, sample_weight
         )
         return logs, (new_trainable, non_trainable, optimizer_vars, metrics_vars)
+
+    def _fold_codebook_offsets(self, trainable, non_trainable) -> None:
+        """Fold quantizers' pending restarts (``codebook_offset``) into their ``codebook``.
+
+        In place on the state lists; the models' state then matches TF and torch, where the
+        restart is assigned to the codebook directly.
+        """
+        trainable_index = {v.path: i for i, v in enumerate(self.trainable_variables)}
+        for j, variable in enumerate(self.non_trainable_variables):
+            if not variable.path.endswith("/codebook_offset"):
+                continue
+            i = trainable_index.get(variable.path[: -len("_offset")])
+            if i is not None:
+                trainable[i] = trainable[i] + non_trainable[j]
+                non_trainable[j] = jax.numpy.zeros_like(non_trainable[j])
 
     def test_step(self, state, data):
         trainable, non_trainable, metrics_vars = state

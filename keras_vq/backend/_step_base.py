@@ -3,6 +3,8 @@
 import keras
 from keras import ops, tree
 
+from keras_vq.backend.checks import raising_value_errors
+
 
 def batch_size(x) -> int:
     return next(t for t in tree.flatten(x) if t is not None).shape[0]
@@ -25,6 +27,32 @@ class StepMixinBase:
         """A NaN/Inf loss (a corrupt batch) skips the update instead of poisoning weights;
         ``keras.callbacks.TerminateOnNaN`` then stops training on the logged NaN."""
         return ops.all(ops.isfinite(loss))
+
+    def validate_batch(self, data) -> None:
+        """Check one batch of ``fit``/``evaluate``/``predict`` data (concrete values).
+
+        Only the JAX step calls it, before the batch enters the jitted step; elsewhere the
+        model's own call checks its inputs (``keras_vq.backend.checks``).
+        """
+
+    def _wrap_step_function(self, fn):
+        # Input checks inside compiled steps fail as backend errors; users get the ValueError.
+        return raising_value_errors(fn)
+
+    def make_train_function(self, force=False):
+        made = super().make_train_function(force)
+        self.train_function = self._wrap_step_function(self.train_function)
+        return None if made is None else self.train_function
+
+    def make_test_function(self, force=False):
+        made = super().make_test_function(force)
+        self.test_function = self._wrap_step_function(self.test_function)
+        return None if made is None else self.test_function
+
+    def make_predict_function(self, force=False):
+        made = super().make_predict_function(force)
+        self.predict_function = self._wrap_step_function(self.predict_function)
+        return None if made is None else self.predict_function
 
     @staticmethod
     def _unpack(data):

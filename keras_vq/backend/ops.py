@@ -67,3 +67,47 @@ def to_numpy(x: Any) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x
     return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def gather_rows(table: Any, indices: Any):
+    """``table[indices]`` along axis 0, with a dense gradient for ``table`` on every backend.
+
+    TensorFlow differentiates a gather into ``IndexedSlices`` holding one slice per use, repeated
+    rows included, and Keras' Adam and RMSprop square those slices before summing them: a row
+    used n times gets a second moment built from n separate squares and steps about √n too far
+    (KERAS3_NOTES §12). Here the gradient is summed per row first (a segment sum), as JAX and
+    torch do.
+
+    Args:
+        table: ``(K, D)`` tensor or variable.
+        indices: int32 tensor of any shape with values in ``[0, K)``.
+
+    Returns:
+        ``indices.shape + (D,)``.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return keras.ops.take(table, indices, axis=0)
+    import tensorflow as tf
+
+    indices = tf.convert_to_tensor(indices)
+
+    @tf.custom_gradient
+    def gather(rows):
+        def grad(upstream):
+            upstream = tf.reshape(upstream, tf.concat([[-1], tf.shape(rows)[1:]], 0))
+            flat = tf.reshape(indices, [-1])
+            return tf.math.unsorted_segment_sum(upstream, flat, tf.shape(rows)[0])
+
+        return tf.gather(rows, indices), grad
+
+    return gather(tf.convert_to_tensor(table))
+
+
+def forward_assignments_persist() -> bool:
+    """Whether a trainable variable assigned inside a training forward pass keeps the value.
+
+    JAX's stateless training step (``stateless_call``) returns only the non-trainable
+    variables, so a layer that rewrites trainable weights in ``call`` (a restarted code) must
+    keep the change in non-trainable state there.
+    """
+    return keras.backend.backend() != "jax"

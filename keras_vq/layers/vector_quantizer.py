@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from keras_vq import _validation
+from keras_vq import backend as vq_backend
 from keras_vq import losses as vq_losses
 from keras_vq import metrics as vq_metrics
 from keras_vq.backend import distribute as _distribute
@@ -203,6 +204,18 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
                 trainable=False,
                 autocast=False,
             )
+        self.codebook_offset = None
+        if self.dead_code_threshold > 0 and not self.uses_ema:
+            # Restarts of a trainable codebook, where JAX's stateless training step keeps
+            # them (non-trainable state); folded into `codebook` wherever assignments persist.
+            self.codebook_offset = self.add_weight(
+                name="codebook_offset",
+                shape=shape,
+                initializer="zeros",
+                dtype="float32",
+                trainable=False,
+                autocast=False,
+            )
         if self.uses_ema:
             codebook = self.codebook
             self.ema_sum = self.add_weight(
@@ -235,14 +248,31 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
         z = ops.cast(inputs, "float32")
         return z, ops.reshape(z, (-1, self.embedding_dim))
 
+    @property
+    def embeddings(self):
+        """The codebook used for look-ups, ``codebook`` plus restarts not yet folded into it.
+
+        Equal to ``codebook`` except on JAX after restarts of a gradient-trained codebook made
+        inside a stateless training step (a user's ``fit``); keras_vq's models fold them in
+        after every step.
+        """
+        if self.codebook_offset is None:
+            return ops.convert_to_tensor(self.codebook)
+        return self.codebook + self.codebook_offset
+
     def call(self, inputs, training=None, return_indices=False, return_loss=False):
         z, flat = self._flatten(inputs)
-        indices = nearest_code(flat, self.codebook, self.chunk_size)
-        quantized = ops.reshape(ops.take(self.codebook, indices, axis=0), ops.shape(z))
+        codebook = self.embeddings
+        indices = nearest_code(flat, codebook, self.chunk_size)
+        quantized = ops.reshape(vq_backend.gather_rows(codebook, indices), ops.shape(z))
         loss = vq_losses.vq_loss(z, quantized, self.beta, codebook_term=not self.uses_ema)
+        # An empty batch has no loss (its mean would be NaN) and changes no state.
+        num_rows = ops.shape(flat)[0]
+        loss = ops.where(num_rows > 0, loss, ops.zeros_like(loss))
         if not return_loss:
             self.add_loss(loss)
-        if training:
+        # As BatchNormalization: a frozen layer (trainable=False) keeps its state.
+        if training and self.trainable and flat.shape[0] != 0:
             self._update_state(flat, indices)
         # Straight-through estimator: forward value e_k, gradient identity w.r.t. z_e.
         outputs = inputs + ops.stop_gradient(ops.cast(quantized, inputs.dtype) - inputs)
@@ -255,54 +285,106 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
 
     def _update_state(self, flat, indices) -> None:
         counts = vq_metrics.code_counts(indices, self.num_embeddings)
+        # Global batch statistics, so every replica applies the same update.
         if not self.tracks_usage:
             (counts,) = _distribute.sum_across_replicas(counts)
-            self.perplexity.assign(vq_metrics.perplexity_from_counts(counts))
+            valid = ops.sum(counts) > 0
+            perplexity = vq_metrics.perplexity_from_counts(counts)
+            self.perplexity.assign(ops.where(valid, perplexity, self.perplexity.value))
             return
         sums = ops.segment_sum(ops.stop_gradient(flat), indices, num_segments=self.num_embeddings)
-        # Global batch statistics, so every replica applies the same update.
         counts, sums = _distribute.sum_across_replicas(counts, sums)
-        self.perplexity.assign(vq_metrics.perplexity_from_counts(counts))
-        finite = ops.all(ops.isfinite(sums))
+        # A non-finite batch (fp16 overflow) must not poison the codebook; an empty one (a
+        # dynamic batch of size 0) must not decay the usage statistics.
+        valid = ops.logical_and(ops.all(ops.isfinite(sums)), ops.sum(counts) > 0)
         decay = self.ema_decay if self.uses_ema else 0.99
-        cluster_size = _ema(self.ema_cluster_size, counts, decay)
+        cluster_size = ema_update(self.ema_cluster_size, counts, decay)
+        ema_sum = None
         if self.uses_ema:
-            ema_sum = _ema(self.ema_sum, sums, decay)
-            total = ops.sum(cluster_size)
-            smoothed = (
-                (cluster_size + self.epsilon)
-                / (total + self.num_embeddings * self.epsilon)
-                * total
-            )
-            codebook = ema_sum / smoothed[:, None]
+            ema_sum = ema_update(self.ema_sum, sums, decay)
+            codebook = ema_sum / laplace_smoothing(cluster_size, self.epsilon)[:, None]
         else:
-            ema_sum, codebook = None, self.codebook.value
+            codebook = self.embeddings
         if self.dead_code_threshold > 0:
             codebook, cluster_size, ema_sum = self._restart_dead_codes(
                 flat, codebook, cluster_size, ema_sum
             )
-        # A non-finite batch (fp16 overflow) must not poison the codebook.
-        self.ema_cluster_size.assign(ops.where(finite, cluster_size, self.ema_cluster_size.value))
+        self.perplexity.assign(
+            ops.where(valid, vq_metrics.perplexity_from_counts(counts), self.perplexity.value)
+        )
+        self.ema_cluster_size.assign(ops.where(valid, cluster_size, self.ema_cluster_size.value))
         if ema_sum is not None:
-            self.ema_sum.assign(ops.where(finite, ema_sum, self.ema_sum.value))
-        self.codebook.assign(ops.where(finite, codebook, self.codebook.value))
+            self.ema_sum.assign(ops.where(valid, ema_sum, self.ema_sum.value))
+        if self.uses_ema:
+            self.codebook.assign(ops.where(valid, codebook, self.codebook.value))
+        elif self.dead_code_threshold > 0:
+            self._assign_restarted(ops.where(valid, codebook, self.embeddings))
+
+    def _assign_restarted(self, codebook) -> None:
+        """Make ``codebook`` the effective codebook of a gradient-trained quantizer."""
+        codebook = ops.stop_gradient(codebook)
+        if vq_backend.forward_assignments_persist():
+            self.codebook.assign(codebook)
+            self.codebook_offset.assign(ops.zeros_like(codebook))
+        else:
+            self.codebook_offset.assign(codebook - ops.stop_gradient(self.codebook.value))
 
     def _restart_dead_codes(self, flat, codebook, cluster_size, ema_sum):
         """Replace codes used less than ``dead_code_threshold`` by random batch vectors."""
         num_rows = ops.shape(flat)[0]
         u = keras.random.uniform((self.num_embeddings,), seed=self.seed_generator)
         rows = ops.cast(ops.floor(u * ops.cast(num_rows, "float32")), "int32")
-        rows = ops.minimum(rows, num_rows - 1)
+        rows = ops.clip(rows, 0, ops.maximum(num_rows - 1, 0))
         # Replicas see different batches: all restart from the first replica's vectors.
         candidates = _distribute.broadcast_from_first_replica(
             ops.take(ops.stop_gradient(flat), rows, axis=0)
         )
         dead = cluster_size < self.dead_code_threshold
-        codebook = ops.where(dead[:, None], candidates, codebook)
+        codebook = ops.where(dead[:, None], candidates, ops.stop_gradient(codebook))
         cluster_size = ops.where(dead, self.dead_code_threshold, cluster_size)
         if ema_sum is not None:
             ema_sum = ops.where(dead[:, None], candidates * self.dead_code_threshold, ema_sum)
         return codebook, cluster_size, ema_sum
+
+    def set_codebook(self, vectors) -> None:
+        """Set the codebook to ``vectors``, keeping the EMA state consistent with it.
+
+        The one public way to set the codebook (for any initialisation scheme): with an EMA
+        codebook, ``ema_sum`` is set so that ``ema_sum / Ñ = vectors`` for the current smoothed
+        cluster sizes ``Ñ``, so the next training call starts from ``vectors``; restarts not
+        yet folded in are dropped.
+
+        Args:
+            vectors: float ``(num_embeddings, embedding_dim)``, finite. Builds the layer when
+                it is not built yet.
+
+        Raises:
+            ValueError: wrong shape or non-finite values. TypeError: non-float dtype.
+
+        Example:
+            >>> vq = VectorQuantizer(num_embeddings=4, embedding_dim=2, ema_decay=0.99)
+            >>> vq.set_codebook(np.eye(4, 2))
+        """
+        dtype = keras.backend.standardize_dtype(getattr(vectors, "dtype", "float32"))
+        if "float" not in dtype:
+            raise TypeError(f"`vectors` must have a float dtype, got dtype {dtype}.")
+        vectors = ops.cast(ops.convert_to_tensor(vectors), "float32")
+        shape = tuple(vectors.shape)
+        dim = self.embedding_dim if self.embedding_dim is not None else shape[-1]
+        if len(shape) != 2 or shape != (self.num_embeddings, dim):
+            raise ValueError(
+                f"`vectors` must have shape (num_embeddings, embedding_dim) = "
+                f"({self.num_embeddings}, {dim}), got shape {shape}."
+            )
+        _validation.check_finite("vectors", vectors)
+        if not self.built:
+            self.build((None, dim))
+        self.codebook.assign(vectors)
+        if self.codebook_offset is not None:
+            self.codebook_offset.assign(ops.zeros_like(vectors))
+        if self.uses_ema:
+            smoothed = laplace_smoothing(self.ema_cluster_size.value, self.epsilon)
+            self.ema_sum.assign(vectors * smoothed[:, None])
 
     def encode(self, inputs):
         """Nearest-code indices, int32 of shape ``inputs.shape[:-1]``.
@@ -314,7 +396,7 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
         if not self.built:
             self.build(inputs.shape)
         _, flat = self._flatten(inputs)
-        indices = nearest_code(flat, self.codebook, self.chunk_size)
+        indices = nearest_code(flat, self.embeddings, self.chunk_size)
         return ops.reshape(indices, ops.shape(inputs)[:-1])
 
     def decode(self, indices):
@@ -329,7 +411,7 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
         if not self.built:
             raise ValueError("VectorQuantizer.decode needs a built layer (call it once first).")
         _validation.check_integer_codes("indices", indices, self.num_embeddings)
-        return ops.take(self.codebook, ops.cast(indices, "int32"), axis=0)
+        return ops.take(self.embeddings, ops.cast(indices, "int32"), axis=0)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -358,5 +440,18 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
         return config
 
 
-def _ema(variable, value, decay: float):
-    return decay * variable + (1.0 - decay) * value
+def ema_update(average, value, decay: float):
+    """Exponential moving average ``γ · average + (1 - γ) · value``."""
+    return decay * average + (1.0 - decay) * value
+
+
+def laplace_smoothing(cluster_size, epsilon: float):
+    """``Ñ_k = (N_k + ε) / (Σ_j N_j + K ε) · Σ_j N_j``: no code's size is ever 0.
+
+    Args:
+        cluster_size: EMA cluster sizes ``N``, ``(K,)``.
+        epsilon: ε ≥ 0.
+    """
+    total = ops.sum(cluster_size)
+    num_codes = cluster_size.shape[0]
+    return (cluster_size + epsilon) / (total + num_codes * epsilon) * total

@@ -181,7 +181,7 @@ class TestVectorQuantizer(TestCase):
         steps = 10 if ema_decay else 80
         for _ in range(steps):
             layer(z, training=True)
-        new = to_numpy(layer.codebook)
+        new = to_numpy(layer.embeddings)
         for k in (1, 2):  # never assigned: restarted onto (near) a batch vector
             assert np.min(np.abs(z - new[k]).sum(-1)) < 0.5, new
         codes = to_numpy(layer.encode(z))
