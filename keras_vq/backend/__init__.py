@@ -7,7 +7,8 @@ TensorFlow, JAX and PyTorch lives here:
 - ``distribute``: cross-replica sums for ``tf.distribute`` (no-ops elsewhere);
 - ``ops``: running a loop compiled (``compile_function``), inference without autograd state
   (``no_grad``, ``inference``), host copies (``to_numpy``), a gather with a dense gradient
-  (``gather_rows``), and whether forward-pass assignments to trainable weights persist;
+  (``gather_rows``), whether forward-pass assignments to trainable weights persist, and
+  keeping TensorFlow off the GPUs when it only feeds data (``hide_gpus_from_tensorflow``);
 - ``checks``: input checks that also hold inside compiled steps.
 """
 
@@ -16,6 +17,7 @@ from keras_vq.backend.ops import (
     compile_function,
     forward_assignments_persist,
     gather_rows,
+    hide_gpus_from_tensorflow,
     inference,
     no_grad,
     to_numpy,
@@ -28,6 +30,7 @@ __all__ = [
     "distribute",
     "forward_assignments_persist",
     "gather_rows",
+    "hide_gpus_from_tensorflow",
     "inference",
     "no_grad",
     "to_numpy",

@@ -111,3 +111,25 @@ def forward_assignments_persist() -> bool:
     keep the change in non-trainable state there.
     """
     return keras.backend.backend() != "jax"
+
+
+def hide_gpus_from_tensorflow() -> bool:
+    """Keep TensorFlow, when it only feeds ``tf.data`` to JAX or torch, off the GPUs.
+
+    TensorFlow reserves most of a GPU's memory once it touches it; next to JAX or torch that
+    memory is lost to the model. Call this before the first TensorFlow op (the recipes do); it
+    changes process-wide device visibility, so the library never calls it on its own.
+
+    Returns:
+        Whether the GPUs are hidden (False on the TensorFlow backend, or when TensorFlow has
+        initialised its devices already).
+    """
+    if keras.backend.backend() == "tensorflow":
+        return False
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # devices already initialised
+        return False
+    return True
