@@ -25,11 +25,11 @@ import os
 import platform
 import subprocess
 import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import _harness
+
+ROOT = _harness.ROOT
 HERE = os.path.join(ROOT, "benchmarks")
-BACKENDS = ("tensorflow", "jax", "torch")
 
 # name -> (runs once per --backends entry, arguments for --quick when it has no --quick flag)
 SCRIPTS = {
@@ -42,16 +42,7 @@ SCRIPTS = {
     "precision": (False, None),
 }
 # Keys shown in the header instead of every row.
-MACHINE_KEYS = {
-    "cpu_count",
-    "machine",
-    "python",
-    "keras",
-    "tensorflow",
-    "tf_keras",
-    "jax",
-    "torch",
-}
+MACHINE_KEYS = {"cpu_count", "machine", "python", *_harness.DISTRIBUTIONS}
 # Columns that identify a row come first, then the headline figures.
 FIRST_COLUMNS = (
     "backend",
@@ -69,27 +60,16 @@ FIRST_COLUMNS = (
     "error",
     "skipped",
     "ratio",
-    "ratio_vs_keras3_port",
     "ratio_vs_plain_ae",
     "speedup_vs_float32",
     "images_per_s",
     "mse",
-    "mse_vs_kerasio",
-    "codes_used",
+    "mse_vs_naive",
+    "used_fraction",
+    "used_codes",
     "perplexity",
     "elbo_nats",
     "iwae_nll_nats",
-)
-DIST_VERSIONS = (
-    "keras",
-    "tensorflow",
-    "tf_keras",
-    "jax",
-    "jaxlib",
-    "torch",
-    "numpy",
-    "dm-sonnet",
-    "vector-quantize-pytorch",
 )
 
 
@@ -97,13 +77,13 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke configuration of every script")
     parser.add_argument("--only", nargs="+", choices=list(SCRIPTS), default=None)
-    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=None)
+    parser.add_argument("--backends", nargs="+", choices=_harness.BACKENDS, default=None)
     parser.add_argument("--markdown", default=os.path.join(HERE, "RESULTS.md"))
     parser.add_argument("--jsonl", default=None, help="also write every JSON line here")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per script run")
     args = parser.parse_args(argv)
     if args.backends is None:
-        args.backends = ["tensorflow"] if args.quick else list(BACKENDS)
+        args.backends = ["tensorflow"] if args.quick else list(_harness.BACKENDS)
     return args
 
 
@@ -136,15 +116,8 @@ def gpu_description() -> str:
 
 
 def versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for dist in DIST_VERSIONS:
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
+    found = _harness.versions(_harness.DISTRIBUTIONS)
+    return {dist: found.get(dist, "not installed") for dist in _harness.DISTRIBUTIONS}
 
 
 def git_commit() -> str:
@@ -178,45 +151,15 @@ def run_script(name: str, backend: str | None, args) -> dict:
     path = os.path.join(HERE, f"{name}.py")
     if not os.path.exists(path):
         return {"records": [], "status": "missing (no benchmarks/" + name + ".py)", "seconds": 0}
-    cmd = [sys.executable, "-m", f"benchmarks.{name}"]
+    argv = []
     if args.quick:
         quick_args = SCRIPTS[name][1]
-        cmd += ["--quick"] if has_quick_flag(path) or quick_args is None else quick_args
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if backend:
-        env["KERAS_BACKEND"] = backend
-    records, start = [], time.perf_counter()
+        argv = ["--quick"] if has_quick_flag(path) or quick_args is None else quick_args
     label = f"{name}" + (f" [{backend}]" if backend else "")
-    print(f"# running {label}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=args.timeout)
-        status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        stdout, stderr = proc.communicate()
-        status = f"timed out after {args.timeout:.0f} s"
-    for line in stdout.splitlines():
-        if not line.startswith("{"):
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if backend and "backend" not in record:
-            record["backend"] = backend
-        records.append(record)
-        print(json.dumps(record, sort_keys=True), flush=True)
-    if status == "ok" and not records:
-        status = "failed (no JSON output)"
-    if status != "ok":
-        tail = [line for line in stderr.strip().splitlines() if line.strip()][-1:] or [""]
-        status += f": {tail[0][-300:]}"
-        print(f"# {label}: {status}", file=sys.stderr, flush=True)
-    return {"records": records, "status": status, "seconds": time.perf_counter() - start}
+    print(f"# running {label}: {' '.join(argv)}", file=sys.stderr, flush=True)
+    run = _harness.run_module(name, argv, backend=backend, timeout=args.timeout, echo=True)
+    status = "ok" if run.error is None else f"failed: {run.error}"
+    return {"records": run.records, "status": status, "seconds": run.seconds}
 
 
 # ------------------------------------------------------------------ Markdown
@@ -259,7 +202,8 @@ def markdown(results: dict, started: str, load_before: str, args) -> str:
         f"- keras_vq commit: {git_commit()}",
         "",
         "Ratios: `ratio` in peers_vq is ours / peer *time* (below 1: ours faster); in "
-        "train_throughput it is ours / baseline *images per second* (above 1: ours faster); "
+        "train_throughput it is ours / the naive VQ-VAE's *images per second* (above 1: ours "
+        "faster); "
         "`speedup_vs_float32` is float32 step time / the policy's.",
         "",
     ]

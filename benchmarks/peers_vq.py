@@ -31,12 +31,10 @@ with ``"error"`` and the run goes on.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
-import time
+from functools import partial
+
+from benchmarks import _harness
 
 DEFAULT_SIZES = (4096, 32768)
 PAIRS = {"tensorflow": "sonnet", "torch": "vector_quantize_pytorch"}
@@ -69,15 +67,6 @@ def parse_args(argv=None):
     return args
 
 
-def version(distribution: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 # ---------------------------------------------------------------- TensorFlow vs Sonnet
 def _tf_steps(mode: str, x, num_embeddings: int, kw: dict):
     """(ours, peer) zero-argument step functions on the TensorFlow backend."""
@@ -85,6 +74,7 @@ def _tf_steps(mode: str, x, num_embeddings: int, kw: dict):
     import tensorflow as tf
     from keras import ops
 
+    from benchmarks.vq_layer import fwd_bwd_fn
     from keras_vq.layers import VectorQuantizer
 
     dim = x.shape[-1]
@@ -92,30 +82,11 @@ def _tf_steps(mode: str, x, num_embeddings: int, kw: dict):
     if mode == "grad":
         ours_layer = VectorQuantizer(num_embeddings, dim, **kw)
         ours_layer.build((None, dim))
-
-        @tf.function
-        def ours_step():
-            # As benchmarks.vq_layer.fwd_bwd_fn, but the codebook gradient of a gather is
-            # IndexedSlices: densify it in the graph, as Sonnet's one-hot matmul gives dense.
-            with tf.GradientTape() as tape:
-                tape.watch(xt)
-                out = ours_layer(xt, training=False)
-                loss = ops.sum(out) + ours_layer.losses[0]
-            grads = tape.gradient(loss, [xt, ours_layer.codebook.value])
-            return [tf.convert_to_tensor(g) for g in grads]
-
         peer_layer = snt.nets.VectorQuantizer(dim, num_embeddings, commitment_cost=0.25)
-
-        @tf.function
-        def peer_step():
-            with tf.GradientTape() as tape:
-                tape.watch(xt)
-                out = peer_layer(xt, is_training=False)
-                loss = tf.reduce_sum(out["quantize"]) + out["loss"]
-            return tape.gradient(loss, [xt, peer_layer.embeddings])
-
-        peer_step()  # creates Sonnet's variables outside the timed calls
-        return lambda: [g.numpy() for g in ours_step()], lambda: [g.numpy() for g in peer_step()]
+        # Sonnet creates its codebook in the first call, inside the traced step.
+        return fwd_bwd_fn(ours_layer, x), _sonnet_step(
+            tf, peer_layer, xt, False, lambda: [xt, peer_layer.embeddings]
+        )
 
     ours_layer = VectorQuantizer(num_embeddings, dim, ema_decay=0.99, **kw)
     ours_layer.build((None, dim))
@@ -129,17 +100,25 @@ def _tf_steps(mode: str, x, num_embeddings: int, kw: dict):
         return tape.gradient(total, xt)
 
     peer_layer = snt.nets.VectorQuantizerEMA(dim, num_embeddings, commitment_cost=0.25, decay=0.99)
+    return lambda: ours_step().numpy(), _sonnet_step(tf, peer_layer, xt, True, lambda: xt)
+
+
+def _sonnet_step(tf, layer, xt, is_training: bool, sources):
+    """Compiled Sonnet forward+backward: the gradient of ``sum(quantize) + loss``.
+
+    ``sources()`` names what to differentiate with respect to; it is called inside the step,
+    after Sonnet has created its variables.
+    """
 
     @tf.function
-    def peer_step():
+    def step():
         with tf.GradientTape() as tape:
             tape.watch(xt)
-            out = peer_layer(xt, is_training=True)
+            out = layer(xt, is_training=is_training)
             loss = tf.reduce_sum(out["quantize"]) + out["loss"]
-        return tape.gradient(loss, xt)
+        return tape.gradient(loss, sources())
 
-    peer_step()
-    return lambda: ours_step().numpy(), lambda: peer_step().numpy()
+    return lambda: tf.nest.map_structure(lambda g: g.numpy(), step())
 
 
 # ---------------------------------------------------------------- torch vs lucidrains
@@ -189,23 +168,9 @@ def _torch_steps(mode: str, x, num_embeddings: int, kw: dict):
     return ours, peer
 
 
-def _alternate(ours, peer, rounds: int) -> tuple[list[float], list[float]]:
-    ours()
-    peer()
-    t_ours, t_peer = [], []
-    for _ in range(rounds):
-        for fn, times in ((ours, t_ours), (peer, t_peer)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return t_ours, t_peer
-
-
 def run_child(args) -> None:
     import keras
     import numpy as np
-
-    from benchmarks import _harness
 
     backend = keras.backend.backend()
     threads = args.threads[0]
@@ -223,7 +188,9 @@ def run_child(args) -> None:
         "benchmark": "peers_vq",
         "backend": backend,
         "peer": peer_module,
-        "peer_version": version(PEER_DISTRIBUTIONS[peer_module]),
+        "peer_version": _harness.versions([PEER_DISTRIBUTIONS[peer_module]]).get(
+            PEER_DISTRIBUTIONS[peer_module]
+        ),
         "embedding_dim": args.embedding_dim,
         "num_embeddings": args.num_embeddings,
         "threads": threads,
@@ -231,7 +198,7 @@ def run_child(args) -> None:
     try:
         __import__(peer_module)
     except Exception as error:  # not installed, or broken against these versions
-        _harness.emit({**base, "error": f"import {peer_module}: {type(error).__name__}: {error}"})
+        _harness.emit({**base, "error": f"import {peer_module}: {_harness.error_text(error)}"})
         return
     # Our layer as users get it, unless --chunk-size overrides its default.
     kw = {} if args.chunk_size is None else {"chunk_size": args.chunk_size}
@@ -243,9 +210,19 @@ def run_child(args) -> None:
             try:
                 x = np.random.default_rng(0).normal(size=(n, args.embedding_dim))
                 ours, peer = make_steps(mode, x.astype("float32"), args.num_embeddings, kw)
-                t_ours, t_peer = _alternate(ours, peer, args.rounds)
+                ours(), peer()  # warm-up: tracing and first-call allocations
+                times, errors = _harness.alternate(
+                    {
+                        "ours": partial(_harness.seconds, ours),
+                        "peer": partial(_harness.seconds, peer),
+                    },
+                    args.rounds,
+                )
+                if errors:
+                    raise RuntimeError("; ".join(f"{k}: {v}" for k, v in errors.items()))
+                t_ours, t_peer = times["ours"], times["peer"]
             except Exception as error:
-                _harness.emit({**record, "error": f"{type(error).__name__}: {error}"})
+                _harness.emit({**record, "error": _harness.error_text(error)})
                 continue
             ours_s, peer_s = statistics.median(t_ours), statistics.median(t_peer)
             _harness.emit(
@@ -263,46 +240,30 @@ def run_child(args) -> None:
             )
 
 
+def run_all(args) -> None:
+    """One child process per (thread setting, backend); its lines are echoed as they come."""
+    forwarded = _harness.flags(
+        args, "sizes", "modes", "rounds", "embedding_dim", "num_embeddings", "chunk_size"
+    )
+    configurations = [
+        (
+            backend,
+            [*forwarded, "--threads", threads, "--_child", backend],
+            {
+                "benchmark": "peers_vq",
+                "backend": backend,
+                "peer": PAIRS[backend],
+                "threads": threads,
+            },
+        )
+        for threads in args.threads
+        for backend in args.backends
+    ]
+    _harness.run_configurations("peers_vq", configurations, timeout=args.timeout, echo=True)
+
+
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    if args._child:
-        run_child(args)
-        return
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for backend, threads in [(b, t) for t in args.threads for b in args.backends]:
-        env = {
-            **os.environ,
-            "KERAS_BACKEND": backend,
-            "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        }
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        cmd = [sys.executable, "-m", "benchmarks.peers_vq", "--_child", backend]
-        cmd += ["--sizes", *map(str, args.sizes), "--modes", *args.modes]
-        cmd += ["--rounds", str(args.rounds), "--embedding-dim", str(args.embedding_dim)]
-        cmd += ["--num-embeddings", str(args.num_embeddings)]
-        if args.chunk_size:
-            cmd += ["--chunk-size", str(args.chunk_size)]
-        cmd += ["--threads", threads]
-        base = {
-            "benchmark": "peers_vq",
-            "backend": backend,
-            "peer": PAIRS[backend],
-            "threads": threads,
-        }
-        try:
-            result = subprocess.run(
-                cmd, env=env, cwd=root, capture_output=True, text=True, timeout=args.timeout
-            )
-        except subprocess.TimeoutExpired:
-            print(json.dumps({**base, "error": f"timeout after {args.timeout:.0f} s"}), flush=True)
-            continue
-        lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-        for line in lines:
-            print(line, flush=True)
-        if result.returncode or not lines:
-            print(result.stderr[-3000:], file=sys.stderr)
-            error = f"child exited with {result.returncode}: {result.stderr.strip()[-300:]}"
-            print(json.dumps({**base, "error": error}), flush=True)
+    _harness.script_main(parse_args, run_child, run_all, argv)
 
 
 if __name__ == "__main__":

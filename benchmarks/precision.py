@@ -8,24 +8,19 @@ The model is keras_vq's default ``VQVAE`` (32×32×1 synthetic images, filters (
 K=128, D=16, EMA codebook decay 0.99), batch 128, Adam, ``compile()`` defaults (so
 ``mixed_float16`` gets its ``LossScaleOptimizer``; ``jit_compile="auto"``). One subprocess per
 backend builds one model per policy (the global policy is read when layers are built), warms
-each up, then times them in alternating rounds of one ``fit`` each (see
-``benchmarks/train_throughput.py``). One JSON line per (backend, policy) with the median step
-time, images/s and ``speedup_vs_float32`` (float32 step time / this policy's; above 1 is
-faster). The GPU target is ≥ 1.8× for a mixed policy; on a CPU this is reported only (CPUs
-without native float16 math are usually slower in float16).
+each up, then times them in alternating rounds of one ``fit`` each
+(``benchmarks._harness.compare_training``). One JSON line per (backend, policy) with the
+median step time, images/s and ``speedup_vs_float32`` (float32 step time / this policy's;
+above 1 is faster). The GPU target is ≥ 1.8× for a mixed policy; on a CPU this is reported
+only (CPUs without native float16 math are usually slower in float16).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import subprocess
-import sys
-import time
 
-BACKENDS = ("tensorflow", "jax", "torch")
+from benchmarks import _harness
+
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 IMAGE_SHAPE = (32, 32, 1)
 GPU_TARGET = 1.8
@@ -33,7 +28,9 @@ GPU_TARGET = 1.8
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument(
+        "--backends", nargs="+", default=list(_harness.BACKENDS), choices=_harness.BACKENDS
+    )
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=15, help="steps per timed fit")
@@ -53,22 +50,15 @@ def run_child(args) -> None:
     import keras
     import numpy as np
 
-    from benchmarks import _harness
-    from benchmarks.train_throughput import time_fit, versions
     from keras_vq.models import VQVAE
 
     backend = keras.backend.backend()
     images = np.random.default_rng(0).random(
         (args.batch_size * args.steps, *IMAGE_SHAPE), dtype=np.float32
     )
-    built = {}
+    base = {"benchmark": "precision", "backend": backend, "batch_size": args.batch_size}
+    models = {}
     for policy in args.policies:
-        record = {
-            "benchmark": "precision",
-            "backend": backend,
-            "policy": policy,
-            "batch_size": args.batch_size,
-        }
         try:
             keras.config.set_dtype_policy(policy)
             try:
@@ -78,31 +68,25 @@ def run_child(args) -> None:
             finally:
                 keras.config.set_dtype_policy("float32")
             model.compile(optimizer=keras.optimizers.Adam())
-            start = time.perf_counter()
-            warm = images[: args.batch_size * args.warmup]
-            history = model.fit(warm, batch_size=args.batch_size, verbose=0, shuffle=False)
-            record["warmup_s"] = round(time.perf_counter() - start, 2)
-            record["optimizer"] = type(model.optimizer).__name__
-            record["codebook_dtype"] = str(model.quantizer.codebook.dtype)
-            record["warmup_loss"] = round(float(history.history["loss"][-1]), 5)
-            built[policy] = (model, record, [])
         except Exception as error:
-            _harness.emit({**record, "error": f"{type(error).__name__}: {error}"[:400]})
-    for _ in range(args.repeats):
-        for policy, (model, record, rates) in list(built.items()):
-            try:
-                rates.append(time_fit(keras, model, images, args.batch_size, args.max_seconds)[0])
-            except Exception as error:
-                _harness.emit({**record, "error": f"{type(error).__name__}: {error}"[:400]})
-                del built[policy]
-    for _, record, rates in built.values():
-        images_per_s = statistics.median(rates)
-        record["images_per_s"] = round(images_per_s, 1)
-        record["step_ms"] = round(1000 * args.batch_size / images_per_s, 1)
-        record["loss_finite"] = bool(np.isfinite(record["warmup_loss"]))
-        record["repeats"] = len(rates)
-        record.update(versions())
-        record.update(_harness.machine())
+            _harness.emit({**base, "policy": policy, "error": _harness.error_text(error)})
+            continue
+        models[policy] = (model, images, None)
+    results = _harness.compare_training(
+        keras, models, args.batch_size, args.warmup, args.repeats, args.max_seconds
+    )
+    for policy, figures in results.items():
+        record = {**base, "policy": policy, **figures}
+        if "images_per_s" in figures:
+            model = models[policy][0]
+            record.update(
+                step_ms=round(1000 * args.batch_size / figures["images_per_s"], 1),
+                optimizer=type(model.optimizer).__name__,
+                codebook_dtype=str(model.quantizer.codebook.dtype),
+                loss_finite=bool(np.isfinite(figures["warmup_loss"])),
+                **_harness.versions(),
+                **_harness.machine(),
+            )
         _harness.emit(record)
 
 
@@ -119,39 +103,21 @@ def add_speedups(records: list[dict]) -> list[dict]:
     return records
 
 
+def run_all(args) -> list[dict]:
+    """One child process per backend; then the speed-ups over float32."""
+    forwarded = _harness.flags(
+        args, "policies", "batch_size", "steps", "repeats", "warmup", "max_seconds"
+    )
+    configurations = [
+        (backend, [*forwarded, "--_child"], {"benchmark": "precision", "backend": backend})
+        for backend in args.backends
+    ]
+    records = _harness.run_configurations("precision", configurations, timeout=args.timeout)
+    return add_speedups(records)
+
+
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    if args._child:
-        run_child(args)
-        return
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    records = []
-    for backend in args.backends:
-        env = {
-            **os.environ,
-            "KERAS_BACKEND": backend,
-            "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        }
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        cmd = [sys.executable, "-m", "benchmarks.precision", "--_child"]
-        cmd += ["--policies", *args.policies]
-        for flag in ("batch_size", "steps", "repeats", "warmup", "max_seconds"):
-            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-        failed = {"benchmark": "precision", "backend": backend}
-        try:
-            result = subprocess.run(
-                cmd, env=env, cwd=root, capture_output=True, text=True, timeout=args.timeout
-            )
-            lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-            records += [json.loads(line) for line in lines]
-            if result.returncode or not lines:
-                print(result.stderr[-3000:], file=sys.stderr)
-                tail = result.stderr.strip().splitlines()[-1:] or [""]
-                records.append({**failed, "error": f"exit {result.returncode}: {tail[0][-300:]}"})
-        except subprocess.TimeoutExpired:
-            records.append({**failed, "error": f"timeout after {args.timeout:.0f} s"})
-    for record in add_speedups(records):
-        print(json.dumps(record, sort_keys=True), flush=True)
+    _harness.script_main(parse_args, run_child, run_all, argv)
 
 
 if __name__ == "__main__":

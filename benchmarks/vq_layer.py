@@ -1,7 +1,7 @@
 """VectorQuantizer forward+backward time and peak memory, one JSON line per configuration.
 
-    KERAS_BACKEND=jax python benchmarks/vq_layer.py                 # the three sizes
-    python benchmarks/vq_layer.py --sizes 4096x64x512 --repeats 10
+    KERAS_BACKEND=jax python -m benchmarks.vq_layer                 # the three sizes
+    python -m benchmarks.vq_layer --sizes 4096x64x512 --repeats 10
 
 Each configuration runs in a fresh subprocess so its peak memory is its own:
 ``step_peak_mib`` is the growth of ``ru_maxrss`` over the resident size once the inputs
@@ -15,9 +15,8 @@ with respect to the inputs and the codebook, compiled where the backend compiles
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
+
+from benchmarks import _harness
 
 DEFAULT_SIZES = ("4096x64x512", "32768x64x512", "1048576x64x8192")
 
@@ -80,8 +79,6 @@ def fwd_bwd_fn(layer, x):
 
 
 def run_one(size: str, repeats: int, chunk_size: int) -> None:
-    from benchmarks import _harness
-
     n, d, k = (int(v) for v in size.split("x"))
     import keras
     import numpy as np
@@ -122,18 +119,16 @@ def main(argv=None) -> None:
     if args._one:
         run_one(args._one, args.repeats, args.chunk_size)
         return
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    failed = False
     for size in args.sizes:
-        cmd = [sys.executable, "-m", "benchmarks.vq_layer", "--_one", size]
-        cmd += ["--repeats", str(args.repeats), "--chunk-size", str(args.chunk_size)]
-        result = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
-        lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-        if result.returncode or not lines:
-            print(result.stderr[-2000:], file=sys.stderr)
-            raise SystemExit(f"vq_layer benchmark failed for {size}")
-        print(lines[-1], flush=True)
+        run = _harness.run_module(
+            "vq_layer", ["--_one", size, *_harness.flags(args, "repeats", "chunk_size")], echo=True
+        )
+        if run.error:
+            failed = True
+            _harness.emit({"benchmark": "vq_layer", "size": size, "error": run.error})
+    if failed:
+        raise SystemExit("vq_layer: some sizes failed (see the error lines)")
 
 
 if __name__ == "__main__":

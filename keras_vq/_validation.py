@@ -10,7 +10,7 @@ import numbers
 from typing import Any
 
 import numpy as np
-from keras import ops
+from keras import KerasTensor, ops
 from keras.backend import standardize_dtype
 
 
@@ -97,6 +97,77 @@ def check_images(name: str, images: Any, expected_shape: tuple | None) -> None:
                 f"`{name}` must have shape (batch, {', '.join(map(str, expected_shape))}), "
                 f"got shape {shape}."
             )
+
+
+class InputDtypeError(TypeError, ValueError):
+    """A user's input has the wrong dtype: a ``TypeError`` that is also a ``ValueError``.
+
+    Keras' ``fit``/``evaluate``/``predict`` first run the model on a symbolic batch and pass a
+    ``ValueError`` from it through as the user's input error, but turn any other exception into
+    a ``RuntimeError`` ("Unable to automatically build the model"). Being both keeps the
+    ``TypeError`` a ``TypeError`` there.
+    """
+
+
+def check_image_dtype(name: str, images: Any) -> None:
+    """Images must be floating point: integer pixels (uint8 0-255) are a scaling mistake.
+
+    The dtype is known statically, so this also holds inside traced training steps.
+
+    Raises:
+        InputDtypeError: (a ``TypeError``) an integer or boolean dtype, with the fix.
+    """
+    dtype = standardize_dtype(
+        images.dtype if hasattr(images, "dtype") else np.asarray(images).dtype
+    )
+    if "float" in dtype:
+        return
+    fix = (
+        "scale to [0, 1], e.g. images / 255"
+        if "int" in dtype
+        else "convert to floats in [0, 1], e.g. images.astype('float32')"
+    )
+    raise InputDtypeError(
+        f"`{name}` must be floating-point pixel values in [0, 1], got dtype {dtype}; {fix}."
+    )
+
+
+def concrete_range(x: Any) -> tuple[float, float] | None:
+    """``(min, max)`` of ``x`` when its values are known now, else ``None`` (or when empty).
+
+    Backend tensors are reduced where they live and only the two numbers are copied to the
+    host; symbolic tensors and tracers give ``None`` (see :func:`concrete_value`).
+    """
+    if isinstance(x, np.ndarray | numbers.Number | list | tuple):
+        value = np.asarray(x)
+    elif isinstance(x, KerasTensor) or 0 in tuple(getattr(x, "shape", ())):
+        return None
+    else:
+        try:
+            value = concrete_value(ops.stack([ops.min(x), ops.max(x)]))
+        except Exception:  # an input keras.ops cannot reduce: leave it to the model
+            return None
+    if value is None or value.size == 0:
+        return None
+    return float(np.min(value)), float(np.max(value))
+
+
+def check_unit_interval(name: str, x: Any, tolerance: float = 1e-6) -> None:
+    """Raise when concrete values of ``x`` leave ``[0, 1]`` by more than ``tolerance``.
+
+    Skipped while tracing: values are only read when they are known (no host copy is forced
+    inside a compiled step). ``tolerance`` absorbs float round-off of rescaled pixels.
+    """
+    bounds = concrete_range(x)
+    if bounds is None:
+        return
+    low, high = bounds
+    # NaN compares false both ways: finiteness is check_finite's concern.
+    if low < -tolerance or high > 1.0 + tolerance:
+        raise ValueError(
+            f"`{name}` must lie in [0, 1], got values in [{low:.6g}, {high:.6g}]; "
+            "scale pixels to [0, 1] (e.g. images / 255 for 8-bit images)."
+        )
 
 
 def check_finite(name: str, x: Any) -> None:

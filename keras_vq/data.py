@@ -19,11 +19,12 @@ import re
 from typing import Any, NamedTuple
 
 # keras first: with the torch backend it imports torch before TensorFlow (avoids a crash).
-import keras
+import keras  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
 from keras_vq._validation import check_choice, check_int, check_seed
+from keras_vq.backend import to_numpy
 
 __all__ = [
     "BINARIZE_MODES",
@@ -86,7 +87,26 @@ _SHUFFLE_BUFFER = 10_000
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """A TFDS dataset is not prepared in ``data_dir`` and downloading was not requested."""
+    """A TFDS dataset is not prepared in ``data_dir`` and downloading was not requested.
+
+    Attributes:
+        name, split: the dataset and split asked for.
+        data_dir: the ``data_dir`` argument (``None``: TFDS's default).
+        looked_in: the dataset's versioned directory that was searched.
+    Callers such as the recipes use them to phrase their own hint (flags, not arguments).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        name: str | None = None,
+        split: str | None = None,
+        data_dir: str | None = None,
+        looked_in: str | None = None,
+    ):
+        super().__init__(message)
+        self.name, self.split, self.data_dir, self.looked_in = name, split, data_dir, looked_in
 
 
 class ImageDatasetInfo(NamedTuple):
@@ -173,7 +193,6 @@ def load(
     check_choice("binarize", binarize, (None, *BINARIZE_MODES))
     seed = check_seed("seed", seed)
     data_dir = _check_data_dir(data_dir)
-    _hide_gpus_from_tensorflow()
 
     if name == DIGITS:
         images, labels = _digits_split(split)
@@ -243,7 +262,6 @@ def info(
     if name == DIGITS:
         shape, num_classes = _DIGITS_SHAPE, NUM_CLASSES[DIGITS]
     else:
-        _hide_gpus_from_tensorflow()
         features = _tfds_builder(name, data_dir).info.features
         _require_feature(name, features, "image")
         shape = tuple(features["image"].shape)
@@ -304,7 +322,6 @@ def encode_dataset(
     if batch_size is not None:
         batch_size = check_int("batch_size", batch_size, minimum=1)
     seed = check_seed("seed", seed)
-    _hide_gpus_from_tensorflow()
 
     spec = dataset.element_spec
     has_labels = isinstance(spec, tuple)
@@ -327,7 +344,7 @@ def encode_dataset(
     count = 0
     for element in dataset.as_numpy_iterator():
         images = element[0] if has_labels else element
-        codes = _to_numpy(vqvae.encode(images))
+        codes = to_numpy(vqvae.encode(images))
         if codes.ndim != 3 or codes.shape[0] != images.shape[0]:
             raise ValueError(
                 "`vqvae.encode(images)` must return codes of shape (batch, h, w) = "
@@ -425,22 +442,6 @@ def _require_feature(name: str, features: Any, key: str) -> None:
 
 
 # --------------------------------------------------------------------------- backends
-
-
-def _hide_gpus_from_tensorflow() -> None:
-    """TF would reserve GPU memory next to JAX / torch; it only feeds data there."""
-    if keras.backend.backend() == "tensorflow":
-        return
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # TF already initialised its devices; too late, keep going
-        pass
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch tensors that require grad or live on a GPU
-        x = x.detach().cpu()
-    return np.asarray(keras.ops.convert_to_numpy(x))
 
 
 def _reserve(buffer: np.ndarray, size: int) -> np.ndarray:
@@ -554,7 +555,13 @@ def _tfds_examples(
     except AssertionError as error:  # TFDS's way of saying "not prepared"
         if builder.is_prepared():
             raise
-        raise DatasetNotFoundError(_not_found_message(name, split, data_dir, builder)) from error
+        raise DatasetNotFoundError(
+            _not_found_message(name, split, data_dir, builder),
+            name=name,
+            split=split,
+            data_dir=data_dir,
+            looked_in=str(builder.data_dir),
+        ) from error
 
     if with_labels:
         ds = ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)))

@@ -12,11 +12,22 @@ Every signature takes named inputs, returns a dict of named outputs and has a dy
 - :func:`export_generator` (VQVAE + PixelCNNPrior): ``sample`` (alias ``serving_default``) and
   ``sample_seeded`` → ``images`` and int32 ``codes``.
 
-Backends: TensorFlow exports in-process; JAX through ``jax2tf`` inside ``ExportArchive``
-(the SavedModel then holds ``XlaCallModule`` ops). Keras cannot export from torch, and the
-generator's batch size comes from a tensor value, which JAX cannot trace: those exports save
-the models to temporary ``.keras`` files and run the same export in a ``KERAS_BACKEND=tensorflow``
-subprocess (:func:`_export_in_tensorflow`): the same artifact as a TensorFlow user gets.
+Inputs are checked where they enter. The specs have an exact rank (``images``
+``(None, H, W, C)`` float32, ``codes`` ``(None, h, w)`` int32, ``latents``
+``(None, latent_dim)`` float32, ``labels`` ``(None,)`` int32; the scalars ``num_samples`` and
+``seed`` int32 of unknown rank, see ``_shape_check``), and in-graph assertions reject a wrong
+size or rank, ``codes`` or ``labels`` out of range and ``num_samples < 1`` with an
+``InvalidArgumentError`` that names the input and what it must be, before any layer runs. A
+wrong dtype is refused by TensorFlow itself before the graph runs ("input #0(zero-based) was
+expected to be a float tensor but is a double tensor": by position, not name); TF Serving's
+REST API converts JSON numbers to the signature's dtype.
+
+Backends: TensorFlow exports in-process. Keras cannot export from torch, JAX would export
+through ``jax2tf`` (no room for TensorFlow's input assertions, and ``XlaCallModule`` ops that
+older servers cannot run), and the generator's batch size comes from a tensor value, which JAX
+cannot trace: JAX and torch exports save the models to temporary ``.keras`` files and run the
+same export in a ``KERAS_BACKEND=tensorflow`` subprocess (:func:`_export_in_tensorflow`): the
+same artifact as a TensorFlow user gets.
 
 A version directory is written under a hidden staging name and renamed into place when
 complete, so a running TF Server never sees a half-written model; an existing version is
@@ -37,16 +48,12 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_vq import _validation
-from keras_vq.models.pixelcnn import PixelCNNPrior
+from keras_vq.models.pixelcnn import _TINY, PixelCNNPrior
 from keras_vq.models.vae import VAE
 from keras_vq.models.vqvae import VQVAE
-
-# Uniform noise in [tiny, 1) keeps the Gumbel noise -log(-log(u)) finite (as PixelCNNPrior).
-_TINY = float(np.finfo("float32").tiny)
 
 _Endpoint = tuple[str, Callable, list]
 
@@ -77,7 +84,7 @@ def export_saved_model(
     """
     _check_model("model", model, (VAE, VQVAE))
     target = _version_dir(export_dir, version)
-    if keras.backend.backend() not in ("tensorflow", "jax"):
+    if keras.backend.backend() != "tensorflow":
         return _export_in_tensorflow("model", {"model": model}, target)
     endpoints = _vae_endpoints(model) if isinstance(model, VAE) else _vqvae_endpoints(model)
     return _write_archive([model], endpoints, target)
@@ -93,20 +100,25 @@ def export_generator(
 ) -> str:
     """Write a two-stage generator (``codes ~ prior``, ``images = vqvae.decode(codes)``).
 
-    The prior's raster-order sampling loop runs inside the SavedModel (a ``tf.while_loop``
-    over the ``h·w`` positions, one prior forward pass each): position ``(i, j)`` takes
-    ``argmax_k(logits_k + T·g_k)`` with Gumbel noise ``g`` — a draw from ``softmax(logits/T)``.
+    The SavedModel carries the prior's own fast sampler (:meth:`PixelCNNPrior.sample`'s
+    row-cached raster-order loop, as plain TensorFlow ops with a dynamic batch): position
+    ``(i, j)`` takes ``argmax_k(logits_k + T·g_k)`` with Gumbel noise ``g`` — a draw from
+    ``softmax(logits/T)``.
 
     Signatures (``labels`` only for a class-conditional prior):
 
     - ``sample`` (also ``serving_default``): ``num_samples`` (int32 scalar), ``labels``
       (int32 ``(B,)``) → ``images``, ``codes``; fresh randomness on every call.
     - ``sample_seeded``: ``num_samples``, ``seed`` (int32 scalar), ``labels`` → the same, and
-      the same outputs for the same seed. On the TensorFlow backend the noise equals that of
-      ``prior.sample(num_samples, temperature, seed=seed)``.
+      the same outputs for the same seed: the codes of ``prior.sample(num_samples,
+      temperature, seed=seed, labels=labels)`` on the TensorFlow backend. JAX and torch draw
+      other random numbers for the same seed, so there the codes equal those of the prior's
+      sampler on TensorFlow's noise ``tf.random.stateless_uniform((B, h, w, K), [seed, 0],
+      minval=tiny, maxval=1)``, not those of ``prior.sample(seed=seed)``.
 
-    Bad requests (``num_samples < 1``, ``labels`` out of range or not of length
-    ``num_samples``) fail at serving time with an ``InvalidArgumentError`` saying so.
+    Bad requests (``num_samples < 1``, a non-scalar ``num_samples`` or ``seed``, ``labels``
+    out of range or not of length ``num_samples``) fail at serving time with an
+    ``InvalidArgumentError`` naming the input.
 
     Args:
         vqvae: the built :class:`~keras_vq.models.VQVAE` whose codes the prior models.
@@ -200,7 +212,7 @@ def _write_archive(models: Sequence[keras.Model], endpoints: list[_Endpoint], ta
     return str(target)
 
 
-def _spec(shape: tuple, dtype: str, name: str):
+def _spec(shape: tuple | None, dtype: str, name: str):
     import tensorflow as tf
 
     return tf.TensorSpec(shape, dtype, name=name)
@@ -208,18 +220,92 @@ def _spec(shape: tuple, dtype: str, name: str):
 
 # --- signatures -------------------------------------------------------------------------
 # Argument names become the signatures' input keys, dict keys their output keys.
+#
+# TensorFlow checks only an input's dtype against the signature (naming it by position); a wrong
+# size or rank goes through and fails deep inside, or, for a convolution, can abort the whole
+# server (KERAS3_NOTES "Serving inputs"). Every signature therefore checks its inputs first,
+# and everything else reads them through identities that depend on the checks (`_checked`).
+# The graph takes the signature's shapes for granted: TensorFlow and Grappler fold any check
+# built from a statically known rank or size to `True`. So the checks read only the runtime
+# shape's values, and scalars have unknown-rank specs (their shape is checked, then fixed).
+def _shape_check(value, name: str, shape: tuple[int | None, ...], expected: str):
+    """An assertion that ``value`` has ``shape`` (``None``: any size), whatever its rank."""
+    import tensorflow as tf
+
+    actual = tf.shape(value, out_type=tf.int32)
+    rank = len(shape)
+    # -1 marks "no such axis": the rank is right when axes 0..rank-1 exist and axis rank does
+    # not, which the values tell even where the length of `actual` is folded to a constant.
+    padded = tf.concat([actual, tf.fill([rank + 1], -1)], axis=0)
+    conditions = [tf.equal(padded[rank], -1)]
+    if rank:
+        conditions.append(tf.reduce_all(padded[:rank] >= 0))
+    fixed = [(axis, size) for axis, size in enumerate(shape) if size is not None]
+    if fixed:
+        axes, sizes = zip(*fixed)
+        conditions.append(tf.reduce_all(tf.equal(tf.gather(padded, list(axes)), list(sizes))))
+    valid = tf.reduce_all(tf.stack(conditions))
+    message = f"`{name}` must have shape {expected}, got shape"
+    return tf.debugging.Assert(valid, [message, actual], summarize=16, name=f"check_{name}_shape")
+
+
+def _range_check(value, name: str, size: int, size_name: str):
+    """An assertion that the integers ``value`` lie in ``[0, size)``."""
+    import tensorflow as tf
+
+    flat = tf.reshape(value, [-1])  # reductions over the runtime rank, not the signature's
+    valid = tf.logical_and(tf.reduce_all(flat >= 0), tf.reduce_all(flat < size))
+    message = f"`{name}` must lie in [0, {size - 1}] ({size_name}={size}), got values in"
+    low_high = tf.stack([tf.reduce_min(flat), tf.reduce_max(flat)])
+    return tf.debugging.Assert(valid, [message, low_high], name=f"check_{name}_range")
+
+
+def _checked(checks: list, *values):
+    """``values`` as identities that run after every assertion in ``checks``."""
+    import tensorflow as tf
+
+    with tf.control_dependencies(checks):
+        checked = [tf.identity(value) for value in values]
+    return checked[0] if len(checked) == 1 else checked
+
+
+def _batch_shape(shape: Sequence[int]) -> str:
+    return "(batch, " + ", ".join(str(size) for size in shape) + ")"
+
+
+def _checked_images(images, image_shape: tuple[int, ...]):
+    return _checked(
+        [_shape_check(images, "images", (None, *image_shape), _batch_shape(image_shape))], images
+    )
+
+
+def _checked_codes(codes, latent_shape: tuple[int, ...], num_embeddings: int):
+    """Shape first: the range check of a wrongly shaped request would hide the real error."""
+    import tensorflow as tf
+
+    shape = _shape_check(codes, "codes", (None, *latent_shape), _batch_shape(latent_shape))
+    with tf.control_dependencies([shape]):
+        in_range = _range_check(codes, "codes", num_embeddings, "num_embeddings")
+    return _checked([shape, in_range], codes)
+
+
 def _vae_endpoints(vae: VAE) -> list[_Endpoint]:
     image_spec = _spec((None, *vae.image_shape), "float32", "images")
     latent_spec = _spec((None, vae.latent_dim), "float32", "latents")
 
     def reconstruct(images):
+        images = _checked_images(images, vae.image_shape)
         return {"images": ops.cast(vae(images, training=False), "float32")}
 
     def encode(images):
-        z_mean, z_log_var = vae.encode(images)
+        z_mean, z_log_var = vae.encode(_checked_images(images, vae.image_shape))
         return {"z_mean": z_mean, "z_log_var": z_log_var}
 
     def decode(latents):
+        expected = _batch_shape((vae.latent_dim,))
+        latents = _checked(
+            [_shape_check(latents, "latents", (None, vae.latent_dim), expected)], latents
+        )
         return {"images": ops.cast(vae.decode(latents), "float32")}
 
     return [
@@ -234,12 +320,15 @@ def _vqvae_endpoints(vqvae: VQVAE) -> list[_Endpoint]:
     code_spec = _spec((None, *vqvae.latent_shape), "int32", "codes")
 
     def reconstruct(images):
+        images = _checked_images(images, vqvae.image_shape)
         return {"images": ops.cast(vqvae(images, training=False), "float32")}
 
     def encode(images):
-        return {"codes": ops.cast(vqvae.encode(images), "int32")}
+        codes = vqvae.encode(_checked_images(images, vqvae.image_shape))
+        return {"codes": ops.cast(codes, "int32")}
 
     def decode(codes):
+        codes = _checked_codes(codes, tuple(vqvae.latent_shape), vqvae.num_embeddings)
         return {"images": ops.cast(vqvae.decode(codes), "float32")}
 
     return [
@@ -258,25 +347,37 @@ def _generator_endpoints(
     (height, width), k, num_classes = prior.latent_shape, prior.num_embeddings, prior.num_classes
 
     def generate(num_samples, seed, labels=None):
-        checks = [
-            tf.debugging.assert_greater_equal(num_samples, 1, message="`num_samples` must be >= 1")
+        shapes = [
+            _shape_check(num_samples, "num_samples", (), "() (a scalar)"),
+            _shape_check(seed, "seed", (), "() (a scalar)"),
         ]
         if num_classes is not None:
-            checks += [
-                tf.debugging.assert_equal(
-                    tf.size(labels), num_samples, message="`labels` needs num_samples entries"
-                ),
-                tf.debugging.assert_non_negative(labels, message="`labels` must be >= 0"),
-                tf.debugging.assert_less(
-                    labels, num_classes, message=f"`labels` must be < num_classes={num_classes}"
-                ),
+            shapes.append(_shape_check(labels, "labels", (None,), "(num_samples,)"))
+        # The value checks read num_samples and labels as the shape checks let them through.
+        with tf.control_dependencies(shapes):
+            num_samples, seed = tf.reshape(num_samples, []), tf.reshape(seed, [])
+            checks = [
+                tf.debugging.assert_greater_equal(
+                    num_samples, 1, message="`num_samples` must be >= 1"
+                )
             ]
-        # Every later op reads num_samples or labels through these identities, so nothing
-        # (e.g. the prior's label lookup) runs before the checks.
-        with tf.control_dependencies(checks):
-            num_samples = tf.identity(num_samples)
-            labels = None if labels is None else tf.identity(labels)
-        # keras.random.uniform(seed=s) on TF draws stateless_uniform(seed=[s, 0]).
+            if num_classes is not None:
+                checks += [
+                    tf.debugging.assert_equal(
+                        tf.size(labels),
+                        num_samples,
+                        message="`labels` must have num_samples entries",
+                    ),
+                    _range_check(labels, "labels", num_classes, "num_classes"),
+                ]
+        # Every later op (the noise's shape, the prior's label lookup) reads these identities.
+        num_samples, seed = _checked(shapes + checks, num_samples, seed)
+        if num_classes is None:
+            labels = tf.zeros(tf.reshape(num_samples, [1]), tf.int32)  # unused by the sampler
+        else:
+            labels = _checked(shapes + checks, labels)
+        # keras.random.uniform(seed=s) on TF draws stateless_uniform(seed=[s, 0]) on [_TINY, 1),
+        # as PixelCNNPrior.sample does: the same noise, so the same codes as prior.sample.
         uniform = tf.random.stateless_uniform(
             tf.stack([num_samples, height, width, k]),
             seed=tf.stack([seed, 0]),
@@ -284,14 +385,18 @@ def _generator_endpoints(
             maxval=1.0,
             dtype=tf.float32,
         )
-        codes = _sample_codes(prior, uniform, temperature, labels)
+        # The prior's own row-cached sampling loop, traced with a dynamic batch (no XLA:
+        # a server need not have it).
+        codes = prior._sample_loop(uniform, tf.constant(temperature, tf.float32), labels)
+        codes = tf.cast(codes, tf.int32)
         return {"images": tf.cast(vqvae.decode(codes), tf.float32), "codes": codes}
 
     def fresh_seed():
         return tf.random.uniform((), maxval=tf.int32.max, dtype=tf.int32)
 
-    count_spec = _spec((), "int32", "num_samples")
-    seed_spec = _spec((), "int32", "seed")
+    # Unknown rank: with a () spec, nothing in the graph could tell a vector from a scalar.
+    count_spec = _spec(None, "int32", "num_samples")
+    seed_spec = _spec(None, "int32", "seed")
     if num_classes is None:
 
         def sample(num_samples):
@@ -317,31 +422,6 @@ def _generator_endpoints(
         ("sample", sample, [count_spec, label_spec]),
         ("sample_seeded", sample_seeded, [count_spec, seed_spec, label_spec]),
     ]
-
-
-def _sample_codes(prior: PixelCNNPrior, uniform, temperature: float, labels=None):
-    """Raster-order Gumbel-max sampling with one full prior pass per position (TF ops).
-
-    ``PixelCNNPrior``'s own fast sampler needs a static batch size, which a ``num_samples``
-    input cannot give; this loop works with a dynamic one.
-    """
-    import tensorflow as tf
-
-    height, width = prior.latent_shape
-    gumbel = temperature * -tf.math.log(-tf.math.log(uniform))  # (B, h, w, K)
-    rows, cols = tf.range(height)[:, None], tf.range(width)[None, :]
-
-    def step(index, codes):
-        i, j = index // width, index % width
-        logits = prior(codes if labels is None else [codes, labels], training=False)
-        scores = tf.cast(logits[:, i, j, :], tf.float32) + gumbel[:, i, j, :]
-        code = tf.argmax(scores, axis=-1, output_type=tf.int32)
-        here = tf.logical_and(rows == i, cols == j)[None]
-        return index + 1, tf.where(here, code[:, None, None], codes)
-
-    codes = tf.zeros(tf.stack([tf.shape(uniform)[0], height, width]), tf.int32)
-    _, codes = tf.while_loop(lambda index, _: index < height * width, step, (0, codes))
-    return codes
 
 
 # --- export through a TensorFlow subprocess -----------------------------------------------

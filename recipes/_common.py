@@ -2,7 +2,10 @@
 
 Nothing here imports Keras at module level: a recipe parses its arguments, sets
 ``KERAS_BACKEND`` (``--backend``), checks its ``--out`` directory, and only then imports Keras,
-so ``--help`` and "this run is already finished" answer instantly.
+so ``--help`` and "this run is already finished" answer instantly. It then checks every input
+(arguments the models validate, data, model files to load) and writes nothing under ``--out``
+before all of them passed: a failed check leaves no ``config.json`` that would make the
+corrected command look like a different run.
 
 An output directory holds one run::
 
@@ -24,8 +27,10 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,7 +48,7 @@ DONE_FILE = "DONE"
 BACKUP_DIR = "backup"
 LOG_DIR = "logs"
 # Arguments that do not change what a run computes: a rerun may differ in them.
-_NOT_COMPARED = ("overwrite", "verbose", "backend")
+_NOT_COMPARED = ("overwrite", "verbose", "backend", "download")
 # What --overwrite removes from --out (never anything else the user may keep there).
 _RUN_FILES = (CONFIG_FILE, METRICS_FILE, DONE_FILE, BACKUP_DIR, LOG_DIR, "export")
 _RUN_SUFFIXES = (".keras", ".png")
@@ -96,6 +101,11 @@ def add_data_args(parser: argparse.ArgumentParser, image_size: bool = True) -> N
         help="keras_vq.data name: 'digits' (offline) or a TFDS image dataset (mnist, ...)",
     )
     group.add_argument("--data-dir", default=None, help="TFDS data directory (not for digits)")
+    group.add_argument(
+        "--download",
+        action="store_true",
+        help="download and prepare a TFDS dataset missing from --data-dir (needs internet)",
+    )
     if image_size:
         group.add_argument(
             "--image-size",
@@ -350,14 +360,14 @@ class Run:
         except ValueError as error:
             raise RecipeError(f"{self.path(CONFIG_FILE)} is not valid JSON ({error}).") from None
 
-    def prepare(self, overwrite: bool) -> None:
-        """Check ``--out`` against the saved run and write config.json (before importing Keras).
+    def check(self, overwrite: bool) -> None:
+        """Check ``--out`` against the saved run; writes nothing (runs before importing Keras).
 
         Raises:
             RecipeError: a finished run, a different configuration, or a directory that is not
                 a run, and ``overwrite`` is false.
         """
-        recipe = self.config["recipe"]
+        self.resumed = False
         if self.out.exists() and not self.out.is_dir():
             raise RecipeError(f"--out {self.out} exists and is not a directory.")
         saved = self.saved_config() if self.out.is_dir() else None
@@ -385,12 +395,18 @@ class Run:
                     f"--out {self.out} holds files of a run without {CONFIG_FILE}. Pass "
                     "--overwrite to replace them, or choose another --out."
                 )
+
+    def start(self, overwrite: bool) -> None:
+        """Write config.json (after :meth:`check` and every input check passed); with
+        ``overwrite``, first remove the previous run's files."""
         if overwrite:
             clear_run(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.path(CONFIG_FILE), self.config)
         if self.resumed:
-            print(f"Resuming the unfinished {recipe} run in {self.out}.", flush=True)
+            print(
+                f"Resuming the unfinished {self.config['recipe']} run in {self.out}.", flush=True
+            )
 
     def finish(self, metrics: dict[str, Any]) -> None:
         write_json(self.path(METRICS_FILE), metrics)
@@ -399,23 +415,18 @@ class Run:
     # ------------------------------------------------------------------ pipeline stages
     def stage(
         self,
-        name: str,
         recipe: str,
-        parser: argparse.ArgumentParser,
-        fn: Callable[[argparse.Namespace, Run], dict],
-        **overrides: Any,
+        args: argparse.Namespace,
+        fn: Callable[..., dict],
+        setup: Callable[[argparse.Namespace], dict[str, Any]] | None = None,
     ) -> dict:
-        """Run a recipe's ``fn`` as a sub-run in ``out/name`` (a pipeline stage).
+        """Run a recipe's ``setup`` and ``fn`` as a sub-run in ``args.out`` (a pipeline stage).
 
-        Its arguments are the recipe's own (``parser``), taken from this run's arguments
-        where they share a name, then ``overrides``; so ``out/name/config.json`` reads like
-        the standalone recipe's. A finished stage is not run again, its metrics are returned:
-        this is how a resumed pipeline skips the stages it already completed.
+        ``args`` are the recipe's own (see :func:`stage_args`), so the stage's config.json
+        reads like the standalone recipe's. A finished stage is not run again, its metrics are
+        returned: this is how a resumed pipeline skips the stages it already completed.
         """
-        defaults = vars(parser.parse_args([]))
-        values = {key: getattr(self.args, key, value) for key, value in defaults.items()}
-        values.update(overrides, out=str(self.path(name)), overwrite=False)
-        args = argparse.Namespace(**values)
+        name = Path(args.out).name
         child = Run(args.out, make_config(recipe, args), args)
         saved = child.saved_config()
         stale = saved is not None and bool(_config_differences(saved, child.config))
@@ -423,16 +434,38 @@ class Run:
             print(f"Stage {name!r} already finished in {child.out}; reusing it.", flush=True)
             return read_json(child.path(METRICS_FILE))
         print(f"Stage {name!r} ({recipe}) in {child.out}", flush=True)
-        child.prepare(overwrite=stale)
-        metrics = fn(args, child)
+        child.check(overwrite=stale)
+        inputs = setup(args) if setup is not None else {}
+        child.start(overwrite=stale)
+        metrics = fn(args, child, **inputs)
         child.finish(metrics)
         return metrics
 
 
+def stage_args(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, *, out: Path, **overrides: Any
+) -> argparse.Namespace:
+    """The arguments of a pipeline stage writing to ``out``: the recipe's own (``parser``),
+    taken from ``args`` where they share a name, then ``overrides``."""
+    defaults = vars(parser.parse_args([]))
+    values = {key: getattr(args, key, value) for key, value in defaults.items()}
+    values.update(overrides, out=str(out), overwrite=False)
+    return argparse.Namespace(**values)
+
+
 def run_recipe(
-    recipe: str, args: argparse.Namespace, fn: Callable[[argparse.Namespace, Run], dict]
+    recipe: str,
+    args: argparse.Namespace,
+    fn: Callable[..., dict],
+    setup: Callable[[argparse.Namespace], dict[str, Any]] | None = None,
 ) -> int:
-    """Check ``--out``, set up Keras, run ``fn(args, run)``, write metrics.json and DONE.
+    """Check ``--out``, set up Keras, check the inputs, run the recipe, write metrics.json
+    and DONE.
+
+    ``setup(args)`` checks every input (builds the models, opens the data, loads model files)
+    and returns keyword arguments for ``fn(args, run, **inputs)``, which does the work. Nothing
+    is written under ``--out`` before ``setup`` returned, so a failed check leaves ``--out`` as
+    it was and the corrected command starts afresh.
 
     Returns the exit status: 0, or 2 after printing ``error: ...`` for a :class:`RecipeError`.
     """
@@ -441,9 +474,12 @@ def run_recipe(
         config = make_config(recipe, args)
         check_distribute(args.distribute, config["backend"])
         run = Run(args.out, config, args)
-        run.prepare(args.overwrite)
+        run.check(args.overwrite)
+        import_keras()
         setup_runtime(args)
-        metrics = fn(args, run)
+        inputs = setup(args) if setup is not None else {}
+        run.start(args.overwrite)
+        metrics = fn(args, run, **inputs)
         metrics["wall_time_s"] = round(time.time() - start, 1)
         run.finish(metrics)
     except RecipeError as error:
@@ -451,7 +487,7 @@ def run_recipe(
         return 2
     except Exception as error:  # DatasetNotFoundError says how to get the data: no traceback
         if type(error).__name__ == "DatasetNotFoundError":
-            print(f"error: {error}", file=sys.stderr, flush=True)
+            print(f"error: {dataset_not_found(error, args)}", file=sys.stderr, flush=True)
             return 2
         raise
     if args.verbose:
@@ -464,6 +500,63 @@ def run_recipe(
 
 
 _STRATEGY: Any = None
+
+# TensorFlow's start-up lines (and their absl banner). TF 2.21 logs them through absl while
+# its libraries load, before it reads TF_CPP_MIN_LOG_LEVEL, so that variable cannot hide
+# them (it does hide the runtime's later INFO and WARNING lines; recipes default it to 2).
+_STARTUP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called"
+    r"|oneDNN custom operations are on"
+    r"|Could not find cuda drivers on your machine"
+    r"|failed call to cuInit"
+    r"|Unable to register cu(DNN|FFT|BLAS) factory"
+)
+
+
+@contextlib.contextmanager
+def quiet_tensorflow_startup() -> Iterator[None]:
+    """Drop TensorFlow's start-up log lines from stderr; every other line is passed on.
+
+    The C++ libraries write to file descriptor 2 directly, so the descriptor itself is sent
+    to a temporary file for the duration and the kept lines are written back afterwards.
+    ``TF_CPP_MIN_LOG_LEVEL=0`` (asking for every log line) turns the filter off. oneDNN
+    itself stays on: only its notice is dropped, never its numerics.
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        yield
+        return
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not _STARTUP_NOISE.search(line))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
+def import_keras() -> None:
+    """Import Keras, TensorFlow and keras_vq and let TF find its devices, without the
+    start-up log noise (see :func:`quiet_tensorflow_startup`)."""
+    with quiet_tensorflow_startup():
+        import keras  # noqa: F401  (first: with torch it loads torch before TensorFlow)
+        import tensorflow as tf
+
+        import keras_vq  # noqa: F401
+
+        tf.config.list_physical_devices()  # initialises CUDA (cuInit) inside the filter
 
 
 def check_distribute(distribute: str, backend: str) -> None:
@@ -486,7 +579,10 @@ def setup_runtime(args: argparse.Namespace) -> None:
     """Seed, dtype policy and distribution, in that order, before any model is built."""
     import keras
 
+    from keras_vq.backend import hide_gpus_from_tensorflow
+
     check_distribute(args.distribute, keras.backend.backend())
+    hide_gpus_from_tensorflow()  # on JAX / torch, TensorFlow only feeds the data
     keras.utils.set_random_seed(args.seed)
     keras.config.set_dtype_policy(args.precision)
     global _STRATEGY
@@ -548,6 +644,21 @@ def dataset_info(args: argparse.Namespace, image_size=None):
         raise RecipeError(f"--dataset {args.dataset}: {error}") from None
 
 
+def dataset_not_found(error: Exception, args: argparse.Namespace) -> RecipeError:
+    """keras_vq.data's ``DatasetNotFoundError``, reworded in the recipe's flags."""
+    name = getattr(error, "name", None) or args.dataset
+    split = getattr(error, "split", None)
+    looked_in = getattr(error, "looked_in", None)
+    where = f"--data-dir {args.data_dir}" if args.data_dir else "TFDS's default data directory"
+    return RecipeError(
+        f"--dataset {name}: {f'split {split!r} ' if split else ''}is not prepared in {where}"
+        f"{f' (looked for {looked_in})' if looked_in else ''}. Add --download to download and "
+        f"prepare it there (needs internet); or, on a machine with internet, run "
+        f"`tfds build {name} --data_dir=DIR`, copy DIR here and pass --data-dir DIR; or use "
+        "--dataset digits, which needs no download."
+    )
+
+
 def load_split(
     args: argparse.Namespace,
     split: str,
@@ -558,20 +669,26 @@ def load_split(
     with_labels: bool = False,
     drop_remainder: bool = False,
 ):
-    """``keras_vq.data.load`` with the recipe's dataset flags."""
+    """``keras_vq.data.load`` with the recipe's dataset flags; missing data is a usage error."""
     import keras_vq
 
-    dataset = keras_vq.data.load(
-        args.dataset,
-        split=split,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        with_labels=with_labels,
-        data_dir=args.data_dir,
-        image_size=image_size,
-        seed=args.seed,
-        drop_remainder=drop_remainder,
-    )
+    try:
+        dataset = keras_vq.data.load(
+            args.dataset,
+            split=split,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            with_labels=with_labels,
+            data_dir=args.data_dir,
+            image_size=image_size,
+            seed=args.seed,
+            drop_remainder=drop_remainder,
+            download=getattr(args, "download", False),
+        )
+    except keras_vq.data.DatasetNotFoundError as error:
+        raise dataset_not_found(error, args) from None
+    except (ValueError, TypeError) as error:  # e.g. a split the dataset does not have
+        raise RecipeError(f"--dataset {args.dataset} split {split!r}: {error}") from None
     if int(dataset.cardinality()) == 0:
         raise RecipeError(
             f"Split {split!r} of {args.dataset!r} has fewer examples than --batch-size "
@@ -668,14 +785,19 @@ def encode_split(vqvae, dataset, *, with_labels: bool, verbose: int, label: str,
 
 
 def load_model(path: str, expected: tuple[str, ...], flag: str):
-    """Load a ``.keras`` file and check it is one of the ``expected`` keras_vq classes."""
-    import keras
+    """Load a ``.keras`` file and check it is one of the ``expected`` keras_vq classes.
 
-    import keras_vq  # noqa: F401  (registers the classes)
+    A missing, truncated or corrupted file is a usage error: one line naming ``flag`` and the
+    file (``keras_vq.saving.load_model`` says what is wrong and what to do).
+    """
+    import keras_vq
 
-    if not os.path.isfile(path):
-        raise RecipeError(f"{flag} {path}: no such file.")
-    model = keras.saving.load_model(path)
+    try:
+        model = keras_vq.saving.load_model(path)
+    except FileNotFoundError:
+        raise RecipeError(f"{flag} {path}: no such file.") from None
+    except (ValueError, TypeError) as error:
+        raise RecipeError(f"{flag}: {error}") from None
     if type(model).__name__ not in expected:
         raise RecipeError(
             f"{flag} {path} holds a {type(model).__name__}, expected {' or '.join(expected)}."

@@ -15,6 +15,11 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,29 +59,38 @@ def main(argv=None) -> str:
     args = parse_args(argv)
     # Imported after parsing so that --help answers without loading Keras or TensorFlow.
     os.environ["KERAS_BACKEND"] = "tensorflow"
-    import keras
-
-    import keras_vq  # noqa: F401  (registers the keras_vq classes for load_model)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _common.import_keras()
+    import keras_vq
     from keras_vq.export import export_generator, export_saved_model
 
-    def load(path):
-        return keras.saving.load_model(path, compile=False)
+    def load(flag, path):
+        try:
+            return keras_vq.saving.load_model(path, compile=False)
+        except FileNotFoundError:
+            fail(f"{flag} {path}: no such file.")
+        except (TypeError, ValueError) as error:  # missing, truncated or corrupted files
+            fail(f"{flag}: {error}")
 
     try:
         if args.model:
-            path = export_saved_model(load(args.model), args.out, version=args.version)
+            model = load("--model", args.model)
+            path = export_saved_model(model, args.out, version=args.version)
         else:
+            vqvae, prior = load("--vqvae", args.vqvae), load("--prior", args.prior)
             path = export_generator(
-                load(args.vqvae),
-                load(args.prior),
-                args.out,
-                version=args.version,
-                temperature=args.temperature,
+                vqvae, prior, args.out, version=args.version, temperature=args.temperature
             )
     except (FileExistsError, TypeError, ValueError) as error:  # the library's own messages
-        sys.exit(f"error: {error}")
+        fail(str(error))
     print(path)
     return path
+
+
+def fail(message: str) -> NoReturn:
+    """A usage error: one line on stderr, exit status 2 (as argparse and the other recipes)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

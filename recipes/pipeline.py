@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,23 +66,55 @@ def build_parser():
     return parser
 
 
-def pipeline(args, run: _common.Run) -> dict:
-    from keras_vq.export import export_generator, export_saved_model
+def vqvae_stage_args(args, out):
+    """Stage 1's arguments: train_vqvae's flags taken from the pipeline's."""
+    return _common.stage_args(args, train_vqvae.build_parser(), out=out)
 
-    vq_metrics = run.stage(
-        "vqvae", train_vqvae.RECIPE, train_vqvae.build_parser(), train_vqvae.train
-    )
-    vqvae_path = str(run.path("vqvae", train_vqvae.MODEL_FILE))
-    prior_metrics = run.stage(
-        "prior",
-        train_prior.RECIPE,
+
+def prior_stage_args(args, out, vqvae_path: str):
+    """Stage 2's arguments: train_prior's flags, with the pipeline's --prior-* values."""
+    return _common.stage_args(
+        args,
         train_prior.build_parser(),
-        train_prior.train,
+        out=out,
         vqvae=vqvae_path,
         epochs=args.prior_epochs,
         learning_rate=args.prior_learning_rate,
-        num_samples=0,  # the pipeline draws its own grid below
+        num_samples=0,  # the pipeline draws its own grid
     )
+
+
+def setup(args) -> dict:
+    """Check both stages' inputs before the pipeline writes anything, so that a bad flag
+    fails at once rather than after the VQ-VAE trained: the data, a VQ-VAE and a prior built
+    from the flags (then thrown away) and --labels."""
+    import keras
+
+    out = Path(args.out)
+    vqvae = train_vqvae.setup(vqvae_stage_args(args, out / "vqvae"))["model"]
+    num_classes = None
+    if args.conditional:
+        num_classes = _common.dataset_info(args).num_classes
+        if num_classes is None:
+            raise _common.RecipeError(f"--conditional: {args.dataset!r} has no class labels.")
+    prior_args = prior_stage_args(args, out / "prior", str(out / "vqvae" / "vqvae.keras"))
+    train_prior.build_prior(prior_args, vqvae, num_classes)
+    if args.num_samples:
+        _common.class_labels(args.labels, args.num_samples, num_classes)
+    # The stages build their own models: start them from the random state a standalone
+    # recipe starts from, as if these checks had not drawn any numbers.
+    keras.utils.set_random_seed(args.seed)
+    return {}
+
+
+def pipeline(args, run: _common.Run) -> dict:
+    from keras_vq.export import export_generator, export_saved_model
+
+    vqvae_args = vqvae_stage_args(args, run.path("vqvae"))
+    vq_metrics = run.stage(train_vqvae.RECIPE, vqvae_args, train_vqvae.train, train_vqvae.setup)
+    vqvae_path = str(run.path("vqvae", train_vqvae.MODEL_FILE))
+    prior_args = prior_stage_args(args, run.path("prior"), vqvae_path)
+    prior_metrics = run.stage(train_prior.RECIPE, prior_args, train_prior.train, train_prior.setup)
     vqvae = _common.load_model(vqvae_path, ("VQVAE",), "vqvae")
     prior = _common.load_model(
         str(run.path("prior", train_prior.MODEL_FILE)), ("PixelCNNPrior",), "prior"
@@ -114,7 +147,7 @@ def pipeline(args, run: _common.Run) -> dict:
 
 def main(argv=None) -> int:
     args = _common.parse_args(build_parser(), argv)
-    return _common.run_recipe(RECIPE, args, pipeline)
+    return _common.run_recipe(RECIPE, args, pipeline, setup)
 
 
 if __name__ == "__main__":

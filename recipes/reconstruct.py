@@ -35,22 +35,30 @@ def build_parser():
     return parser
 
 
-def reconstruct(args, run: _common.Run) -> dict:
+def setup(args) -> dict:
+    """Load the model and check the data against it; writes nothing."""
     model = _common.load_model(args.model, ("VAE", "VQVAE"), "--model")
-    split = args.split or args.eval_split
+    channels = _common.dataset_info(args).image_shape[-1]
+    if channels != model.image_shape[-1]:
+        raise _common.RecipeError(
+            f"--model takes {model.image_shape[-1]}-channel images but --dataset "
+            f"{args.dataset} has {channels} channels."
+        )
     data = _common.load_split(
         args,
-        split,
+        args.split or args.eval_split,
         image_size=tuple(model.image_shape[:2]),
         batch_size=args.batch_size,
         shuffle=False,
     )
+    return {"model": model, "data": data}
+
+
+def reconstruct(args, run: _common.Run, *, model, data) -> dict:
+    """Reconstruct the images of ``data`` with the model :func:`setup` loaded; returns the
+    metrics."""
+    split = args.split or args.eval_split
     shown = _common.first_images(data, args.num_images)
-    if shown.shape[-1] != model.image_shape[-1]:
-        raise _common.RecipeError(
-            f"--model takes {model.image_shape[-1]}-channel images but --dataset "
-            f"{args.dataset} has {shown.shape[-1]} channels."
-        )
     with _common.no_grad():
         recon = _common.to_numpy(model(shown, training=False))
     _common.save_grid(
@@ -80,7 +88,7 @@ def reconstruct(args, run: _common.Run) -> dict:
 
 def main(argv=None) -> int:
     args = _common.parse_args(build_parser(), argv)
-    return _common.run_recipe(RECIPE, args, reconstruct)
+    return _common.run_recipe(RECIPE, args, reconstruct, setup)
 
 
 if __name__ == "__main__":

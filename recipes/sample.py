@@ -46,23 +46,30 @@ def check_models(parser, args) -> None:
         parser.error("--labels needs --vqvae with a class-conditional --prior")
 
 
-def sample(args, run: _common.Run) -> dict:
+def setup(args) -> dict:
+    """Load the models and check they fit together and --labels; writes nothing."""
     if args.vae:
-        vae = _common.load_model(args.vae, ("VAE",), "--vae")
+        return {"vae": _common.load_model(args.vae, ("VAE",), "--vae")}
+    vqvae = _common.load_model(args.vqvae, ("VQVAE",), "--vqvae")
+    prior = _common.load_model(args.prior, ("PixelCNNPrior",), "--prior")
+    if prior.num_embeddings != vqvae.num_embeddings or tuple(prior.latent_shape) != tuple(
+        vqvae.latent_shape
+    ):
+        raise _common.RecipeError(
+            f"--prior models {prior.num_embeddings} codes on a {prior.latent_shape} grid but "
+            f"--vqvae has {vqvae.num_embeddings} codes on a {vqvae.latent_shape} grid."
+        )
+    labels = _common.class_labels(args.labels, args.num_samples, prior.num_classes)
+    return {"vqvae": vqvae, "prior": prior, "labels": labels}
+
+
+def sample(args, run: _common.Run, *, vae=None, vqvae=None, prior=None, labels=None) -> dict:
+    """Draw the samples with the models :func:`setup` loaded; returns the metrics."""
+    if args.vae:
         with _common.no_grad():
             images = _common.to_numpy(vae.sample(args.num_samples, seed=args.seed))
         ncols = None
     else:
-        vqvae = _common.load_model(args.vqvae, ("VQVAE",), "--vqvae")
-        prior = _common.load_model(args.prior, ("PixelCNNPrior",), "--prior")
-        if prior.num_embeddings != vqvae.num_embeddings or tuple(prior.latent_shape) != tuple(
-            vqvae.latent_shape
-        ):
-            raise _common.RecipeError(
-                f"--prior models {prior.num_embeddings} codes on a {prior.latent_shape} grid but "
-                f"--vqvae has {vqvae.num_embeddings} codes on a {vqvae.latent_shape} grid."
-            )
-        labels = _common.class_labels(args.labels, args.num_samples, prior.num_classes)
         images = _common.sample_prior_images(
             vqvae,
             prior,
@@ -89,7 +96,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = _common.parse_args(parser, argv)
     check_models(parser, args)
-    return _common.run_recipe(RECIPE, args, sample)
+    return _common.run_recipe(RECIPE, args, sample, setup)
 
 
 if __name__ == "__main__":

@@ -38,12 +38,9 @@ def build_parser():
     return parser
 
 
-def train(args, run: _common.Run) -> dict:
-    """Encode the data, fit, save and evaluate a PixelCNN prior; returns the metrics."""
-    import keras
-
-    import keras_vq
-
+def setup(args) -> dict:
+    """Load the VQ-VAE, check the data and the sampling flags and build the prior (each a
+    usage error if it fails); writes nothing."""
     vqvae = _common.load_model(args.vqvae, ("VQVAE",), "--vqvae")
     info = _common.dataset_info(args)
     if info.image_shape[-1] != vqvae.image_shape[-1]:
@@ -58,34 +55,31 @@ def train(args, run: _common.Run) -> dict:
             raise _common.RecipeError(f"--conditional: {args.dataset!r} has no class labels.")
     size = tuple(vqvae.image_shape[:2])
 
-    def codes(split, **kwargs):
-        images = _common.load_split(
-            args,
-            split,
-            image_size=size,
-            batch_size=256,
-            shuffle=False,
-            with_labels=args.conditional,
-        )
-        return _common.encode_split(
-            vqvae,
-            images,
-            with_labels=args.conditional,
-            verbose=args.verbose,
-            label=split,
-            **kwargs,
+    def images(split, **kwargs):
+        return _common.load_split(
+            args, split, image_size=size, shuffle=False, with_labels=args.conditional, **kwargs
         )
 
-    train_codes = codes(
-        "train", batch_size=args.batch_size, shuffle=True, seed=args.seed, drop_remainder=True
-    )
-    eval_codes = codes(
-        args.eval_split,
-        batch_size=_common.eval_batch_size(args),
-        drop_remainder=_common.even_batches(args),
-    )
-    if int(train_codes.cardinality()) == 0:
-        raise _common.RecipeError(f"--batch-size {args.batch_size} exceeds the training set.")
+    train_images = images("train", batch_size=256)
+    eval_images = images(args.eval_split, batch_size=256)
+    # The training codes are batched with drop_remainder: --batch-size must not exceed the set.
+    images("train", batch_size=args.batch_size, drop_remainder=True)
+    if args.num_samples:
+        _common.class_labels(args.labels, args.num_samples, num_classes)
+    prior = build_prior(args, vqvae, num_classes)
+    return {
+        "vqvae": vqvae,
+        "prior": prior,
+        "train_images": train_images,
+        "eval_images": eval_images,
+    }
+
+
+def build_prior(args, vqvae, num_classes: int | None):
+    """The compiled PixelCNN prior for ``vqvae``'s codes; bad flags are a usage error."""
+    import keras
+
+    import keras_vq
 
     with _common.strategy_scope():
         try:
@@ -100,7 +94,37 @@ def train(args, run: _common.Run) -> dict:
         except ValueError as error:
             raise _common.RecipeError(str(error)) from None
         prior.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
+    return prior
 
+
+def train(args, run: _common.Run, *, vqvae, prior, train_images, eval_images) -> dict:
+    """Encode the data, fit, save and evaluate the prior built by :func:`setup`; returns the
+    metrics."""
+
+    def codes(images, label, **kwargs):
+        return _common.encode_split(
+            vqvae,
+            images,
+            with_labels=args.conditional,
+            verbose=args.verbose,
+            label=label,
+            **kwargs,
+        )
+
+    train_codes = codes(
+        train_images,
+        "train",
+        batch_size=args.batch_size,
+        shuffle=True,
+        seed=args.seed,
+        drop_remainder=True,
+    )
+    eval_codes = codes(
+        eval_images,
+        args.eval_split,
+        batch_size=_common.eval_batch_size(args),
+        drop_remainder=_common.even_batches(args),
+    )
     summary = _common.fit(prior, run, train_codes, validation_data=eval_codes)
     prior.save(run.path(MODEL_FILE))
     evaluation = prior.evaluate(eval_codes, verbose=0, return_dict=True)
@@ -110,7 +134,7 @@ def train(args, run: _common.Run) -> dict:
         "test_accuracy": float(evaluation["accuracy"]),
         "num_embeddings": vqvae.num_embeddings,
         "latent_shape": list(vqvae.latent_shape),
-        "num_classes": num_classes,
+        "num_classes": prior.num_classes,
     }
     if args.num_samples:
         write_samples(args, run, vqvae, prior, "samples.png")
@@ -138,7 +162,7 @@ def write_samples(args, run: _common.Run, vqvae, prior, name: str):
 
 def main(argv=None) -> int:
     args = _common.parse_args(build_parser(), argv)
-    return _common.run_recipe(RECIPE, args, train)
+    return _common.run_recipe(RECIPE, args, train, setup)
 
 
 if __name__ == "__main__":

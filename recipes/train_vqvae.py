@@ -37,8 +37,8 @@ def build_parser():
     return parser
 
 
-def train(args, run: _common.Run) -> dict:
-    """Build, fit, save and evaluate a VQ-VAE; returns the metrics."""
+def setup(args) -> dict:
+    """Check the data and build the VQ-VAE (a usage error if either fails); writes nothing."""
     import keras
 
     import keras_vq
@@ -61,7 +61,16 @@ def train(args, run: _common.Run) -> dict:
         except ValueError as error:  # e.g. an image size the encoder cannot halve enough
             raise _common.RecipeError(str(error)) from None
         model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
+    return {
+        "model": model,
+        "train_data": train_data,
+        "eval_data": eval_data,
+        "fit_eval_data": fit_eval_data,
+    }
 
+
+def train(args, run: _common.Run, *, model, train_data, eval_data, fit_eval_data) -> dict:
+    """Fit, save and evaluate the VQ-VAE built by :func:`setup`; returns the metrics."""
     shown = _common.first_images(eval_data, max(args.num_images, 8))
 
     def render(images):
@@ -92,7 +101,7 @@ def train(args, run: _common.Run) -> dict:
 
 def main(argv=None) -> int:
     args = _common.parse_args(build_parser(), argv)
-    return _common.run_recipe(RECIPE, args, train)
+    return _common.run_recipe(RECIPE, args, train, setup)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,44 @@ def tiny_prior(latent_shape, num_classes=None, num_embeddings=K):
     )
 
 
+def with_value(array, index, value):
+    array = array.copy()
+    array[index] = value
+    return array
+
+
+def randomize(model, seed):
+    """Every weight random and non-zero: zero biases (Keras' default) would hide a sampler
+    that drops or adds one. NumPy, so the weights are the same on every backend."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        scale = 0.5 if len(variable.shape) == 1 else 1.5
+        variable.assign(rng.normal(scale=scale, size=tuple(variable.shape)).astype("float32"))
+        assert np.all(to_numpy(variable) != 0)
+
+
+def tf_noise(shape, seed):
+    """The uniform noise a generator's ``sample_seeded`` draws for ``seed``, on any backend."""
+    import tensorflow as tf
+
+    tiny = float(np.finfo("float32").tiny)
+    noise = tf.random.stateless_uniform(shape, seed=[seed, 0], minval=tiny, maxval=1.0)
+    return noise.numpy()
+
+
+def reference_sample(prior, uniform, temperature, labels=None):
+    """Raster order with one whole forward pass of the prior per position: slow but plainly
+    the definition, ``c_ij = argmax_k(logits_k + T·(-log(-log u_k)))``."""
+    batch, height, width, _ = uniform.shape
+    gumbel = temperature * -np.log(-np.log(uniform))
+    codes = np.zeros((batch, height, width), "int32")
+    for i in range(height):
+        for j in range(width):
+            logits = to_numpy(prior(codes if labels is None else [codes, labels]))
+            codes[:, i, j] = np.argmax(logits[:, i, j] + gumbel[:, i, j], axis=-1)
+    return codes
+
+
 class Served:
     """The exports, and every call's served outputs next to the Keras models' outputs.
 
@@ -173,6 +211,8 @@ def served(tmp_path_factory):
     vae, vqvae = tiny_vae(), tiny_vqvae()
     prior = tiny_prior(vqvae.latent_shape)
     conditional_prior = tiny_prior(vqvae.latent_shape, num_classes=3)
+    randomize(prior, seed=1)
+    randomize(conditional_prior, seed=2)
     s.export("vae", export_saved_model, vae, s.root / "vae")
     s.export("vqvae", export_saved_model, vqvae, str(s.root / "vqvae"), version=1)
     s.export("generator", export_generator, vqvae, prior, s.root / "generator")
@@ -211,6 +251,36 @@ def served(tmp_path_factory):
     for call_id in ("fresh_a", "fresh_b"):
         s.add(f"generator.{call_id}", "sample", {"num_samples": np.int32(3)})
 
+    # Requests that do not fit the signature: the Keras models never see them.
+    bad = {
+        "vae.images_size": ("serving_default", {"images": np.zeros((1, 1, 1, 1), "float32")}),
+        "vae.images_rank": ("encode", {"images": images[..., 0]}),
+        "vae.images_dtype": ("serving_default", {"images": images.astype("float64")}),
+        "vae.latents_size": ("decode", {"latents": np.zeros((2, 4), "float32")}),
+        "vae.latents_rank": ("decode", {"latents": latents[0]}),
+        "vae.latents_dtype": ("decode", {"latents": latents.astype("float64")}),
+        "vqvae.images_size": ("encode", {"images": np.zeros((1, 8, 8, 3), "float32")}),
+        "vqvae.images_rank": ("serving_default", {"images": images[0]}),
+        "vqvae.images_rank_5": ("encode", {"images": images[..., None]}),
+        "vqvae.images_dtype": ("encode", {"images": images.astype("float64")}),
+        "vqvae.codes_size": ("decode", {"codes": np.zeros((2, 4, 5), "int32")}),
+        "vqvae.codes_rank": ("decode", {"codes": codes[0]}),
+        "vqvae.codes_dtype": ("decode", {"codes": codes.astype("int64")}),
+        "vqvae.codes_too_large": ("decode", {"codes": with_value(codes, (1, 2, 3), K)}),
+        "vqvae.codes_negative": ("decode", {"codes": with_value(codes, (0, 1, 0), -1)}),
+        "generator.num_samples_rank": ("sample", {"num_samples": np.array([3], "int32")}),
+        "generator.num_samples_dtype": ("sample", {"num_samples": np.int64(3)}),
+        "generator.seed_rank": (
+            "sample_seeded",
+            {"num_samples": np.int32(3), "seed": np.array([1, 2], "int32")},
+        ),
+        "greedy.labels_rank": ("sample", {"num_samples": n, "labels": labels[:, None]}),
+        "greedy.labels_count": ("sample", {"num_samples": n, "labels": labels[:3]}),
+    }
+    for call_id, (signature, inputs) in bad.items():
+        s.add(call_id, signature, inputs)
+    s.add("generator.default", "serving_default", {"num_samples": np.int32(2)})
+
     s.reload_in_fresh_process()
 
     # Served codes decoded by the Keras VQVAE, and the prior's own draw for seed 7.
@@ -219,7 +289,61 @@ def served(tmp_path_factory):
             served_codes = s.outputs(f"generator.{call_id}")["codes"]
             s.expected[f"generator.{call_id}"] = {"images": vqvae.decode(served_codes)}
     s.prior_seed7_codes = to_numpy(prior.sample(3, temperature=1.0, seed=7))
+    # The same noise as the served seed 7 on every backend: the prior's in-process fast sampler
+    # and the slow reference on it.
+    s.seed7_noise = tf_noise((3, *vqvae.latent_shape, K), seed=7)
+    zeros = np.zeros((3,), "int32")
+    s.fast_seed7_codes = to_numpy(prior._sample_from_uniform(s.seed7_noise, 1.0, zeros))
+    s.reference_seed7_codes = reference_sample(prior, s.seed7_noise, 1.0)
     return s
+
+
+def while_loops(path, signature) -> list[set[str]]:
+    """The op types each while loop run by ``signature`` executes, its nested loops' included.
+
+    Read from ``saved_model.pb``: a loop's ``body`` function and every function it calls.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((Path(path) / "saved_model.pb").read_bytes())
+    graph = saved.meta_graphs[0].graph_def
+    library = {function.signature.name: function for function in graph.library.function}
+
+    def called(node):
+        for attr in node.attr.values():
+            yield from (
+                [attr.func.name]
+                if attr.HasField("func")
+                else attr.list.func and [function.name for function in attr.list.func]
+            )
+
+    def op_types(name, seen=()):
+        types = set()
+        for node in library[name].node_def:
+            types.add(node.op)
+            for callee in called(node):
+                if callee in library and callee not in seen:
+                    types |= op_types(callee, (*seen, name))
+        return types
+
+    loops, visited = [], set()
+
+    def collect(name):
+        if name in visited or name not in library:
+            return
+        visited.add(name)
+        for node in library[name].node_def:
+            if node.op in ("While", "StatelessWhile"):
+                loops.append(op_types(node.attr["body"].func.name))
+            for callee in called(node):
+                collect(callee)
+
+    output = next(iter(saved.meta_graphs[0].signature_def[signature].outputs.values()))
+    root = {node.name: node for node in graph.node}[output.name.split(":")[0]]
+    for callee in called(root):
+        collect(callee)
+    return loops
 
 
 def assert_outputs_match(served, call_id, exact=()):
@@ -294,9 +418,85 @@ class TestServedSignatures:
         codes = served.outputs("generator.seed7")["codes"]
         np.testing.assert_array_equal(codes, served.prior_seed7_codes)
 
+    def test_seeded_generator_draws_what_the_prior_fast_sampler_draws(self, served):
+        # Any backend: the served codes for seed 7 are the prior's own sampler on the same
+        # noise, and the definition (one full forward pass per position) agrees.
+        codes = served.outputs("generator.seed7")["codes"]
+        assert len(np.unique(codes)) > 2  # random non-zero weights: not one repeated code
+        np.testing.assert_array_equal(codes, served.fast_seed7_codes)
+        np.testing.assert_array_equal(codes, served.reference_seed7_codes)
+
+    def test_generator_carries_the_row_cached_sampler(self, served):
+        # PixelCNNPrior's sampler: a loop over rows (the vertical stacks, convolutions), and in
+        # it a loop over pixels that is matmuls only, not a whole forward pass per position.
+        loops = while_loops(served.path("generator"), "sample")
+        innermost = [ops for ops in loops if not ops & {"While", "StatelessWhile"}]
+        assert len(innermost) < len(loops), "no loop over pixels inside a loop over rows"
+        assert innermost and all("MatMul" in ops for ops in innermost), innermost
+        assert not any(op.startswith("Conv") for ops in innermost for op in ops), innermost
+
+    def test_generator_serving_default_is_sample(self, served):
+        assert signature_keys(served, "generator.default") == (
+            ["num_samples"],
+            ["codes", "images"],
+        )
+        assert served.outputs("generator.default")["codes"].shape == (2, 4, 4)
+
     def test_bad_generator_requests_fail_with_a_message(self, served):
-        assert "num_samples" in served.result("generator.zero")["error"]
-        assert "labels" in served.result("greedy.bad_labels")["error"]
+        assert "`num_samples` must be >= 1" in served.result("generator.zero")["error"]
+        assert "`labels` must lie in [0, 2]" in served.result("greedy.bad_labels")["error"]
+
+    @pytest.mark.parametrize(
+        "call_id, name, shape, got",
+        [
+            ("vae.images_size", "images", "(batch, 8, 8, 1)", "[1 1 1 1]"),
+            ("vae.images_rank", "images", "(batch, 8, 8, 1)", "[3 8 8]"),
+            ("vae.latents_size", "latents", "(batch, 3)", "[2 4]"),
+            ("vae.latents_rank", "latents", "(batch, 3)", "[3]"),
+            ("vqvae.images_size", "images", "(batch, 8, 8, 1)", "[1 8 8 3]"),
+            ("vqvae.images_rank", "images", "(batch, 8, 8, 1)", "[8 8 1]"),
+            ("vqvae.images_rank_5", "images", "(batch, 8, 8, 1)", "[3 8 8 1 1]"),
+            ("vqvae.codes_size", "codes", "(batch, 4, 4)", "[2 4 5]"),
+            ("vqvae.codes_rank", "codes", "(batch, 4, 4)", "[4 4]"),
+            ("generator.num_samples_rank", "num_samples", "() (a scalar)", "[1]"),
+            ("generator.seed_rank", "seed", "() (a scalar)", "[2]"),
+            ("greedy.labels_rank", "labels", "(num_samples,)", "[4 1]"),
+        ],
+    )
+    def test_wrong_shape_is_refused_naming_the_input(self, served, call_id, name, shape, got):
+        error = served.result(call_id)["error"]
+        assert error is not None, f"{call_id} was served"
+        assert f"`{name}` must have shape {shape}, got shape] {got}" in error, error
+
+    def test_labels_not_one_per_sample_are_refused(self, served):
+        error = served.result("greedy.labels_count")["error"]
+        assert error is not None and "`labels` must have num_samples entries" in error, error
+
+    @pytest.mark.parametrize("call_id", ["vqvae.codes_too_large", "vqvae.codes_negative"])
+    def test_codes_out_of_range_are_refused(self, served, call_id):
+        error = served.result(call_id)["error"]
+        assert error is not None, f"{call_id} was served"
+        codes = np.load(served.calls[call_id]["inputs"]["codes"])
+        expected = f"`codes` must lie in [0, {K - 1}] (num_embeddings={K}), got values in]"
+        assert f"{expected} [{codes.min()} {codes.max()}]" in error, error
+
+    @pytest.mark.parametrize(
+        "call_id, expected, got",
+        [
+            ("vae.images_dtype", "float", "double"),
+            ("vae.latents_dtype", "float", "double"),
+            ("vqvae.images_dtype", "float", "double"),
+            ("vqvae.codes_dtype", "int32", "int64"),
+            ("generator.num_samples_dtype", "int32", "int64"),
+        ],
+    )
+    def test_wrong_dtype_is_refused_before_the_graph_runs(self, served, call_id, expected, got):
+        # TensorFlow checks dtypes itself, before any assertion of ours could run, and names
+        # the input by position: #0 is the only input, or num_samples.
+        error = served.result(call_id)["error"]
+        assert error is not None, f"{call_id} was served"
+        message = f"input #0(zero-based) was expected to be a {expected} tensor but is a {got}"
+        assert message in error, error
 
     @pytest.mark.parametrize("name", ["vae", "vqvae", "generator", "greedy"])
     def test_layout_is_tf_serving(self, served, name):

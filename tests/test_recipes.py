@@ -361,3 +361,119 @@ def test_same_seed_gives_bit_identical_weights(tmp_path):
     run("train_vae", "--out", str(tmp_path / "a"), *args)
     run("train_vae", "--out", str(tmp_path / "b"), *args)
     assert_same_weights(tmp_path / "a" / "vae.keras", tmp_path / "b" / "vae.keras")
+
+
+# --------------------------------------------------------------------------- input errors
+
+# TensorFlow's start-up notices that recipes filter from stderr.
+STARTUP_NOISE = ("oneDNN", "cuInit", "cudart", "cuda drivers", "absl::InitializeLog")
+
+
+def user_env() -> dict[str, str]:
+    """The environment of a user's shell: no TF_CPP_MIN_LOG_LEVEL set."""
+    return {k: v for k, v in env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+
+def run_as_user(recipe: str, *args: str, timeout: float = 240):
+    return subprocess.run(
+        command(recipe, *args), env=user_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_no_startup_noise(stderr: str) -> None:
+    noisy = [line for line in stderr.splitlines() if any(n in line for n in STARTUP_NOISE)]
+    assert not noisy, noisy
+
+
+@pytest.mark.subprocess
+def test_broken_model_file_is_one_line_and_writes_nothing(vqvae_dir, tmp_path):
+    blob = (vqvae_dir / "vqvae.keras").read_bytes()
+    half = tmp_path / "half.keras"
+    half.write_bytes(blob[: len(blob) // 2])
+    out = tmp_path / "reconstruct"
+    result = run("reconstruct", "--model", str(half), "--out", str(out), check=False, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("error: --model: ")
+    for expected in (str(half), "not a valid .keras file", "re-run the recipe"):
+        assert expected in lines[0]
+    assert not out.exists(), "nothing is written before the inputs are checked"
+
+    # The corrected command is a new run, not "an unfinished run with a different config".
+    model = str(vqvae_dir / "vqvae.keras")
+    run("reconstruct", "--model", model, "--num-images", "4", "--out", str(out))
+    assert check_run_dir(out, "reconstruct")["model"] == "VQVAE"
+
+
+@pytest.mark.subprocess
+def test_missing_tfds_data_names_the_flags_and_writes_nothing(tmp_path):
+    out = tmp_path / "vqvae"
+    args = ["--out", str(out), *TINY_VQVAE, *TINY_RUN, "--num-images", "0"]
+    missing = ["--dataset", "mnist", "--data-dir", str(tmp_path / "tfds")]
+    result = run_as_user("train_vqvae", *args, *missing, timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: --dataset mnist: split 'train' is not prepared")
+    for expected in ("--download", f"--data-dir {tmp_path / 'tfds'}", "--data-dir DIR", "digits"):
+        assert expected in message, message
+    assert f"(looked for {tmp_path / 'tfds' / 'mnist'}" in message
+    # The recipe's flags, not the library's arguments (`--data_dir=DIR` is tfds build's flag).
+    assert "download=True" not in result.stderr and "pass data_dir=DIR" not in result.stderr
+    assert_no_startup_noise(result.stderr)
+    assert not out.exists(), "nothing is written before the data is found"
+
+    result = run_as_user("train_vqvae", *args)  # the corrected command: offline digits
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert_no_startup_noise(result.stderr)
+    assert check_run_dir(out, "train_vqvae")["epochs"] == 1
+
+
+@pytest.mark.subprocess
+def test_pipeline_checks_the_prior_flags_before_training(tmp_path):
+    out = tmp_path / "pipeline"
+    args = ["--out", str(out), *TINY_VQVAE, *TINY_PRIOR, *TINY_RUN, "--kernel-size", "4"]
+    result = run("pipeline", *args, check=False, timeout=60)
+    assert result.returncode == 2
+    assert "kernel_size" in result.stderr and "Traceback" not in result.stderr
+    assert "Epoch" not in result.stdout, "refused before the VQ-VAE stage trained"
+    assert not out.exists()
+
+
+@pytest.mark.subprocess
+def test_export_recipe_reports_a_broken_model_in_one_line(tmp_path):
+    garbage = tmp_path / "garbage.keras"
+    garbage.write_bytes(b"not a zip archive")
+    args = ["--model", str(garbage), "--out", str(tmp_path / "exports")]
+    result = run_as_user("export", *args, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("error: --model: ") and str(garbage) in lines[0]
+    assert "not a zip archive" in lines[0]
+    assert not (tmp_path / "exports").exists()
+
+
+def test_download_flag_reaches_data_load(monkeypatch):
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import _common
+    import train_vqvae
+
+    import keras_vq
+
+    calls, real_load = [], keras_vq.data.load
+
+    def fake_load(name, **kwargs):
+        calls.append((name, kwargs))
+        return real_load("digits", batch_size=2, split="test[:4]")
+
+    monkeypatch.setattr(keras_vq.data, "load", fake_load)
+    for flags, expected in (([], False), (["--download"], True)):
+        args = train_vqvae.build_parser().parse_args(["--dataset", "mnist", *flags])
+        _common.load_split(args, "train", image_size=None, batch_size=2, shuffle=False)
+        assert calls[-1][0] == "mnist" and calls[-1][1]["download"] is expected
+    # A rerun that only adds --download resumes the same run (it changes no result).
+    config = _common.make_config("train_vqvae", args)
+    saved = {**config, "args": {**config["args"], "download": False}}
+    assert _common._config_differences(saved, config) == []

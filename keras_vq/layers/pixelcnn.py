@@ -120,6 +120,8 @@ class GatedPixelCNNBlock(keras.layers.Layer):
     columns ``j-n..j-1`` (the current pixel is excluded) and there is no residual. Stacking an
     ``"A"`` block and ``"B"`` blocks gives a model whose output at ``(i, j)`` depends on exactly
     the pixels before ``(i, j)`` in raster order that lie within its receptive field.
+    Row 0 has no row above it: ``shift_down`` gives it zeros, so it gets no link term at all,
+    not even ``link``'s bias (the incremental sampling methods follow this exactly).
 
     Args:
         filters: F, channels of both stacks.
@@ -237,7 +239,7 @@ class GatedPixelCNNBlock(keras.layers.Layer):
     # sampling call (``sampling_weights``) and keep the per-pixel work to a few ops: a "valid"
     # convolution over a window of the kernel's size is one matmul, and every per-row term of
     # the horizontal pre-activation (link, biases, class bias) is summed once per row into an
-    # ``offset``. Tests check both against ``call``.
+    # ``offset``. ``call`` defines the model; tests check these against it.
     def sampling_weights(self, dtype) -> dict:
         """The kernels as the incremental methods use them, cast to ``dtype``."""
         vertical = ops.cast(self.vertical_conv.kernel, dtype)
@@ -248,11 +250,37 @@ class GatedPixelCNNBlock(keras.layers.Layer):
             "vertical": vertical,
             "vertical_bias": ops.cast(self.vertical_conv.bias, dtype),
             "link": link,
+            # Rows r >= 1 get the whole link_conv output of row r-1, its bias included.
             "offset_bias": link_bias + horizontal_bias,
+            # Row 0: ``shift_down`` feeds zeros in place of link_conv's output, bias and all.
+            "first_row_bias": horizontal_bias,
             "horizontal": horizontal,
             "residual": residual,
             "residual_bias": residual_bias,
         }
+
+    def first_row_offset(self, batch, width: int, bias=None, weights=None, dtype=None):
+        """The ``offset`` of row 0, which has no row above it.
+
+        ``call`` shifts the whole ``link_conv`` output down, so row 0 gets zeros: no link
+        term and no link bias, only the horizontal bias and the class bias.
+
+        Args:
+            batch: B, an int or a scalar tensor (a dynamic batch).
+            width: W.
+            bias: ``label_bias(labels)`` or ``None``.
+            weights: ``sampling_weights(dtype)``; computed here when ``None``.
+            dtype: dtype of the offset; the block's compute dtype when ``None``.
+
+        Returns:
+            ``(B, W, 2F)``, the counterpart of ``vertical_row``'s offset for row 0.
+        """
+        dtype = self.compute_dtype if dtype is None else dtype
+        w = self.sampling_weights(dtype) if weights is None else weights
+        offset = ops.zeros((batch, width, 2 * self.filters), dtype) + w["first_row_bias"]
+        if bias is not None:
+            offset = offset + ops.cast(bias, dtype)[:, None, :]
+        return offset
 
     def vertical_row(self, window, bias=None, weights=None):
         """Vertical stack for one row ``r``.
@@ -270,9 +298,10 @@ class GatedPixelCNNBlock(keras.layers.Layer):
         """
         w = self.sampling_weights(window.dtype) if weights is None else weights
         v_pre = ops.conv(window, w["vertical"], padding="valid") + w["vertical_bias"]
-        batch, width, channels = v_pre.shape[0], v_pre.shape[2], v_pre.shape[3]
-        flat = ops.reshape(v_pre, (batch * width, channels))
-        offset = ops.reshape(ops.matmul(flat, w["link"]), (batch, width, channels))
+        width, channels = v_pre.shape[2], v_pre.shape[3]
+        # -1, not the batch size: that is unknown (None) in an exported graph.
+        flat = ops.reshape(v_pre, (-1, channels))
+        offset = ops.reshape(ops.matmul(flat, w["link"]), (-1, width, channels))
         offset = offset + w["offset_bias"]
         if bias is not None:
             offset = offset + ops.cast(bias, offset.dtype)[:, None, :]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_vq import _validation
@@ -30,16 +31,42 @@ def resolve_input_shape(input_shape, encoder, filters):
     )
 
 
-def checked_images(images, image_shape, finite: bool = False):
-    """``images`` as a tensor after checking its shape (and, if asked, that it is finite).
-
-    ``finite`` reads the values back, so only public eager methods ask for it.
-    """
-    images = ops.convert_to_tensor(images)
+def check_image_batch(images, image_shape) -> None:
+    """Static checks of an image batch (dtype, shape): no values read, nothing converted."""
+    if not hasattr(images, "shape"):  # nested lists
+        images = np.asarray(images)
+    _validation.check_image_dtype("images", images)
     _validation.check_images("images", images, image_shape)
+
+
+def checked_images(images, image_shape, finite: bool = False, unit_interval: bool = False):
+    """``images`` as a tensor after checking its shape and dtype (and, if asked, its values).
+
+    Integer dtypes (uint8 0-255 pixels) are always rejected: the dtype is static, so this
+    holds inside traced training steps too. ``finite`` and ``unit_interval`` read values
+    back, so only public eager methods ask for them; they are skipped while tracing.
+
+    Args:
+        images: the batch ``(B, *image_shape)``.
+        image_shape: expected shape without the batch axis (``None`` entries unchecked).
+        finite: reject NaN and Inf.
+        unit_interval: reject values outside ``[0, 1]`` (up to 1e-6 of round-off).
+
+    Returns:
+        ``images`` as a backend tensor.
+
+    Raises:
+        TypeError: a non-float dtype. ValueError: wrong shape or (when asked) bad values.
+    """
+    check_image_batch(images, image_shape)
+    tensor = ops.convert_to_tensor(images)
+    # NumPy input is checked as is: no round trip through the device.
+    values = images if isinstance(images, np.ndarray) else tensor
     if finite:
-        _validation.check_finite("images", images)
-    return images
+        _validation.check_finite("images", values)
+    if unit_interval:
+        _validation.check_unit_interval("images", values)
+    return tensor
 
 
 def check_networks(encoder, decoder) -> bool:

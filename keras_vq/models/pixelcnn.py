@@ -10,7 +10,8 @@ import numpy as np
 from keras import ops
 
 from keras_vq import _validation
-from keras_vq.backend import TrainStepMixin, compile_function
+from keras_vq.backend import TrainStepMixin, compile_function, inference
+from keras_vq.backend.checks import checked_indices
 from keras_vq.layers.pixelcnn import GatedPixelCNNBlock, dense_weights
 from keras_vq.losses import categorical_cross_entropy
 from keras_vq.metrics import bits_per_dim
@@ -136,7 +137,6 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
 
     # --- inputs ---------------------------------------------------------------------------
     def _check_codes(self, codes, name: str = "codes"):
-        _validation.check_integer_codes(name, codes, self.num_embeddings)
         shape = tuple(codes.shape)
         if len(shape) != 3 or any(
             got is not None and got != want for got, want in zip(shape[1:], self.latent_shape)
@@ -145,12 +145,13 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
                 f"`{name}` must have shape (batch, {self.latent_shape[0]}, "
                 f"{self.latent_shape[1]}) (latent_shape={self.latent_shape}), got shape {shape}."
             )
+        return checked_indices(name, codes, self.num_embeddings)
 
     def _check_labels(self, labels, name: str = "labels"):
         shape = tuple(labels.shape)
         if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
             raise ValueError(f"`{name}` must have shape (batch,) or (batch, 1), got {shape}.")
-        _validation.check_integer_codes(name, labels, self.num_classes, "num_classes")
+        return checked_indices(name, labels, self.num_classes, "num_classes")
 
     def _split_inputs(self, inputs):
         """``codes`` or ``[codes, labels]`` → ``(codes, labels or None)``, validated."""
@@ -168,9 +169,8 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
                     "`[codes, labels]`; `labels` are missing."
                 )
             codes, labels = inputs
-            self._check_labels(labels)
-        self._check_codes(codes)
-        return codes, labels
+            labels = self._check_labels(labels)
+        return self._check_codes(codes), labels
 
     # --- forward pass and loss --------------------------------------------------------------
     def _head(self, h):
@@ -185,18 +185,25 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
             v, h = block([v, h] if labels is None else [v, h, labels])
         return self._head(h)
 
-    def step_loss(self, x, y=None, sample_weight=None, training=False):
+    def _data_inputs(self, x, y=None):
+        """The model's inputs from ``fit`` data: codes, or ``[codes, labels]``."""
         if self.num_classes is None:
-            inputs = x
-        elif isinstance(x, list | tuple):
-            inputs = list(x)
-        elif y is None:
+            return x
+        if isinstance(x, list | tuple):
+            return list(x)
+        if y is None:
             raise ValueError(
                 f"A class-conditional PixelCNNPrior (num_classes={self.num_classes}) trains on "
                 "`(codes, labels)`; got codes without labels."
             )
-        else:
-            inputs = [x, y]
+        return [x, y]
+
+    def validate_batch(self, data) -> None:
+        x, y, _ = self._unpack(data)
+        self._split_inputs(self._data_inputs(x, y))
+
+    def step_loss(self, x, y=None, sample_weight=None, training=False):
+        inputs = self._data_inputs(x, y)
         codes = inputs[0] if isinstance(inputs, list) else inputs
         logits = self(inputs, training=training)
         nll = ops.mean(categorical_cross_entropy(codes, logits), axis=(1, 2))  # (B,) nats/code
@@ -238,6 +245,7 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
             )
         return labels
 
+    @inference
     def sample(
         self,
         num_samples: int,
@@ -297,7 +305,7 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
         )
 
     def _sample_loop(self, uniform, temperature, labels):
-        batch = uniform.shape[0]
+        batch = ops.shape(uniform)[0]  # a tensor in a graph with a dynamic batch (export)
         (height, width), n, f = self.latent_shape, self.kernel_size // 2, self.filters
         num_layers, k, dtype = self.num_layers, self.num_embeddings, self.compute_dtype
         # Loop invariants, prepared once: per-block biases and weights, the noise.
@@ -363,13 +371,14 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
         v_ins = [
             ops.zeros((batch, height + n, width + 2 * n, f), dtype) for _ in range(num_layers)
         ]
-        # Row 0 sees no row above: its offsets are the biases alone.
-        offsets = []
-        for w, bias in zip(weights, biases):
-            offset = ops.zeros((batch, width, 2 * f), dtype) + w["offset_bias"]
-            if bias is not None:
-                offset = offset + ops.cast(bias, dtype)[:, None, :]
-            offsets.append(ops.reshape(offset, (batch, width * 2 * f)))
+        # Row 0 sees no row above: no link term at all (as in ``call``), only the biases.
+        offsets = [
+            ops.reshape(
+                block.first_row_offset(batch, width, bias, weights=w, dtype=dtype),
+                (batch, width * 2 * f),
+            )
+            for block, w, bias in zip(self.blocks, weights, biases)
+        ]
         codes, _, _ = ops.fori_loop(0, height, row, (codes, v_ins, offsets))
         return codes
 
@@ -393,6 +402,7 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
         return cls(**config)
 
 
+@inference
 def generate(
     vqvae,
     prior: PixelCNNPrior,

@@ -11,7 +11,7 @@ from keras import ops
 from keras_vq import _validation
 from keras_vq import losses as vq_losses
 from keras_vq import metrics as vq_metrics
-from keras_vq.backend import TrainStepMixin
+from keras_vq.backend import TrainStepMixin, inference
 from keras_vq.layers.sampling import Sampling
 from keras_vq.models import _common, networks
 
@@ -28,6 +28,18 @@ class VAE(TrainStepMixin, keras.Model):
     reparameterised Monte-Carlo estimate, the KL is in closed form. The loss is
     ``-(E_q[log p(x|z)] - β·KL)`` in nats per example; ``fit`` logs ``loss``,
     ``reconstruction_loss`` (``-log p(x|z)``) and ``kl_loss``.
+
+    Images are floating point; integer dtypes (uint8 0-255 pixels) raise a ``TypeError``
+    everywhere, ``fit`` included (scale them, e.g. ``images / 255``). With
+    ``likelihood="bernoulli"`` pixels are probabilities, so ``encode``, ``log_likelihood``/
+    ``elbo`` and eager calls also reject values outside ``[0, 1]`` (``ValueError``; values are
+    read only where they are concrete, never inside a compiled training step). The Gaussian
+    likelihood is defined for any real pixel values and checks none, but the default networks
+    are sized for ``[0, 1]`` data, which ``keras_vq.data.load`` yields.
+
+    The inference methods (``encode``, ``decode``, ``sample``, ``elbo``, ``log_likelihood``)
+    record no gradients (no autograd graph on torch); differentiate through ``__call__`` or
+    the networks instead.
 
     Args:
         input_shape: ``(H, W, C)`` (or any shape with custom networks).
@@ -123,11 +135,24 @@ class VAE(TrainStepMixin, keras.Model):
             return ops.sigmoid(decoder_output)
         return decoder_output
 
+    @property
+    def _pixels_are_probabilities(self) -> bool:
+        """Bernoulli pixels must lie in [0, 1]; a Gaussian likelihood takes any real value."""
+        return self.likelihood == "bernoulli"
+
     # ------------------------------------------------------------------ public API
     def call(self, inputs, training=None):
+        inputs = _common.checked_images(
+            inputs, self.image_shape, unit_interval=self._pixels_are_probabilities
+        )
         z_mean, z_log_var = self._encode(inputs, training=training)
         z = self.sampler([z_mean, z_log_var]) if training else z_mean
         return self._mean_image(self.decoder(z, training=training))
+
+    def validate_batch(self, data) -> None:
+        # Called on each batch before it enters a jitted step (JAX), where an error raised
+        # while tracing would leave the model's state behind: reject integer images here.
+        _common.check_image_batch(self._unpack(data)[0], self.image_shape)
 
     def step_loss(self, x, y=None, sample_weight=None, training=False):
         x = _common.checked_images(x, self.image_shape)
@@ -144,12 +169,20 @@ class VAE(TrainStepMixin, keras.Model):
         self.kl_loss_tracker.update_state(kl_loss)
         return total, self._mean_image(decoder_output)
 
+    @inference
     def encode(self, x):
-        """Images → ``(z_mean, z_log_var)``, each float32 ``(B, latent_dim)``."""
-        return self._encode(
-            _common.checked_images(x, self.image_shape, finite=True), training=False
-        )
+        """Images → ``(z_mean, z_log_var)``, each float32 ``(B, latent_dim)``.
 
+        Raises:
+            TypeError: integer images. ValueError: wrong shape, NaN/Inf, or (Bernoulli)
+            values outside ``[0, 1]``.
+        """
+        x = _common.checked_images(
+            x, self.image_shape, finite=True, unit_interval=self._pixels_are_probabilities
+        )
+        return self._encode(x, training=False)
+
+    @inference
     def decode(self, z):
         """Latents ``(B, latent_dim)`` → mean images (probabilities for Bernoulli)."""
         z = ops.convert_to_tensor(z)
@@ -160,6 +193,7 @@ class VAE(TrainStepMixin, keras.Model):
         _validation.check_finite("z", z)
         return self._mean_image(self.decoder(z, training=False))
 
+    @inference
     def sample(self, num_samples: int, seed: int | None = None):
         """Decode ``num_samples`` draws of z ~ N(0, I); a fixed ``seed`` repeats them."""
         num_samples = _validation.check_int("num_samples", num_samples, minimum=1)
@@ -170,10 +204,12 @@ class VAE(TrainStepMixin, keras.Model):
         )
         return self.decode(z)
 
+    @inference
     def elbo(self, x, seed: int | None = None):
         """One-sample ELBO estimate per example, nats ``(B,)``."""
         return self.log_likelihood(x, num_samples=1, seed=seed)
 
+    @inference
     def log_likelihood(
         self, x, num_samples: int = 100, seed: int | None = None, chunk_size: int = 64
     ):
@@ -184,7 +220,7 @@ class VAE(TrainStepMixin, keras.Model):
         S = 1 is the ELBO; the bound tightens monotonically (in expectation) as S grows.
 
         Args:
-            x: batch of inputs.
+            x: batch of float images (in ``[0, 1]`` for the Bernoulli likelihood).
             num_samples: S ≥ 1.
             seed: seed of the importance samples.
             chunk_size: samples decoded at once (memory: chunk_size · batch decoder passes).
@@ -195,7 +231,9 @@ class VAE(TrainStepMixin, keras.Model):
         num_samples = _validation.check_int("num_samples", num_samples, minimum=1)
         chunk_size = _validation.check_int("chunk_size", chunk_size, minimum=1)
         seed = _validation.check_seed("seed", seed)
-        x = _common.checked_images(x, self.image_shape, finite=True)
+        x = _common.checked_images(
+            x, self.image_shape, finite=True, unit_interval=self._pixels_are_probabilities
+        )
         z_mean, z_log_var = self._encode(x, training=False)
         batch = ops.shape(x)[0]
         generator = keras.random.SeedGenerator(seed)

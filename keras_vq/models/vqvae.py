@@ -8,7 +8,7 @@ import keras
 
 from keras_vq import _validation
 from keras_vq import metrics as vq_metrics
-from keras_vq.backend import TrainStepMixin
+from keras_vq.backend import TrainStepMixin, inference
 from keras_vq.layers.vector_quantizer import VectorQuantizer
 from keras_vq.models import _common, networks
 
@@ -25,6 +25,13 @@ class VQVAE(TrainStepMixin, keras.Model):
     up to constants) and the VQ terms come from the ``VectorQuantizer``'s ``add_loss``.
     ``fit`` logs ``loss``, ``reconstruction_loss``, ``vq_loss`` and ``perplexity`` (the epoch
     mean of per-batch codebook perplexities).
+
+    Images are floating point; integer dtypes (uint8 0-255 pixels) raise a ``TypeError``
+    everywhere, ``fit`` included (scale them, e.g. ``images / 255``). Their range is not
+    checked: the squared error is defined for any real pixel values (e.g. ``[-1, 1]``), but
+    the default networks and learning rates are tuned for ``[0, 1]``, which
+    ``keras_vq.data.load`` yields. ``encode`` and ``decode`` record no gradients (no autograd
+    graph on torch); differentiate through ``__call__`` or the networks instead.
 
     Args:
         input_shape: ``(H, W, C)``; required unless ``encoder`` has a known input shape.
@@ -102,8 +109,14 @@ class VQVAE(TrainStepMixin, keras.Model):
         self.built = True
 
     def call(self, inputs, training=None):
+        inputs = _common.checked_images(inputs, self.image_shape)
         z_q = self.quantizer(self.encoder(inputs, training=training), training=training)
         return self.decoder(z_q, training=training)
+
+    def validate_batch(self, data) -> None:
+        # Called on each batch before it enters a jitted step (JAX), where an error raised
+        # while tracing would leave the model's state behind: reject integer images here.
+        _common.check_image_batch(self._unpack(data)[0], self.image_shape)
 
     def step_loss(self, x, y=None, sample_weight=None, training=False):
         images = _common.checked_images(x, self.image_shape)
@@ -123,11 +136,13 @@ class VQVAE(TrainStepMixin, keras.Model):
         self.perplexity_tracker.update_state(vq_metrics.perplexity(codes, self.num_embeddings))
         return total, reconstruction
 
+    @inference
     def encode(self, images):
         """Images ``(B, H, W, C)`` → int32 codes ``(B, h, w)``."""
         images = _common.checked_images(images, self.image_shape, finite=True)
         return self.quantizer.encode(self.encoder(images, training=False))
 
+    @inference
     def decode(self, codes):
         """int32 codes ``(B, h, w)`` → images ``(B, H, W, C)``.
 

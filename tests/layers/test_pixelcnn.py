@@ -109,6 +109,40 @@ def gated_stack(num_layers, **kwargs):
     return run
 
 
+def randomize_weights(layer, rng):
+    """Every weight of ``layer`` random and non-zero (Keras starts biases at zero)."""
+    for variable in layer.weights:
+        variable.assign(rng.normal(scale=0.5, size=tuple(variable.shape)).astype("float32"))
+        assert np.all(to_numpy(variable) != 0)
+
+
+def incremental_block(block, v, h, bias):
+    """``block``'s ``[v_out, h_out]`` built only from its incremental sampling methods.
+
+    Row by row: row 0's offset from ``first_row_offset``, row r+1's from ``vertical_row`` of
+    row r; pixel by pixel: ``horizontal_pixel`` on the window left of (and at) the pixel.
+    """
+    batch, height, width, _ = v.shape
+    n = block.half_width
+    padded_v = np.pad(v, [(0, 0), (n, 0), (n, n), (0, 0)])
+    padded_h = np.pad(h, [(0, 0), (0, 0), (n, 0), (0, 0)])
+    offset = to_numpy(block.first_row_offset(batch, width, bias))
+    v_rows, h_out = [], np.zeros((batch, height, width, block.filters), "float32")
+    for i in range(height):
+        for j in range(width):
+            cols = slice(j, j + n) if block.first else slice(j, j + n + 1)
+            pixel = block.horizontal_pixel(
+                ops.convert_to_tensor(padded_h[:, i, cols].reshape(batch, -1)),
+                ops.convert_to_tensor(offset[:, j]),
+                h=ops.convert_to_tensor(h[:, i, j]),
+            )
+            h_out[:, i, j] = to_numpy(pixel)
+        v_row, offset = block.vertical_row(ops.convert_to_tensor(padded_v[:, i : i + n + 1]), bias)
+        v_rows.append(to_numpy(v_row))
+        offset = to_numpy(offset)
+    return np.concatenate(v_rows, axis=1), h_out
+
+
 class TestGatedPixelCNNBlock(TestCase):
     def test_output_shapes_and_config_round_trip(self):
         block = GatedPixelCNNBlock(4, 3, num_classes=3, mask_type="A", name="blk")
@@ -163,7 +197,7 @@ class TestGatedPixelCNNBlock(TestCase):
         v = rng.normal(size=(2, 4, width, 4)).astype("float32")
         h = rng.normal(size=(2, 4, width, 4)).astype("float32")
         block([v, h, labels])  # build
-        block.class_bias.embeddings.assign(rng.normal(size=(3, 8)))
+        randomize_weights(block, rng)  # biases too: zero biases hide a dropped or extra bias
         v_out, h_out = (to_numpy(t) for t in block([v, h, labels]))
         bias = block.label_bias(labels)
         padded_v = ops.convert_to_tensor(np.pad(v, [(0, 0), (n, 0), (n, n), (0, 0)]))
@@ -179,6 +213,25 @@ class TestGatedPixelCNNBlock(TestCase):
                 h=ops.convert_to_tensor(h[:, i, j]),
             )
             self.assertAllClose(pixel, h_out[:, i, j], atol=1e-5)
+
+    @pytest.mark.parametrize("num_classes", [None, 3])
+    @pytest.mark.parametrize("kernel_size", [3, 5])
+    @pytest.mark.parametrize("mask_type", ["A", "B"])
+    def test_incremental_methods_match_full_call_at_every_position(
+        self, mask_type, kernel_size, num_classes
+    ):
+        rng = np.random.default_rng(kernel_size)
+        v = rng.normal(size=(2, 4, 3, 4)).astype("float32")  # non-square, narrower than k=5
+        h = rng.normal(size=(2, 4, 3, 4)).astype("float32")
+        labels = [] if num_classes is None else [np.array([2, 0], "int32")]
+        block = GatedPixelCNNBlock(4, kernel_size, num_classes=num_classes, mask_type=mask_type)
+        block([v, h, *labels])  # build
+        randomize_weights(block, rng)
+        v_out, h_out = block([v, h, *labels])
+        bias = block.label_bias(labels[0]) if labels else None
+        v_inc, h_inc = incremental_block(block, v, h, bias)
+        self.assertAllClose(v_inc, v_out, atol=1e-5)
+        self.assertAllClose(h_inc, h_out, atol=1e-5)  # row 0 has no link term, bias included
 
     @pytest.mark.parametrize(
         "kwargs, error, match",

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_vq.models import PixelCNNPrior, generate
+from keras_vq.models import VQVAE, PixelCNNPrior, generate
+from keras_vq.models.pixelcnn import _TINY
 from tests.test_case import TestCase, to_numpy
 
 K = 8
@@ -31,6 +32,26 @@ MAPS = np.array(
 def normal(shape, seed, scale=1.0):
     # NumPy, not keras.random: on JAX every new shape would compile a random kernel.
     return np.random.default_rng(seed).normal(scale=scale, size=shape).astype("float32")
+
+
+def randomize_weights(model, seed=0):
+    """Set every weight of ``model`` to random non-zero values (NumPy, so the same everywhere).
+
+    Keras initialises biases to zero, which hides any bias a sampler adds or drops: here conv
+    kernels ~ N(0, 9 / fan_in), biases ~ N(0, 0.25), embeddings and class biases ~ N(0, 4),
+    scales at which greedy paths visit several codes rather than repeating one.
+    """
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        shape = tuple(variable.shape)
+        if len(shape) == 4:  # a conv kernel (kh, kw, in, out)
+            scale = 3.0 / math.sqrt(math.prod(shape[:-1]))
+        elif len(shape) == 1:  # a bias
+            scale = 0.5
+        else:  # the code embedding, the class biases
+            scale = 2.0
+        variable.assign(rng.normal(scale=scale, size=shape).astype("float32"))
+        assert np.all(to_numpy(variable) != 0)
 
 
 def random_codes(batch, shape=SHAPE, k=K, seed=0):
@@ -68,8 +89,7 @@ def prior():
     """An untrained prior shared by tests that leave its weights alone (one compiled sampler)."""
     keras.utils.set_random_seed(0)
     model = PixelCNNPrior(**TINY)
-    # Spread the embeddings so that the greedy path is not flat.
-    model.embedding.embeddings.assign(normal((K, TINY["filters"]), seed=3))
+    randomize_weights(model, seed=3)  # biases included: zero biases hide sampler bugs
     return model
 
 
@@ -81,6 +101,40 @@ def unconditional_prior():
 @pytest.fixture(scope="module")
 def conditional_prior():
     return train_on_maps(num_classes=2)
+
+
+# (num_layers, kernel_size, latent_shape, num_classes): one and several blocks, k = 3 and 5
+# (k = 5 wider than a 3-column map too), non-square maps, with and without classes.
+SAMPLER_CASES = [
+    (1, 3, (4, 5), None),
+    (3, 3, (5, 3), 3),
+    (2, 5, (3, 6), None),
+    (3, 5, (4, 3), 2),
+]
+
+
+def _case_id(case):
+    num_layers, kernel_size, (height, width), num_classes = case
+    classes = "unconditional" if num_classes is None else f"{num_classes}classes"
+    return f"{num_layers}layers-k{kernel_size}-{height}x{width}-{classes}"
+
+
+@pytest.fixture(scope="module", params=SAMPLER_CASES, ids=_case_id)
+def random_prior(request):
+    """A prior with every weight random (one compiled sampler per case) and its labels."""
+    num_layers, kernel_size, latent_shape, num_classes = request.param
+    keras.utils.set_random_seed(0)
+    prior = PixelCNNPrior(
+        K,
+        latent_shape,
+        num_layers=num_layers,
+        filters=8,
+        kernel_size=kernel_size,
+        num_classes=num_classes,
+    )
+    randomize_weights(prior, seed=3)  # a seed whose greedy paths visit 3+ codes in each case
+    labels = None if num_classes is None else np.arange(B, dtype="int32") % num_classes
+    return prior, labels
 
 
 class TestPixelCNNPrior(TestCase):
@@ -124,13 +178,45 @@ class TestPixelCNNPrior(TestCase):
         prior.sample(B, temperature=0.0)  # compiled with the current weights
         saved = prior.get_weights()
         try:
-            for v in prior.trainable_variables:
-                v.assign(normal(v.shape, seed=4, scale=0.5))
+            randomize_weights(prior, seed=4)
             np.testing.assert_array_equal(
                 to_numpy(prior.sample(B, temperature=0.0)), greedy_by_full_passes(prior, B)
             )
         finally:
             prior.set_weights(saved)
+
+    def test_greedy_samples_are_the_argmax_of_the_forward_pass_everywhere(self, random_prior):
+        prior, labels = random_prior
+        greedy = to_numpy(prior.sample(B, temperature=0.0, seed=0, labels=labels))
+        # The logits at (i, j) depend only on the codes before (i, j), which are the sample's
+        # own: argmax(prior(greedy)) at (i, j) is what one full forward pass per position
+        # picks there, and equality everywhere means the slow greedy sampler draws `greedy`.
+        logits = to_numpy(prior(greedy if labels is None else [greedy, labels]))
+        np.testing.assert_array_equal(np.argmax(logits, axis=-1), greedy)
+        # A path stuck on one code would not exercise the biases position by position.
+        assert len(np.unique(greedy)) >= 3, greedy
+
+    def test_seeded_samples_equal_a_slow_reference_sampler(self, random_prior):
+        prior, labels = random_prior
+        shape = (B, *prior.latent_shape, K)
+        seed, temperature = 11, 0.8
+        fast = to_numpy(prior.sample(B, temperature=temperature, seed=seed, labels=labels))
+        # The noise `sample` draws: uniform in [tiny, 1) from `seed`, Gumbel = -log(-log(u)).
+        uniform = to_numpy(
+            keras.random.uniform(shape, minval=_TINY, maxval=1.0, dtype="float32", seed=seed)
+        )
+        slow = greedy_by_full_passes(
+            prior, B, labels=labels, uniform=uniform, temperature=temperature
+        )
+        np.testing.assert_array_equal(fast, slow)
+        greedy = to_numpy(prior.sample(B, temperature=0.0, labels=labels))
+        assert np.any(fast != greedy)  # the noise mattered
+        # Any noise, through the sampler's own entry point.
+        uniform = np.random.default_rng(2).uniform(1e-6, 1.0, shape).astype("float32")
+        sampler_labels = np.zeros((B,), "int32") if labels is None else labels
+        fast = to_numpy(prior._sample_from_uniform(uniform, 1.5, sampler_labels))
+        slow = greedy_by_full_passes(prior, B, labels=labels, uniform=uniform, temperature=1.5)
+        np.testing.assert_array_equal(fast, slow)
 
     def test_sample_is_int32_and_seeded(self, prior):
         first = prior.sample(B, seed=7)
@@ -213,6 +299,22 @@ class TestPixelCNNPrior(TestCase):
         np.testing.assert_array_equal(
             to_numpy(revived.sample(B, seed=5, labels=labels)), MAPS[labels]
         )
+
+    def test_sample_and_generate_record_no_gradients(self, prior):
+        # Codes (4, 4) from 16×16 images: two stride-2 layers.
+        vqvae = VQVAE(input_shape=(16, 16, 1), num_embeddings=K, embedding_dim=4, filters=(4, 4))
+        randomize_weights(vqvae, seed=5)
+        codes = prior.sample(B, temperature=1.0, seed=3)
+        plain_sample = type(prior).sample.__wrapped__
+        np.testing.assert_array_equal(to_numpy(codes), to_numpy(plain_sample(prior, B, 1.0, 3)))
+        images = generate(vqvae, prior, B, temperature=1.0, seed=3)
+        # The same decoding with autograd left on.
+        reference = type(vqvae).decode.__wrapped__(vqvae, codes)
+        self.assertAllClose(images, reference, atol=1e-5)
+        for output in (codes, images):
+            assert not bool(getattr(output, "requires_grad", False))
+        if keras.backend.backend() == "torch":
+            assert reference.requires_grad  # what the decorator turns off
 
     def test_generate_decodes_prior_samples(self, prior):
         class TinyVQVAE:

@@ -158,3 +158,119 @@ class TestVAE(TestCase):
             model.sample(0)
         with pytest.raises(ValueError, match="num_samples"):
             model.log_likelihood(digits[0][:2], num_samples=0)
+
+
+def records_gradient(x) -> bool:
+    """Whether ``x`` carries an autograd graph (only torch tensors can)."""
+    return bool(getattr(x, "requires_grad", False))
+
+
+def randomized_vae(**kwargs):
+    model = tiny_vae(**kwargs)
+    rng = np.random.default_rng(0)
+    for variable in model.weights:  # biases too: nothing starts at a special value
+        variable.assign(rng.normal(scale=0.3, size=tuple(variable.shape)).astype("float32"))
+    return model
+
+
+def undecorated(model, method):
+    """``model.method`` without its ``inference`` decorator: autograd left on."""
+    return getattr(type(model), method).__wrapped__.__get__(model)
+
+
+class TestVAEInference:
+    @pytest.mark.parametrize("method", ["encode", "decode", "sample", "elbo", "log_likelihood"])
+    def test_inference_methods_record_no_gradients(self, digits, method):
+        model = randomized_vae(likelihood="gaussian")
+        images = digits[0][:3]
+        latents = np.random.default_rng(1).normal(size=(3, 4)).astype("float32")
+        # Each method, and the same computation built from undecorated methods only.
+        calls = {
+            "encode": (lambda: model.encode(images), lambda: undecorated(model, "encode")(images)),
+            "decode": (
+                lambda: model.decode(latents),
+                lambda: undecorated(model, "decode")(latents),
+            ),
+            "sample": (
+                lambda: model.sample(3, seed=5),
+                # sample decodes z ~ N(0, I) drawn from its seed.
+                lambda: undecorated(model, "decode")(keras.random.normal((3, 4), seed=5)),
+            ),
+            "elbo": (
+                lambda: model.elbo(images, seed=5),
+                lambda: undecorated(model, "log_likelihood")(images, num_samples=1, seed=5),
+            ),
+            "log_likelihood": (
+                lambda: model.log_likelihood(images, num_samples=3, seed=5),
+                lambda: undecorated(model, "log_likelihood")(images, num_samples=3, seed=5),
+            ),
+        }
+        decorated, plain = calls[method]
+        outputs, expected = keras.tree.flatten(decorated()), keras.tree.flatten(plain())
+        assert len(outputs) == len(expected) > 0
+        for output, reference in zip(outputs, expected):
+            np.testing.assert_allclose(to_numpy(output), to_numpy(reference), atol=1e-5)
+            assert not records_gradient(output)
+            if keras.backend.backend() == "torch":
+                assert records_gradient(reference)  # what the decorator turns off
+
+
+class TestVAEImageRange:
+    @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+    @pytest.mark.parametrize("dtype", ["uint8", "int32"])
+    def test_integer_images_are_rejected_everywhere(self, digits, likelihood, dtype):
+        model = tiny_vae(likelihood=likelihood)
+        images = np.round(digits[0][:8] * 255).astype(dtype)
+        match = rf"`images`.*dtype {dtype}.*scale to \[0, 1\], e\.g\. images / 255"
+        for call in (
+            model.encode,
+            model,
+            model.log_likelihood,
+            model.elbo,
+            lambda x: model(keras.ops.convert_to_tensor(x)),
+        ):
+            with pytest.raises(TypeError, match=match):
+                call(images)
+        model.compile(optimizer="adam")
+        with pytest.raises(TypeError, match=match):
+            model.fit(images, batch_size=4, epochs=1, verbose=0)
+        with pytest.raises(TypeError, match=match):
+            model.evaluate(images, batch_size=4, verbose=0)
+
+    def test_integer_images_are_rejected_symbolically(self):
+        model = tiny_vae()
+        with pytest.raises(TypeError, match="images"):
+            model(keras.Input((8, 8, 1), dtype="uint8"))
+        assert tuple(model(keras.Input((8, 8, 1))).shape) == (None, 8, 8, 1)
+
+    @pytest.mark.parametrize("as_tensor", [False, True])
+    def test_bernoulli_vae_rejects_images_outside_unit_interval(self, digits, as_tensor):
+        model = tiny_vae()
+        images = digits[0][:4] * 255.0  # floats, but 8-bit pixel values
+        if as_tensor:  # reduced where it lives: only min and max reach the host
+            images = keras.ops.convert_to_tensor(images)
+        match = r"`images` must lie in \[0, 1\], got values in \[0, 255\]"
+        for call in (model.encode, model, model.log_likelihood, model.elbo):
+            with pytest.raises(ValueError, match=match):
+                call(images)
+        below = digits[0][:4] - 0.5
+        with pytest.raises(ValueError, match=r"images.*\[-0\.5, 0\.5\]"):
+            model.encode(below)
+
+    def test_unit_interval_allows_float_round_off(self, digits):
+        model = tiny_vae()
+        images = digits[0][:4].copy()
+        images[0, 0, 0, 0], images[1, 0, 0, 0] = 1.0 + 5e-7, -5e-7
+        model.encode(images)
+        model.log_likelihood(images, num_samples=2, seed=0)
+        images[0, 0, 0, 0] = 1.0 + 1e-4
+        with pytest.raises(ValueError, match="images"):
+            model.encode(images)
+
+    def test_gaussian_vae_accepts_any_float_range(self, digits):
+        model = tiny_vae(likelihood="gaussian")
+        images = digits[0][:4] * 2.0 - 1.0  # [-1, 1] is valid data for a Gaussian likelihood
+        z_mean, _ = model.encode(images)
+        assert np.all(np.isfinite(to_numpy(z_mean)))
+        assert np.all(np.isfinite(to_numpy(model.log_likelihood(images, num_samples=2))))
+        model(images)

@@ -122,3 +122,47 @@ class TestVQVAE(TestCase):
 
         for a, b in zip(train(), train()):
             np.testing.assert_array_equal(a, b)
+
+
+def records_gradient(x) -> bool:
+    """Whether ``x`` carries an autograd graph (only torch tensors can)."""
+    return bool(getattr(x, "requires_grad", False))
+
+
+class TestVQVAEInputs(TestCase):
+    def test_encode_and_decode_record_no_gradients(self, digits):
+        model = tiny_vqvae()
+        rng = np.random.default_rng(0)
+        for variable in model.weights:  # biases too: nothing starts at a special value
+            variable.assign(rng.normal(scale=0.3, size=tuple(variable.shape)).astype("float32"))
+        images = digits[0][:3]
+        codes = model.encode(images)
+        plain_encode = type(model).encode.__wrapped__
+        np.testing.assert_array_equal(to_numpy(codes), to_numpy(plain_encode(model, images)))
+        assert len(np.unique(to_numpy(codes))) > 1
+        decoded = model.decode(codes)
+        reference = type(model).decode.__wrapped__(model, codes)
+        np.testing.assert_allclose(to_numpy(decoded), to_numpy(reference), atol=1e-6)
+        assert not records_gradient(decoded) and not records_gradient(codes)
+        if keras.backend.backend() == "torch":
+            assert records_gradient(reference)  # what the decorator turns off
+
+    @pytest.mark.parametrize("dtype", ["uint8", "int16"])
+    def test_integer_images_are_rejected_everywhere(self, digits, dtype):
+        model = tiny_vqvae()
+        images = np.round(digits[0][:8] * 255).astype(dtype)
+        match = rf"`images`.*dtype {dtype}.*scale to \[0, 1\], e\.g\. images / 255"
+        for call in (model.encode, model, lambda x: model(keras.ops.convert_to_tensor(x))):
+            with pytest.raises(TypeError, match=match):
+                call(images)
+        model.compile(optimizer="adam")
+        with pytest.raises(TypeError, match=match):
+            model.fit(images, batch_size=4, epochs=1, verbose=0)
+        with pytest.raises(TypeError, match=match):
+            model.predict(images, batch_size=4, verbose=0)
+
+    def test_float_images_of_any_range_are_accepted(self, digits):
+        # Squared error is defined on any real pixels, e.g. [-1, 1]; only dtypes are checked.
+        model = tiny_vqvae()
+        images = digits[0][:4] * 2.0 - 1.0
+        self.assertAllClose(model(images), model.decode(model.encode(images)), atol=1e-5)
