@@ -183,14 +183,15 @@ def check_integer_codes(
 ) -> None:
     """Values must have an integer dtype and lie in ``[0, num_embeddings)``.
 
-    The range is checked when the values are known (skipped while tracing).
+    The range is checked when the values are known (skipped while tracing); a backend tensor
+    is reduced where it lives, so only its minimum and maximum reach the host.
     """
     dtype = standardize_dtype(codes.dtype if hasattr(codes, "dtype") else np.asarray(codes).dtype)
     if "int" not in dtype:
         raise TypeError(f"`{name}` must have an integer dtype, got dtype {dtype}.")
-    value = concrete_value(codes)
-    if value is not None and value.size:
-        low, high = int(value.min()), int(value.max())
+    bounds = concrete_range(codes)
+    if bounds is not None:
+        low, high = int(bounds[0]), int(bounds[1])
         if low < 0 or high >= num_embeddings:
             raise ValueError(
                 f"`{name}` must lie in [0, {num_embeddings - 1}] ({size_name}="

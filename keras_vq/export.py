@@ -26,8 +26,9 @@ Backends: TensorFlow exports in-process. Keras cannot export from torch, JAX wou
 through ``jax2tf`` (no room for TensorFlow's input assertions, and ``XlaCallModule`` ops that
 older servers cannot run), and the generator's batch size comes from a tensor value, which JAX
 cannot trace: JAX and torch exports save the models to temporary ``.keras`` files and run the
-same export in a ``KERAS_BACKEND=tensorflow`` subprocess (:func:`_export_in_tensorflow`): the
-same artifact as a TensorFlow user gets.
+same export in a ``KERAS_BACKEND=tensorflow`` subprocess
+(:func:`keras_vq.backend.tensorflow_bridge.runs_in_tensorflow`): the same artifact as a
+TensorFlow user gets.
 
 A version directory is written under a hidden staging name and renamed into place when
 complete, so a running TF Server never sees a half-written model; an existing version is
@@ -36,12 +37,8 @@ never overwritten.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -51,6 +48,7 @@ import keras
 from keras import ops
 
 from keras_vq import _validation
+from keras_vq.backend.tensorflow_bridge import runs_in_tensorflow
 from keras_vq.models.pixelcnn import _TINY, PixelCNNPrior
 from keras_vq.models.vae import VAE
 from keras_vq.models.vqvae import VQVAE
@@ -83,11 +81,7 @@ def export_saved_model(
         >>> codes = served.signatures["encode"](images=images)["codes"]
     """
     _check_model("model", model, (VAE, VQVAE))
-    target = _version_dir(export_dir, version)
-    if keras.backend.backend() != "tensorflow":
-        return _export_in_tensorflow("model", {"model": model}, target)
-    endpoints = _vae_endpoints(model) if isinstance(model, VAE) else _vqvae_endpoints(model)
-    return _write_archive([model], endpoints, target)
+    return _export_model(model, str(_version_dir(export_dir, version)))
 
 
 def export_generator(
@@ -143,13 +137,20 @@ def export_generator(
             f"latent_shape={tuple(vqvae.latent_shape)}."
         )
     temperature = _validation.check_float("temperature", temperature, minimum=0.0)
-    target = _version_dir(export_dir, version)
-    if keras.backend.backend() != "tensorflow":
-        return _export_in_tensorflow(
-            "generator", {"vqvae": vqvae, "prior": prior}, target, temperature=temperature
-        )
+    target = str(_version_dir(export_dir, version))
+    return _export_generator(vqvae, prior, target, temperature)
+
+
+@runs_in_tensorflow("model")
+def _export_model(model: VAE | VQVAE, target: str) -> str:
+    endpoints = _vae_endpoints(model) if isinstance(model, VAE) else _vqvae_endpoints(model)
+    return _write_archive([model], endpoints, Path(target))
+
+
+@runs_in_tensorflow("vqvae", "prior")
+def _export_generator(vqvae: VQVAE, prior: PixelCNNPrior, target: str, temperature: float) -> str:
     endpoints = _generator_endpoints(vqvae, prior, temperature)
-    return _write_archive([vqvae, prior], endpoints, target)
+    return _write_archive([vqvae, prior], endpoints, Path(target))
 
 
 # --- checks and layout ------------------------------------------------------------------
@@ -422,73 +423,6 @@ def _generator_endpoints(
         ("sample", sample, [count_spec, label_spec]),
         ("sample_seeded", sample_seeded, [count_spec, seed_spec, label_spec]),
     ]
-
-
-# --- export through a TensorFlow subprocess -----------------------------------------------
-def _export_in_tensorflow(
-    command: str, models: dict[str, keras.Model], target: Path, **options: Any
-) -> str:
-    """Save ``models`` as ``.keras`` files and export them with ``KERAS_BACKEND=tensorflow``."""
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with tempfile.TemporaryDirectory(prefix="keras_vq_export_") as tmp:
-        argv = [command, "--target", str(Path(target).resolve())]
-        for name, model in models.items():
-            path = os.path.join(tmp, f"{name}.keras")
-            model.save(path)
-            argv += [f"--{name}", path]
-        for key, value in options.items():
-            argv += [f"--{key}", str(value)]
-        # Import this very keras_vq (an unpacked checkout or an install) in the child; the
-        # cwd is the temporary directory, so no stray `keras_vq/` folder there shadows it.
-        code = (
-            "import sys; sys.path.insert(0, sys.argv.pop(1)); "
-            "from keras_vq.export import _main; _main(sys.argv[1:])"
-        )
-        env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        result = subprocess.run(
-            [sys.executable, "-c", code, package_root, *argv],
-            cwd=tmp,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"On the {keras.backend.backend()} backend keras_vq exports through a "
-            f"TensorFlow-backend subprocess, which failed (exit code {result.returncode}):"
-            f"\n{result.stderr[-4000:]}"
-        )
-    return str(target)
-
-
-def _main(argv: Sequence[str]) -> None:
-    """Entry point of the subprocess started by :func:`_export_in_tensorflow`."""
-    parser = argparse.ArgumentParser(prog="keras_vq.export")
-    parser.add_argument("command", choices=["model", "generator"])
-    parser.add_argument("--target", required=True)
-    for name in ("model", "vqvae", "prior"):
-        parser.add_argument(f"--{name}")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    args = parser.parse_args(argv)
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(f"expected KERAS_BACKEND=tensorflow, got {keras.backend.backend()}")
-    target = Path(args.target)
-
-    def load(path):
-        return keras.saving.load_model(path, compile=False)
-
-    if args.command == "model":
-        export_saved_model(load(args.model), target.parent, int(target.name))
-    else:
-        export_generator(
-            load(args.vqvae),
-            load(args.prior),
-            target.parent,
-            int(target.name),
-            temperature=args.temperature,
-        )
 
 
 __all__ = ["export_generator", "export_saved_model"]

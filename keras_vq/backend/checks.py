@@ -50,11 +50,12 @@ def checked_indices(name: str, indices: Any, size: int, size_name: str = "num_em
         compiled step runs inside a model's ``fit``/``evaluate``/``predict``).
     """
     _validation.check_integer_codes(name, indices, size, size_name)
-    if isinstance(indices, keras.KerasTensor) or _validation.concrete_value(indices) is not None:
+    if keras.backend.backend() != "tensorflow" or isinstance(indices, keras.KerasTensor):
         return indices
-    if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+
+    if tf.is_tensor(indices) and not tf.executing_eagerly():  # a graph: values unknown now
         message = _TAG + _range_message(name, size, size_name)
-        import tensorflow as tf
 
         x = tf.convert_to_tensor(indices)
         valid = tf.logical_and(tf.reduce_all(x >= 0), tf.reduce_all(x < size))

@@ -164,7 +164,9 @@ class VAE(TrainStepMixin, keras.Model):
         kl = vq_losses.kl_divergence(z_mean, z_log_var)
         reconstruction_loss = _common.weighted_mean(reconstruction_loss, sample_weight)
         kl_loss = _common.weighted_mean(kl, sample_weight)
-        total = reconstruction_loss + self.beta * kl_loss + _common.sum_losses(self.losses)
+        # β = 1: the loss is the negative ELBO; other β weigh the KL (β-VAE).
+        elbo = vq_losses.elbo(-reconstruction_loss, self.beta * kl_loss)
+        total = -elbo + _common.sum_losses(self.losses)
         self.reconstruction_loss_tracker.update_state(reconstruction_loss)
         self.kl_loss_tracker.update_state(kl_loss)
         return total, self._mean_image(decoder_output)

@@ -76,8 +76,9 @@ class VQVAE(TrainStepMixin, keras.Model):
         self.encoder = encoder or networks.build_conv_encoder(
             self.image_shape, self.embedding_dim, self.filters
         )
+        # The model's attributes are the one source of its configuration (get_config).
         self.quantizer = VectorQuantizer(
-            num_embeddings,
+            self.num_embeddings,
             self.embedding_dim,
             beta=beta,
             ema_decay=ema_decay,
@@ -85,6 +86,11 @@ class VQVAE(TrainStepMixin, keras.Model):
             seed=seed,
             name="quantizer",
         )
+        # Kept as validated by the quantizer, and read back from here only.
+        self.beta = self.quantizer.beta
+        self.ema_decay = self.quantizer.ema_decay
+        self.dead_code_threshold = self.quantizer.dead_code_threshold
+        self.seed = self.quantizer.seed
         if decoder is None:
             latent_shape = (*networks.latent_grid(self.image_shape, self.filters), embedding_dim)
             decoder = networks.build_conv_decoder(
@@ -94,8 +100,7 @@ class VQVAE(TrainStepMixin, keras.Model):
         self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
         self.vq_loss_tracker = keras.metrics.Mean(name="vq_loss")
         self.perplexity_tracker = keras.metrics.Mean(name="perplexity")
-        if self.image_shape is not None:
-            self.build((None, *self.image_shape))
+        self.build((None, *self.image_shape))
 
     def build(self, input_shape):
         z_e = self.encoder.compute_output_spec(keras.KerasTensor(input_shape))
@@ -163,11 +168,11 @@ class VQVAE(TrainStepMixin, keras.Model):
             input_shape=self.image_shape,
             num_embeddings=self.num_embeddings,
             embedding_dim=self.embedding_dim,
-            beta=self.quantizer.beta,
-            ema_decay=self.quantizer.ema_decay,
+            beta=self.beta,
+            ema_decay=self.ema_decay,
             filters=self.filters,
-            dead_code_threshold=self.quantizer.dead_code_threshold,
-            seed=self.quantizer.seed,
+            dead_code_threshold=self.dead_code_threshold,
+            seed=self.seed,
         )
         config.update(_common.serialize_networks(self))
         return config
