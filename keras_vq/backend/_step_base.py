@@ -39,19 +39,43 @@ class StepMixinBase:
         # Input checks inside compiled steps fail as backend errors; users get the ValueError.
         return raising_value_errors(fn)
 
+    def _wrapped_step_function(self, attribute: str):
+        fn = getattr(self, attribute)
+        if fn is None or getattr(fn, "_keras_vq_wrapped", False):
+            return fn
+        checked = self._wrap_step_function(fn)
+        succeeded = False
+
+        # A step whose first call fails (a bad first batch) is dropped, so that the next
+        # fit/evaluate/predict traces a new one: a TF function whose first trace failed would
+        # refuse to create the optimizer's variables on its second.
+        def step(*args, **kwargs):
+            nonlocal succeeded
+            try:
+                outputs = checked(*args, **kwargs)
+            except Exception:
+                if not succeeded and getattr(self, attribute) is step:
+                    setattr(self, attribute, None)
+                raise
+            succeeded = True
+            return outputs
+
+        step._keras_vq_wrapped = True
+        return step
+
     def make_train_function(self, force=False):
         made = super().make_train_function(force)
-        self.train_function = self._wrap_step_function(self.train_function)
+        self.train_function = self._wrapped_step_function("train_function")
         return None if made is None else self.train_function
 
     def make_test_function(self, force=False):
         made = super().make_test_function(force)
-        self.test_function = self._wrap_step_function(self.test_function)
+        self.test_function = self._wrapped_step_function("test_function")
         return None if made is None else self.test_function
 
     def make_predict_function(self, force=False):
         made = super().make_predict_function(force)
-        self.predict_function = self._wrap_step_function(self.predict_function)
+        self.predict_function = self._wrapped_step_function("predict_function")
         return None if made is None else self.predict_function
 
     @staticmethod

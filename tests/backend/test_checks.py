@@ -53,3 +53,22 @@ def test_out_of_range_labels_raise_in_compiled_loops(method):
 def test_eager_call_rejects_out_of_range_codes():
     with pytest.raises(ValueError, match=r"got values in \[0, 9\]"):
         _prior()(np.array([[[0, 1, 2, 9]] * 3], "int32"))
+
+
+@pytest.mark.parametrize("first_batch", ["out_of_range", "wrong_dtype"])
+def test_model_trains_after_a_rejected_first_batch(first_batch):
+    """A step function whose very first call failed is rebuilt, not reused half-traced."""
+    prior = _prior()
+    codes = _codes()
+    bad = codes.copy()
+    if first_batch == "out_of_range":
+        bad[0, 0, 0] = 8
+        error = ValueError
+    else:
+        bad = bad.astype("float32")
+        error = TypeError
+    with pytest.raises(error):
+        prior.fit(bad, batch_size=8, epochs=1, verbose=0)
+    history = prior.fit(codes, batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert np.isfinite(prior.evaluate(codes, batch_size=8, verbose=0)).all()
