@@ -47,6 +47,19 @@ def check_float(
     return value
 
 
+def check_optional_int(name: str, value: Any, *, minimum: int | None = None) -> int | None:
+    """``None``, or ``value`` checked by :func:`check_int`."""
+    return None if value is None else check_int(name, value, minimum=minimum)
+
+
+def check_odd_int(name: str, value: Any, *, minimum: int | None = None) -> int:
+    """An odd integer (a kernel size with a centre), checked by :func:`check_int`."""
+    value = check_int(name, value, minimum=minimum)
+    if value % 2 == 0:
+        raise ValueError(f"`{name}` must be odd, got {value}.")
+    return value
+
+
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     """Return ``value`` if it is one of ``choices`` or raise listing them."""
     if value not in choices:

@@ -82,6 +82,26 @@ def check_networks(encoder, decoder) -> bool:
     return encoder is not None
 
 
+class ConfigFromAttributes:
+    """``get_config`` = the constructor arguments, read from the attributes that hold them.
+
+    A model lists ``_config_attributes`` as ``{argument: attribute}``; custom encoder and
+    decoder networks are serialised with it and rebuilt by ``from_config``.
+    """
+
+    _config_attributes: dict[str, str] = {}
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({arg: getattr(self, attr) for arg, attr in self._config_attributes.items()})
+        config.update(serialize_networks(self))
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**deserialize_networks(config))
+
+
 def serialize_networks(model) -> dict[str, Any]:
     if not model._custom_networks:
         return {"encoder": None, "decoder": None}

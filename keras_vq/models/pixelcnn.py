@@ -87,14 +87,8 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
         )
         self.num_layers = _validation.check_int("num_layers", num_layers, minimum=1)
         self.filters = _validation.check_int("filters", filters, minimum=1)
-        self.kernel_size = _validation.check_int("kernel_size", kernel_size, minimum=3)
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"`kernel_size` must be odd, got {kernel_size}.")
-        self.num_classes = (
-            None
-            if num_classes is None
-            else _validation.check_int("num_classes", num_classes, minimum=1)
-        )
+        self.kernel_size = _validation.check_odd_int("kernel_size", kernel_size, minimum=3)
+        self.num_classes = _validation.check_optional_int("num_classes", num_classes, minimum=1)
         sub = {"dtype": self.dtype_policy}
         self.embedding = keras.layers.Embedding(
             self.num_embeddings, self.filters, name="code_embedding", **sub

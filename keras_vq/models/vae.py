@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import keras
 from keras import ops
@@ -19,7 +18,7 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
-class VAE(TrainStepMixin, keras.Model):
+class VAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
     """VAE trained by maximising the ELBO, with its own ``train_step``/``test_step``.
 
         log p(x) ≥ ELBO = E_q(z|x)[log p(x|z)] - KL(q(z|x) || N(0, I))
@@ -61,6 +60,16 @@ class VAE(TrainStepMixin, keras.Model):
         >>> nll = -vae.log_likelihood(images, num_samples=100)   # IWAE, nats per example
         >>> new_images = vae.sample(16, seed=0)
     """
+
+    _config_attributes = {
+        "input_shape": "image_shape",
+        "latent_dim": "latent_dim",
+        "likelihood": "likelihood",
+        "beta": "beta",
+        "observation_scale": "observation_scale",
+        "filters": "filters",
+        "seed": "seed",
+    }
 
     def __init__(
         self,
@@ -257,21 +266,3 @@ class VAE(TrainStepMixin, keras.Model):
             )
             log_weights.append(ops.reshape(log_px + log_pz - log_qz, (s, batch)))
         return vq_metrics.iwae_log_likelihood(ops.concatenate(log_weights, axis=0))
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            input_shape=self.image_shape,
-            latent_dim=self.latent_dim,
-            likelihood=self.likelihood,
-            beta=self.beta,
-            observation_scale=self.observation_scale,
-            filters=self.filters,
-            seed=self.seed,
-        )
-        config.update(_common.serialize_networks(self))
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**_common.deserialize_networks(config))

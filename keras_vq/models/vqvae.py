@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import keras
 
 from keras_vq import _validation
@@ -14,7 +12,7 @@ from keras_vq.models import _common, networks
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
-class VQVAE(TrainStepMixin, keras.Model):
+class VQVAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
     """Vector-quantised autoencoder with its own ``train_step``/``test_step``.
 
     ``z_e = enc(x)``, ``z_q = e_k`` with ``k = argmin_j ||z_e - e_j||²``, ``x̂ = dec(z_q)`` and
@@ -52,6 +50,17 @@ class VQVAE(TrainStepMixin, keras.Model):
         >>> codes = model.encode(images)        # int32 (B, 8, 8)
         >>> images = model.decode(codes)
     """
+
+    _config_attributes = {
+        "input_shape": "image_shape",
+        "num_embeddings": "num_embeddings",
+        "embedding_dim": "embedding_dim",
+        "beta": "beta",
+        "ema_decay": "ema_decay",
+        "filters": "filters",
+        "dead_code_threshold": "dead_code_threshold",
+        "seed": "seed",
+    }
 
     def __init__(
         self,
@@ -161,22 +170,3 @@ class VQVAE(TrainStepMixin, keras.Model):
                 f"got shape {shape}."
             )
         return self.decoder(self.quantizer.decode(codes), training=False)
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            input_shape=self.image_shape,
-            num_embeddings=self.num_embeddings,
-            embedding_dim=self.embedding_dim,
-            beta=self.beta,
-            ema_decay=self.ema_decay,
-            filters=self.filters,
-            dead_code_threshold=self.dead_code_threshold,
-            seed=self.seed,
-        )
-        config.update(_common.serialize_networks(self))
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**_common.deserialize_networks(config))
