@@ -190,6 +190,12 @@ class TestFiniteScalarQuantizer(TestCase):
         assert [tuple(s.shape) for s in symbolic] == [(None, 4, 2), (None, 4), ()]
         assert symbolic[1].dtype == "int32"
 
+    def test_empty_batch(self):
+        out, indices = FiniteScalarQuantizer([5, 3])(
+            np.zeros((0, 2), "float32"), return_indices=True
+        )
+        assert tuple(out.shape) == (0, 2) and tuple(indices.shape) == (0,)
+
     @pytest.mark.parametrize(
         "levels, error, match",
         [
