@@ -1,7 +1,16 @@
 """keras_vq layers."""
 
+from keras_vq.layers.finite_scalar_quantizer import FiniteScalarQuantizer
+from keras_vq.layers.lookup_free_quantizer import LookupFreeQuantizer
 from keras_vq.layers.pixelcnn import GatedPixelCNNBlock, MaskedConv2D
 from keras_vq.layers.sampling import Sampling
 from keras_vq.layers.vector_quantizer import VectorQuantizer
 
-__all__ = ["GatedPixelCNNBlock", "MaskedConv2D", "Sampling", "VectorQuantizer"]
+__all__ = [
+    "FiniteScalarQuantizer",
+    "GatedPixelCNNBlock",
+    "LookupFreeQuantizer",
+    "MaskedConv2D",
+    "Sampling",
+    "VectorQuantizer",
+]

@@ -1,0 +1,208 @@
+"""Finite scalar quantisation (Mentzer et al., 2023): an implicit codebook, no auxiliary loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_vq import _validation
+from keras_vq.layers._projection import ProjectionMixin, quantizer_output_spec
+
+# Half-widths are stretched by (1 + ε) so that tanh's open range still reaches the outer levels.
+BOUND_EPSILON = 1e-3
+INT32_MAX = np.iinfo(np.int32).max
+
+
+def check_levels(levels) -> tuple[int, ...]:
+    """``levels`` as a tuple of integers ≥ 3 whose product fits int32 indices, or raise."""
+    if isinstance(levels, str | bytes) or not isinstance(levels, Sequence | np.ndarray):
+        raise TypeError(
+            f"`levels` must be a list of integers (one level count per channel), got "
+            f"{levels!r} ({type(levels).__name__})."
+        )
+    levels = list(np.asarray(levels).tolist()) if isinstance(levels, np.ndarray) else levels
+    if len(levels) == 0:
+        raise ValueError("`levels` must hold at least one level count, got [].")
+    checked = []
+    for i, level in enumerate(levels):
+        level = _validation.check_int(f"levels[{i}]", level)
+        if level < 3:
+            raise ValueError(
+                f"`levels[{i}]` must be >= 3, got {level}: the bound puts two levels at "
+                "{-1, 0}, saturated around 0 (use LookupFreeQuantizer for binary codes)."
+            )
+        checked.append(level)
+    size = int(np.prod(checked, dtype=object))
+    if size > INT32_MAX:
+        raise ValueError(
+            f"`levels` give a codebook of {size} codes (the product of {checked}); int32 "
+            f"indices hold at most {INT32_MAX}."
+        )
+    return tuple(checked)
+
+
+def bound_constants(levels: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel float32 ``(half_l, offset, shift)`` of the bound ``f`` (see the class).
+
+    ``half_l = (L - 1)(1 + ε) / 2``; ``offset = ½`` for even ``L`` (else 0), so that the
+    ``L`` integers ``round(f(z))`` are ``-⌊L/2⌋ … ⌈L/2⌉ - 1``; ``shift = atanh(offset / half_l)``
+    makes ``f(0) = 0``. Computed step by step in float32, as the quantizer runs.
+    """
+    levels = np.asarray(levels, dtype=np.float32)
+    half_l = (levels - np.float32(1)) * np.float32(1 + BOUND_EPSILON) / np.float32(2)
+    offset = np.where(levels % 2 == 0, np.float32(0.5), np.float32(0.0)).astype(np.float32)
+    shift = np.arctanh(offset / half_l).astype(np.float32)
+    return half_l, offset, shift
+
+
+@keras.saving.register_keras_serializable(package="keras_vq")
+class FiniteScalarQuantizer(ProjectionMixin, keras.layers.Layer):
+    """Finite scalar quantiser: each channel rounded to one of ``L_i`` levels.
+
+    With ``d = len(levels)`` channels ``z`` (after the optional input projection), channel ``i``
+    with ``L = L_i`` levels is bounded and rounded,
+
+        f(z) = tanh(z + s) · h - o,   h = (L - 1)(1 + 10⁻³) / 2,
+        o = ½ if L is even else 0,    s = atanh(o / h),
+        ẑ = round(f(z)) / ⌊L/2⌋,
+
+    with a straight-through gradient for ``round`` (the gradient of ``ẑ`` is that of
+    ``f(z) / ⌊L/2⌋``). ``round(f(z))`` takes the ``L`` integers ``-⌊L/2⌋ … ⌈L/2⌉ - 1``, so
+    ``ẑ ∈ [-1, 1]`` (``[-1, 1 - 2/L]`` for even ``L``). The level of channel ``i`` is
+    ``q_i = round(f(z_i)) + ⌊L_i/2⌋ ∈ [0, L_i)`` and the index of a code
+
+        k = Σ_i q_i · Π_{j<i} L_j        (channel 0 least significant),
+
+    so the implicit codebook has ``Π_i L_i`` codes. Bound, levels and indices are those of
+    vector-quantize-pytorch's ``FSQ`` (same codes for the same inputs). There is no codebook
+    to learn and no auxiliary loss.
+
+    When the input's last axis ``D`` is not ``d``, a Dense layer projects the input to ``d``
+    channels and another projects the codes back to ``D``. Bound and rounding run in float32
+    under every dtype policy (the input projection too), so the codes under
+    ``mixed_bfloat16``/``mixed_float16`` are those of float32; the output has the dtype of the
+    input.
+
+    Args:
+        levels: level count ``L_i ≥ 3`` of each channel, e.g. ``[8, 5, 5, 5]`` (1000 codes).
+
+    Call arguments:
+        inputs: float tensor ``(..., D)``.
+        training: unused (the layer behaves the same in training and inference).
+        return_indices: also return the int32 code indices, shape ``inputs.shape[:-1]``.
+        return_loss: also return a float32 zero scalar, so the layer can stand where a
+            ``VectorQuantizer(..., return_loss=True)`` does.
+
+    Returns:
+        Quantised tensor, same shape and dtype as ``inputs``, followed by the indices and the
+        loss when asked for.
+
+    Example:
+        >>> fsq = FiniteScalarQuantizer([8, 5, 5, 5])
+        >>> z_q, codes = fsq(keras.random.normal((2, 4, 4, 4)), return_indices=True)
+        >>> fsq.codebook_size                                    # 1000
+        >>> vectors = fsq.decode(codes)                          # equal to z_q
+
+    Reference:
+        Mentzer, Minnen, Agustsson, Tschannen. "Finite Scalar Quantization: VQ-VAE Made
+        Simple", 2023 (arXiv:2309.15505).
+    """
+
+    def __init__(self, levels: Sequence[int], **kwargs):
+        # Inputs keep their dtype; the quantisation casts to float32 itself.
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        self.levels = check_levels(levels)
+        self.code_dim = len(self.levels)
+        self.input_dim = None
+        self.project_in = self.project_out = None
+        half_l, offset, shift = bound_constants(self.levels)
+        self._bound = (shift, half_l, offset)
+        self._half_width = np.asarray([level // 2 for level in self.levels], dtype=np.int32)
+        # basis_i = Π_{j<i} L_j; fits int32 because the product of all levels does.
+        self._basis = np.cumprod([1, *self.levels[:-1]]).astype(np.int32)
+
+    @property
+    def codebook_size(self) -> int:
+        """Number of codes, ``Π_i L_i``."""
+        return int(np.prod(self.levels))
+
+    def build(self, input_shape):
+        self._build_projections(input_shape)
+
+    def _rounded_levels(self, z):
+        """``round(f(z))`` as float32 integers, with the gradient of ``f(z)``."""
+        shift, half_l, offset = (ops.convert_to_tensor(c) for c in self._bound)
+        bounded = ops.subtract(ops.multiply(ops.tanh(ops.add(z, shift)), half_l), offset)
+        rounded = ops.round(bounded)
+        # Value exactly `rounded` (bounded - bounded is 0), gradient that of `bounded`.
+        return rounded + (bounded - ops.stop_gradient(bounded))
+
+    def _indices(self, rounded):
+        levels = ops.add(ops.cast(ops.stop_gradient(rounded), "int32"), self._half_width)
+        return ops.sum(ops.multiply(levels, self._basis), axis=-1)
+
+    def call(self, inputs, training=None, return_indices=False, return_loss=False):
+        z = self._project_in(inputs)
+        rounded = self._rounded_levels(z)
+        codes = ops.divide(rounded, ops.cast(self._half_width, "float32"))
+        outputs = self._project_out(codes, inputs.dtype)
+        extras = []
+        if return_indices:
+            extras.append(self._indices(rounded))
+        if return_loss:
+            extras.append(ops.zeros((), "float32"))
+        return (outputs, *extras) if extras else outputs
+
+    def encode(self, inputs):
+        """Code indices, int32 of shape ``inputs.shape[:-1]``.
+
+        Args:
+            inputs: float tensor ``(..., D)``.
+        """
+        inputs = ops.convert_to_tensor(inputs)
+        if not self.built:
+            self.build(inputs.shape)
+        return self._indices(self._rounded_levels(ops.stop_gradient(self._project_in(inputs))))
+
+    def level_indices(self, indices):
+        """Per-channel levels ``q_i = (k // Π_{j<i} L_j) mod L_i``, int32 ``(..., d)``.
+
+        Args:
+            indices: integer tensor with values in ``[0, codebook_size)``.
+        """
+        indices = ops.cast(indices, "int32")[..., None]
+        return ops.mod(ops.floor_divide(indices, self._basis), np.asarray(self.levels, "int32"))
+
+    def decode(self, indices):
+        """Code vectors for ``indices``: float32 of shape ``indices.shape + (D,)``.
+
+        Args:
+            indices: integer tensor with values in ``[0, codebook_size)``.
+
+        Raises:
+            TypeError: for a non-integer dtype. ValueError: for out-of-range values, or when
+                the layer is not built (``D`` unknown).
+        """
+        if not self.built:
+            raise ValueError(
+                "FiniteScalarQuantizer.decode needs a built layer (call it once first)."
+            )
+        _validation.check_integer_codes("indices", indices, self.codebook_size, "codebook_size")
+        levels = ops.subtract(self.level_indices(indices), self._half_width)
+        codes = ops.divide(ops.cast(levels, "float32"), ops.cast(self._half_width, "float32"))
+        return self._project_out(codes, "float32")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def compute_output_spec(self, inputs, training=None, return_indices=False, return_loss=False):
+        return quantizer_output_spec(inputs, return_indices, return_loss)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(levels=list(self.levels))
+        return config

@@ -1,0 +1,264 @@
+import itertools
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_vq.layers import FiniteScalarQuantizer
+from tests.backend_grads import layer_gradients
+from tests.test_case import TestCase, to_numpy
+
+RNG = np.random.default_rng(0)
+LEVEL_SETS = ([8, 5, 5, 5], [3, 4, 6, 7], [4])
+
+
+def fsq_reference(z: np.ndarray, levels) -> tuple[np.ndarray, np.ndarray]:
+    """FSQ from the paper's equations in float32 NumPy: ``(codes in [-1, 1], indices)``.
+
+    Channel ``i`` with ``L`` levels: ``f(z) = tanh(z + atanh(o / h)) · h - o`` with
+    ``h = (L - 1)(1 + 1e-3) / 2`` and ``o = ½`` for even ``L``; the level is
+    ``round(f(z)) + ⌊L/2⌋`` and the index ``Σ_i level_i · Π_{j<i} L_j``.
+    """
+    z = np.asarray(z, np.float32)
+    codes = np.empty_like(z)
+    index = np.zeros(z.shape[:-1], np.int64)
+    stride = 1
+    for i, num_levels in enumerate(levels):
+        h = np.float32(num_levels - 1) * np.float32(1.001) / np.float32(2)
+        o = np.float32(0.5 if num_levels % 2 == 0 else 0.0)
+        f = np.tanh(z[..., i] + np.arctanh(o / h)) * h - o
+        integer = np.round(f)
+        half_width = num_levels // 2
+        level = integer.astype(np.int64) + half_width
+        assert level.min() >= 0 and level.max() < num_levels
+        codes[..., i] = integer / np.float32(half_width)
+        index += level * stride
+        stride *= num_levels
+    return codes, index
+
+
+def bound_gradient(z: np.ndarray, levels) -> np.ndarray:
+    """``∂ẑ/∂z`` of the straight-through estimator: ``(1 - tanh²(z + s)) · h / ⌊L/2⌋``."""
+    out = np.empty(z.shape, np.float64)
+    for i, num_levels in enumerate(levels):
+        h = (num_levels - 1) * 1.001 / 2
+        s = np.arctanh((0.5 if num_levels % 2 == 0 else 0.0) / h)
+        out[..., i] = (1 - np.tanh(z[..., i] + s) ** 2) * h / (num_levels // 2)
+    return out
+
+
+def randomize_weights(layer, rng=RNG) -> None:
+    """Non-trivial projection weights, biases included (zero biases hide bugs)."""
+    for w in layer.weights:
+        w.assign(rng.normal(scale=0.7, size=tuple(w.shape)).astype("float32"))
+
+
+def projected_layer(levels, input_dim: int) -> FiniteScalarQuantizer:
+    layer = FiniteScalarQuantizer(levels)
+    layer.build((None, input_dim))
+    randomize_weights(layer)
+    return layer
+
+
+class TestFiniteScalarQuantizer(TestCase):
+    @pytest.mark.parametrize("dim", [4, 6])
+    def test_layer_battery(self, tmp_path, dim):
+        x = RNG.normal(size=(2, 3, 3, dim)).astype("float32")
+        self.run_layer_test(
+            FiniteScalarQuantizer,
+            {"levels": [8, 5, 5, 5]},
+            x,
+            expected_output_shape=(2, 3, 3, dim),
+            expected_output_dtype="float32",
+            tmp_path=tmp_path,
+        )
+
+    def test_saving_keeps_projection_weights(self, tmp_path):
+        inputs = keras.Input((5, 6))
+        layer = FiniteScalarQuantizer([5, 4, 3], name="fsq")
+        model = keras.Model(inputs, layer(inputs, return_indices=True))
+        randomize_weights(layer)
+        x = RNG.normal(size=(3, 5, 6)).astype("float32")
+        revived = self.run_model_saving_test(model, x, tmp_path)
+        for a, b in zip(layer.weights, revived.get_layer("fsq").weights):
+            self.assertAllClose(a, b, atol=0, rtol=0)
+
+    @pytest.mark.parametrize("levels", LEVEL_SETS)
+    def test_codes_and_indices_match_numpy(self, levels):
+        # Scale 3 reaches the saturated ends of tanh, where the outer levels live.
+        z = (3.0 * RNG.normal(size=(4, 25, len(levels)))).astype("float32")
+        layer = FiniteScalarQuantizer(levels)
+        out, indices = layer(z, return_indices=True)
+        codes, expected = fsq_reference(z, levels)
+        assert keras.backend.standardize_dtype(indices.dtype) == "int32"
+        assert tuple(indices.shape) == z.shape[:-1]
+        np.testing.assert_array_equal(to_numpy(indices), expected)
+        np.testing.assert_array_equal(to_numpy(out), codes)
+        np.testing.assert_array_equal(to_numpy(layer.encode(z)), expected)
+        assert layer.codebook_size == int(np.prod(levels))
+
+    def test_every_level_combination_gets_its_index(self):
+        levels = [3, 4, 5]
+        layer = FiniteScalarQuantizer(levels)
+        # Inputs whose bound lands exactly on each level: f⁻¹(integer) per channel.
+        combos = np.array(list(itertools.product(*[range(n) for n in levels])))
+        z = np.empty(combos.shape, np.float64)
+        for i, n in enumerate(levels):
+            h, o = (n - 1) * 1.001 / 2, (0.5 if n % 2 == 0 else 0.0)
+            z[:, i] = np.arctanh((combos[:, i] - n // 2 + o) / h) - np.arctanh(o / h)
+        indices = to_numpy(layer.encode(z.astype("float32")))
+        expected = combos[:, 0] + 3 * combos[:, 1] + 12 * combos[:, 2]
+        np.testing.assert_array_equal(indices, expected)
+        assert sorted(indices.tolist()) == list(range(layer.codebook_size))
+        # Channel 0 is the least significant digit of the index.
+        np.testing.assert_array_equal(to_numpy(layer.level_indices(indices)), combos)
+
+    def test_straight_through_gradient(self):
+        levels = [8, 5, 4]
+        layer = FiniteScalarQuantizer(levels)
+        z = (1.5 * RNG.normal(size=(6, 7, 3))).astype("float32")
+        weights = RNG.normal(size=z.shape).astype("float32")
+
+        def objective(outputs, losses):
+            return ops.sum(outputs * ops.convert_to_tensor(weights))
+
+        _, grad_z, _ = layer_gradients(layer, z, objective)
+        expected = weights * bound_gradient(z, levels)
+        np.testing.assert_allclose(grad_z, expected, atol=1e-5, rtol=1e-5)
+
+    def test_projection_gradient_reaches_both_dense_layers(self):
+        layer = projected_layer([5, 5, 3], 6)
+        z = RNG.normal(size=(10, 6)).astype("float32")
+        _, grad_z, grads = layer_gradients(layer, z, lambda out, losses: ops.sum(out**2))
+        assert len(grads) == 4
+        for g in [grad_z, *grads]:
+            assert g is not None and np.abs(g).max() > 0
+
+    @pytest.mark.parametrize("dim", [3, 5])
+    def test_decode_of_encode_equals_call(self, dim):
+        levels = [7, 4, 3]
+        layer = projected_layer(levels, dim) if dim != 3 else FiniteScalarQuantizer(levels)
+        z = (2.0 * RNG.normal(size=(2, 4, 4, dim))).astype("float32")
+        out = layer(z)
+        codes = layer.encode(z)
+        decoded = layer.decode(codes)
+        assert tuple(decoded.shape) == z.shape
+        assert keras.backend.standardize_dtype(decoded.dtype) == "float32"
+        self.assertAllClose(decoded, out, atol=1e-6, rtol=1e-6)
+
+    def test_decode_all_codes_covers_the_grid(self):
+        levels = [3, 4]
+        layer = FiniteScalarQuantizer(levels)
+        layer.build((None, 2))
+        vectors = to_numpy(layer.decode(np.arange(12, dtype="int32")))
+        expected = [[a, b] for b in (-1, -0.5, 0, 0.5) for a in (-1, 0, 1)]
+        np.testing.assert_array_equal(vectors, np.array(expected, "float32"))
+
+    @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+    def test_mixed_precision_indices_equal_float32(self, policy):
+        levels = [8, 5, 5, 5]
+        reference = projected_layer(levels, 6)
+        z = (2.0 * RNG.normal(size=(4, 16, 6))).astype("float32")
+        expected = to_numpy(reference.encode(z))
+        keras.config.set_dtype_policy(policy)
+        layer = FiniteScalarQuantizer(levels)
+        layer.build((None, 6))
+        for a, b in zip(layer.weights, reference.weights):
+            a.assign(b)
+        out, indices = layer(z, return_indices=True)
+        np.testing.assert_array_equal(to_numpy(indices), expected)
+        assert keras.backend.standardize_dtype(out.dtype) == "float32"
+        # Low-precision inputs: codes computed in float32 from their values.
+        low = ops.cast(z, policy.split("_")[1])
+        out_low, indices_low = layer(low, return_indices=True)
+        assert keras.backend.standardize_dtype(out_low.dtype) == policy.split("_")[1]
+        np.testing.assert_array_equal(
+            to_numpy(indices_low), to_numpy(reference.encode(ops.cast(low, "float32")))
+        )
+
+    def test_return_loss_is_a_zero_scalar_and_no_loss_is_added(self):
+        layer = FiniteScalarQuantizer([5, 5])
+        _, _, loss = layer(
+            RNG.normal(size=(3, 2)).astype("float32"), return_indices=True, return_loss=True
+        )
+        assert tuple(loss.shape) == () and float(to_numpy(loss)) == 0.0
+        assert layer.losses == []
+        symbolic = FiniteScalarQuantizer([5, 5])(
+            keras.Input((4, 2)), return_indices=True, return_loss=True
+        )
+        assert [tuple(s.shape) for s in symbolic] == [(None, 4, 2), (None, 4), ()]
+        assert symbolic[1].dtype == "int32"
+
+    def test_empty_batch(self):
+        out, indices = FiniteScalarQuantizer([5, 3])(
+            np.zeros((0, 2), "float32"), return_indices=True
+        )
+        assert tuple(out.shape) == (0, 2) and tuple(indices.shape) == (0,)
+
+    @pytest.mark.parametrize(
+        "levels, error, match",
+        [
+            ([], ValueError, "levels"),
+            ([5, 2], ValueError, r"levels\[1\]"),
+            ([5, 3.5], TypeError, r"levels\[1\]"),
+            ("555", TypeError, "levels"),
+            (5, TypeError, "levels"),
+            ([1024] * 4, ValueError, "int32"),
+        ],
+    )
+    def test_bad_levels_raise(self, levels, error, match):
+        with pytest.raises(error, match=match):
+            FiniteScalarQuantizer(levels)
+
+    def test_wrong_last_axis_raises(self):
+        layer = FiniteScalarQuantizer([5, 5, 5])
+        layer(np.zeros((2, 3), "float32"))
+        with pytest.raises(ValueError, match="last axis 3"):
+            layer(np.zeros((2, 4), "float32"))
+
+    def test_decode_rejects_bad_codes(self):
+        layer = FiniteScalarQuantizer([5, 4])
+        with pytest.raises(ValueError, match="built"):
+            layer.decode(np.zeros((2,), "int32"))
+        layer.build((None, 2))
+        with pytest.raises(TypeError, match="indices"):
+            layer.decode(np.zeros((2,), "float32"))
+        with pytest.raises(ValueError, match="codebook_size=20"):
+            layer.decode(np.array([0, 20], "int32"))
+        with pytest.raises(ValueError, match="indices"):
+            layer.decode(np.array([-1, 0], "int32"))
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="the peer is torch-only; the other backends are checked against fsq_reference",
+)
+def test_matches_vector_quantize_pytorch():
+    """Same codes, values and indices as lucidrains' ``FSQ``, projections included."""
+    peer_module = pytest.importorskip("vector_quantize_pytorch")
+    import torch
+
+    for levels, dim in [([8, 5, 5, 5], 4), ([7, 6, 4], 3), ([8, 6, 5], 7)]:
+        z = (2.5 * RNG.normal(size=(3, 40, dim))).astype("float32")
+        peer = peer_module.FSQ(levels=levels, dim=dim).eval()
+        layer = FiniteScalarQuantizer(levels)
+        layer.build((None, dim))
+        if dim != len(levels):
+            randomize_weights(layer)
+            with torch.no_grad():
+                pairs = [
+                    (layer.project_in, peer.project_in),
+                    (layer.project_out, peer.project_out),
+                ]
+                for ours, theirs in pairs:
+                    theirs.weight.copy_(torch.tensor(to_numpy(ours.kernel).T))
+                    theirs.bias.copy_(torch.tensor(to_numpy(ours.bias)))
+        with torch.no_grad():
+            peer_out, peer_indices = peer(torch.tensor(z))
+        out, indices = layer(z, return_indices=True)
+        np.testing.assert_array_equal(to_numpy(indices), peer_indices.numpy())
+        if dim == len(levels):
+            np.testing.assert_array_equal(to_numpy(out), peer_out.numpy())
+        else:
+            np.testing.assert_allclose(to_numpy(out), peer_out.numpy(), atol=1e-5, rtol=1e-5)
