@@ -1,7 +1,14 @@
 """keras_vq layers."""
 
 from keras_vq.layers.pixelcnn import GatedPixelCNNBlock, MaskedConv2D
+from keras_vq.layers.residual_vector_quantizer import ResidualVectorQuantizer
 from keras_vq.layers.sampling import Sampling
 from keras_vq.layers.vector_quantizer import VectorQuantizer
 
-__all__ = ["GatedPixelCNNBlock", "MaskedConv2D", "Sampling", "VectorQuantizer"]
+__all__ = [
+    "GatedPixelCNNBlock",
+    "MaskedConv2D",
+    "ResidualVectorQuantizer",
+    "Sampling",
+    "VectorQuantizer",
+]

@@ -188,12 +188,12 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
         epsilon: Laplace smoothing ε of the EMA cluster sizes.
         dead_code_threshold: restart codes whose usage is below this (0 disables).
         chunk_size: rows of the distance matrix computed at once.
-        codebook_initializer: initializer of the codebook.
         seed: seed of the dead-code restarts and of the k-means++ seeding.
         kmeans_init: initialise the codebook by k-means on the first training batch.
         distance: ``"euclidean"`` or ``"cosine"``.
         codebook_dim: size of the code space, or ``None`` to quantize in the input space.
         gradient: ``"straight_through"`` or ``"rotation"``.
+        codebook_initializer: initializer of the codebook.
 
     Call arguments:
         inputs: float tensor ``(..., D)``.
@@ -233,12 +233,12 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
         epsilon: float = 1e-5,
         dead_code_threshold: float = 0.0,
         chunk_size: int = 4096,
-        codebook_initializer: Any = "variance_scaling",
         seed: int | None = None,
         kmeans_init: bool = False,
         distance: str = "euclidean",
         codebook_dim: int | None = None,
         gradient: str = "straight_through",
+        codebook_initializer: Any = "variance_scaling",
         **kwargs,
     ):
         # Inputs keep their dtype and the codebook is never autocast to float16.
