@@ -224,12 +224,26 @@ model.fit(x, x, batch_size=32, epochs=1, shuffle=False, verbose=0)
 copies = [np.asarray(v) for v in two.experimental_local_results(vq.codebook.value)]
 flags = [bool(v) for v in two.experimental_local_results(vq.initialized.value)]
 sums = [np.asarray(v) for v in two.experimental_local_results(vq.ema_sum.value)]
+
+# Residual stages with quantize dropout: one stage count and one k-means for all replicas.
+from keras_vq.layers import ResidualVectorQuantizer
+with two.scope():
+    rvq = ResidualVectorQuantizer(3, 4, 3, quantize_dropout=True, kmeans_init=True,
+                                  ema_decay=0.9, seed=1)
+    rvq_model = keras.Model(inputs, rvq(inputs))
+    rvq_model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+rvq_model.fit(x, x, batch_size=32, epochs=3, shuffle=False, verbose=0)
+rvq_diff = 0.0
+for variable in rvq.weights:
+    local = [np.asarray(v) for v in two.experimental_local_results(variable.value)]
+    rvq_diff = max(rvq_diff, float(np.abs(local[0].astype("float64") - local[1]).max()))
 print("RESULT", json.dumps({
     "num_copies": len(copies),
     "codebook_diff": float(np.abs(copies[0] - copies[1]).max()),
     "ema_sum_diff": float(np.abs(sums[0] - sums[1]).max()),
     "moved": float(np.abs(copies[0]).max()),
     "flags": flags,
+    "rvq_diff": rvq_diff,
 }))
 """
 
@@ -243,6 +257,7 @@ def test_kmeans_init_is_identical_on_every_replica():
     assert result["moved"] > 0.1  # initialised away from the zero codebook
     assert result["codebook_diff"] == 0.0
     assert result["ema_sum_diff"] == 0.0
+    assert result["rvq_diff"] == 0.0
 
 
 # ---- cosine distance --------------------------------------------------------------------------
