@@ -12,6 +12,8 @@ from keras_vq import backend as vq_backend
 from keras_vq import losses as vq_losses
 from keras_vq import metrics as vq_metrics
 from keras_vq.backend import distribute as _distribute
+from keras_vq.layers import _codebook
+from keras_vq.layers._codebook import l2_normalize
 from keras_vq.layers._seed_state import SeedStateMixin
 
 
@@ -29,7 +31,7 @@ def squared_distances(flat_inputs, codebook):
     return z_sq - 2.0 * ops.matmul(flat_inputs, ops.transpose(codebook)) + e_sq[None, :]
 
 
-def nearest_code(flat_inputs, codebook, chunk_size: int = 4096):
+def nearest_code(flat_inputs, codebook, chunk_size: int = 4096, distance: str = "euclidean"):
     """Index of the nearest code for each row of ``flat_inputs``, int32 ``(N,)``.
 
     The distance matrix is built ``chunk_size`` rows at a time, so memory is
@@ -40,14 +42,21 @@ def nearest_code(flat_inputs, codebook, chunk_size: int = 4096):
         flat_inputs: ``(N, D)`` float vectors.
         codebook: ``(K, D)`` codes.
         chunk_size: rows per distance block.
+        distance: ``"euclidean"`` (argmin ``||z - e||²``) or ``"cosine"`` (argmax of the cosine
+            similarity ``z·e / (||z|| ||e||)``; the codes are normalised here).
 
     Returns:
         int32 tensor ``(N,)``.
     """
     flat_inputs = ops.stop_gradient(ops.cast(flat_inputs, "float32"))
     codebook = ops.stop_gradient(ops.cast(codebook, "float32"))
+    if distance == "cosine":
+        # ||z|| is constant along a row: argmax cos = argmin -2 z·ê over unit codes ê.
+        codebook = l2_normalize(codebook)
+        e_sq = ops.zeros((1, codebook.shape[0]), dtype="float32")
+    else:
+        e_sq = ops.sum(ops.square(codebook), axis=1)[None, :]
     codebook_t = ops.transpose(codebook)
-    e_sq = ops.sum(ops.square(codebook), axis=1)[None, :]
 
     def assign(chunk):
         return ops.cast(ops.argmin(e_sq - 2.0 * ops.matmul(chunk, codebook_t), axis=-1), "int32")
@@ -66,6 +75,57 @@ def nearest_code(flat_inputs, codebook, chunk_size: int = 4096):
     chunks = ops.reshape(padded, (num_chunks, chunk_size, dim))
     indices = ops.reshape(ops.map(assign, chunks), (-1,))
     return indices[:dynamic_rows]
+
+
+def rotation_trick(z, e, epsilon: float = 1e-6):
+    """Forward value ``e``; gradient to ``z`` carried by the rotation that maps ``z`` onto ``e``.
+
+    The rotation trick (Fifty et al., 2024): ``q = sg[λ R] z`` with ``λ = ||e|| / ||z||`` and
+
+        R = I - 2 r rᵀ + 2 ê ẑᵀ,   ẑ = z / ||z||,  ê = e / ||e||,  r = (ẑ + ê) / ||ẑ + ê||,
+
+    the rotation (built from a Householder reflection) that takes ẑ to ê, so ``λ R z = e``.
+    The upstream gradient ``g`` reaches ``z`` as ``λ Rᵀ g`` instead of ``g``
+    (straight-through); ``e`` gets no gradient. Written with ``stop_gradient`` alone: the
+    forward value is exactly ``e``, the gradient is that of the linear map ``z ↦ λ R z``.
+
+    Args:
+        z: float ``(N, D)`` inputs.
+        e: float ``(N, D)`` their codes.
+        epsilon: floor of the norms (a zero input gets a large, finite gradient).
+
+    Returns:
+        float32 ``(N, D)`` with the values of ``e``.
+    """
+    z = ops.cast(z, "float32")
+    e = ops.stop_gradient(ops.cast(e, "float32"))
+    z_const = ops.stop_gradient(z)
+
+    def norm(x):
+        return ops.maximum(ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True)), epsilon)
+
+    z_norm, e_norm = norm(z_const), norm(e)
+    z_hat, e_hat = z_const / z_norm, e / e_norm
+    r = z_hat + e_hat
+    r = r / norm(r)
+
+    def dot(a, b):
+        return ops.sum(a * b, axis=-1, keepdims=True)
+
+    # R z without forming R: z - 2 r (r·z) + 2 ê (ẑ·z); only z carries a gradient.
+    transported = (e_norm / z_norm) * (z - 2.0 * r * dot(r, z) + 2.0 * e_hat * dot(z_hat, z))
+    return e + (transported - ops.stop_gradient(transported))
+
+
+DISTANCES = ("euclidean", "cosine")
+GRADIENTS = ("straight_through", "rotation")
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a Python ``bool`` or raise naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False, got {value!r} ({type(value).__name__}).")
+    return value
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
@@ -92,9 +152,32 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
     0.99 without EMA) falls below ``dead_code_threshold`` are restarted from random encoder
     outputs of the current batch.
 
-    The codebook, distances, EMA statistics and losses are float32 under every dtype policy;
-    the output has the dtype of the input. State is only updated in ``training=True`` calls,
-    and a batch with non-finite values leaves it untouched.
+    Options (each one small and independent):
+
+    - ``kmeans_init``: the first ``training=True`` call of a trainable layer sets the codebook
+      to k-means centroids of its batch (k-means++ seeding from the layer's ``seed``, then
+      ``kmeans_iterations`` Lloyd steps), as :meth:`set_codebook` would (EMA state kept
+      consistent), before quantizing that batch. Under ``tf.distribute`` every replica takes
+      the first replica's centroids. The non-trainable boolean weight ``initialized`` records
+      it (saved with the layer; :meth:`set_codebook` sets it too).
+    - ``distance="cosine"``: inputs and codes are l2-normalised, the nearest code is the one of
+      largest cosine similarity, and everything after the look-up works on unit vectors: the
+      output is the **normalised** code ``ê_k`` (the gradient reaches the inputs through the
+      normalisation), the losses compare ``ẑ`` with ``ê_k``, EMA sums and restarts use ``ẑ``,
+      and :meth:`decode` returns normalised codes.
+    - ``codebook_dim``: codes live in a learnt lower-dimensional space (factorised codes,
+      ViT-VQGAN): ``h = W_in z + b_in`` (Dense ``project_in``, D → codebook_dim) is quantized
+      (losses, EMA and restarts on ``h``) and the output is ``W_out q + b_out`` (Dense
+      ``project_out``, codebook_dim → D). ``codebook`` then has shape
+      ``(num_embeddings, codebook_dim)``.
+    - ``gradient="rotation"``: the rotation trick (:func:`rotation_trick`): the forward value
+      is unchanged, the gradient to the (projected, normalised) input is ``λ Rᵀ g`` rather
+      than ``g``.
+
+    The codebook, projections, distances, EMA statistics and losses are float32 under every
+    dtype policy; the output has the dtype of the input. State is only updated in
+    ``training=True`` calls of a trainable layer, and a batch with non-finite values leaves it
+    untouched.
 
     Args:
         num_embeddings: K, the number of codes.
@@ -105,12 +188,17 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
         epsilon: Laplace smoothing ε of the EMA cluster sizes.
         dead_code_threshold: restart codes whose usage is below this (0 disables).
         chunk_size: rows of the distance matrix computed at once.
+        seed: seed of the dead-code restarts and of the k-means++ seeding.
+        kmeans_init: initialise the codebook by k-means on the first training batch.
+        distance: ``"euclidean"`` or ``"cosine"``.
+        codebook_dim: size of the code space, or ``None`` to quantize in the input space.
+        gradient: ``"straight_through"`` or ``"rotation"``.
         codebook_initializer: initializer of the codebook.
-        seed: seed of the dead-code restarts.
 
     Call arguments:
         inputs: float tensor ``(..., D)``.
-        training: update EMA statistics, restarts and ``perplexity`` when true.
+        training: update EMA statistics, restarts, k-means initialisation and ``perplexity``
+            when true.
         return_indices: also return the int32 code indices, shape ``inputs.shape[:-1]``.
         return_loss: return the VQ loss (float32 scalar) instead of adding it with
             ``add_loss``: the caller owns it. keras_vq's models use this, because a layer's
@@ -128,7 +216,13 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
 
     Reference:
         van den Oord, Vinyals, Kavukcuoglu. "Neural Discrete Representation Learning", 2017.
+        Yu et al. "Vector-quantized Image Modeling with Improved VQGAN", 2022 (factorised,
+        l2-normalised codes). Fifty et al. "Restructuring Vector Quantization with the
+        Rotation Trick", 2024.
     """
+
+    #: Lloyd steps after the k-means++ seeding of ``kmeans_init``.
+    kmeans_iterations = 10
 
     def __init__(
         self,
@@ -139,8 +233,12 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
         epsilon: float = 1e-5,
         dead_code_threshold: float = 0.0,
         chunk_size: int = 4096,
-        codebook_initializer: Any = "variance_scaling",
         seed: int | None = None,
+        kmeans_init: bool = False,
+        distance: str = "euclidean",
+        codebook_dim: int | None = None,
+        gradient: str = "straight_through",
+        codebook_initializer: Any = "variance_scaling",
         **kwargs,
     ):
         # Inputs keep their dtype and the codebook is never autocast to float16.
@@ -167,8 +265,18 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
         self.chunk_size = _validation.check_int("chunk_size", chunk_size, minimum=1)
         self.codebook_initializer = keras.initializers.get(codebook_initializer)
         self.seed = _validation.check_seed("seed", seed)
+        self.kmeans_init = check_bool("kmeans_init", kmeans_init)
+        self.distance = _validation.check_choice("distance", distance, DISTANCES)
+        self.codebook_dim = (
+            None
+            if codebook_dim is None
+            else _validation.check_int("codebook_dim", codebook_dim, minimum=1)
+        )
+        self.gradient = _validation.check_choice("gradient", gradient, GRADIENTS)
         self.seed_generator = (
-            keras.random.SeedGenerator(self.seed) if self.dead_code_threshold > 0 else None
+            keras.random.SeedGenerator(self.seed)
+            if self.dead_code_threshold > 0 or self.kmeans_init
+            else None
         )
 
     @property
@@ -179,6 +287,25 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
     def tracks_usage(self) -> bool:
         return self.uses_ema or self.dead_code_threshold > 0
 
+    @property
+    def codebook_size(self) -> int:
+        """Number of distinct codes (``num_embeddings``)."""
+        return self.num_embeddings
+
+    @property
+    def code_dim(self) -> int | None:
+        """Size of the vectors in the codebook: ``codebook_dim``, else ``embedding_dim``."""
+        return self.codebook_dim if self.codebook_dim is not None else self.embedding_dim
+
+    @property
+    def _plain(self) -> bool:
+        """No option changes the look-up or the gradient: the original fast path."""
+        return (
+            self.codebook_dim is None
+            and self.distance == "euclidean"
+            and self.gradient == "straight_through"
+        )
+
     def build(self, input_shape):
         dim = input_shape[-1]
         if dim is None:
@@ -186,7 +313,17 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
         if self.embedding_dim is None:
             self.embedding_dim = int(dim)
         self._check_last_axis(input_shape)
-        shape = (self.num_embeddings, self.embedding_dim)
+        if self.codebook_dim is not None:
+            # float32 whatever the policy: the projections are part of the quantizer's internals.
+            self.project_in = keras.layers.Dense(
+                self.codebook_dim, dtype="float32", name="project_in"
+            )
+            self.project_in.build((None, self.embedding_dim))
+            self.project_out = keras.layers.Dense(
+                self.embedding_dim, dtype="float32", name="project_out"
+            )
+            self.project_out.build((None, self.codebook_dim))
+        shape = (self.num_embeddings, self.code_dim)
         self.codebook = self.add_weight(
             name="codebook",
             shape=shape,
@@ -205,9 +342,10 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
                 autocast=False,
             )
         self.codebook_offset = None
-        if self.dead_code_threshold > 0 and not self.uses_ema:
-            # Restarts of a trainable codebook, where JAX's stateless training step keeps
-            # them (non-trainable state); folded into `codebook` wherever assignments persist.
+        if (self.dead_code_threshold > 0 or self.kmeans_init) and not self.uses_ema:
+            # Restarts and k-means initialisation of a trainable codebook, where JAX's
+            # stateless training step keeps them (non-trainable state); folded into `codebook`
+            # wherever assignments persist.
             self.codebook_offset = self.add_weight(
                 name="codebook_offset",
                 shape=shape,
@@ -223,6 +361,16 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
                 shape=shape,
                 initializer=lambda shape, dtype=None: ops.copy(codebook.value),
                 dtype="float32",
+                trainable=False,
+                autocast=False,
+            )
+        self.initialized = None
+        if self.kmeans_init:
+            self.initialized = self.add_weight(
+                name="initialized",
+                shape=(),
+                initializer="zeros",
+                dtype="bool",
                 trainable=False,
                 autocast=False,
             )
@@ -250,32 +398,121 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
 
     @property
     def embeddings(self):
-        """The codebook used for look-ups, ``codebook`` plus restarts not yet folded into it.
+        """The codebook used for look-ups, ``codebook`` plus changes not yet folded into it.
 
-        Equal to ``codebook`` except on JAX after restarts of a gradient-trained codebook made
-        inside a stateless training step (a user's ``fit``); keras_vq's models fold them in
-        after every step.
+        Equal to ``codebook`` except on JAX after restarts or a k-means initialisation of a
+        gradient-trained codebook made inside a stateless training step (a user's ``fit``);
+        keras_vq's models fold them in after every step. With ``distance="cosine"`` the
+        look-ups use these vectors l2-normalised.
         """
         if self.codebook_offset is None:
             return ops.convert_to_tensor(self.codebook)
         return self.codebook + self.codebook_offset
 
-    def call(self, inputs, training=None, return_indices=False, return_loss=False):
-        z, flat = self._flatten(inputs)
+    # ---- the steps of a call, shared with ResidualVectorQuantizer -------------------------
+    def _to_code_space(self, flat):
+        """Float32 ``(N, D)`` inputs → the vectors that are quantized, ``(N, code_dim)``."""
+        if self.codebook_dim is not None:
+            flat = self.project_in(flat)
+        if self.distance == "cosine":
+            flat = l2_normalize(flat)
+        return flat
+
+    def _from_code_space(self, vectors):
+        """Code-space vectors ``(..., code_dim)`` → the input space ``(..., D)``."""
+        if self.codebook_dim is not None:
+            return self.project_out(vectors)
+        return vectors
+
+    def _lookup_table(self, codebook):
+        return l2_normalize(codebook) if self.distance == "cosine" else codebook
+
+    def _current_codebook(self, h, update: bool, enabled=None):
+        """The codebook for this call and whether k-means initialised it now.
+
+        Returns:
+            ``(codebook, initialized_now)``: ``codebook`` is differentiable w.r.t. the
+            ``codebook`` weight; ``initialized_now`` is a boolean scalar, or ``None`` when no
+            initialisation can happen in this call.
+        """
         codebook = self.embeddings
-        indices = nearest_code(flat, codebook, self.chunk_size)
-        quantized = ops.reshape(vq_backend.gather_rows(codebook, indices), ops.shape(z))
-        loss = vq_losses.vq_loss(z, quantized, self.beta, codebook_term=not self.uses_ema)
-        # An empty batch has no loss (its mean would be NaN) and changes no state.
-        num_rows = ops.shape(flat)[0]
-        loss = ops.where(num_rows > 0, loss, ops.zeros_like(loss))
+        if not (update and self.kmeans_init):
+            return codebook, None
+        initial, initialized_now = self._kmeans_codebook(h, codebook, enabled)
+        # The value of the initial codes, the gradient of the `codebook` weight.
+        return codebook + ops.stop_gradient(initial - codebook), initialized_now
+
+    def _kmeans_codebook(self, h, codebook, enabled=None):
+        """k-means centroids of ``h`` if the layer is not initialised yet, else ``codebook``."""
+        # Drawn in every training call, outside the `cond`: a random draw advances the seed
+        # generator's state, an assignment a JAX `cond` branch may not make.
+        uniforms = keras.random.uniform((self.num_embeddings,), seed=self.seed_generator)
+        h = ops.stop_gradient(h)
+        current = ops.stop_gradient(codebook)
+        finite = ops.all(ops.isfinite(h))
+        wanted = ops.logical_and(ops.logical_not(self.initialized.value), finite)
+        wanted = ops.logical_and(wanted, ops.shape(h)[0] > 0)
+        if enabled is not None:
+            wanted = ops.logical_and(wanted, enabled)
+        points = ops.where(finite, h, ops.zeros_like(h))
+
+        def centroids():
+            return _codebook.kmeans(
+                points,
+                self.num_embeddings,
+                uniforms,
+                self.kmeans_iterations,
+                spherical=self.distance == "cosine",
+                assign=lambda x, c: nearest_code(x, c, self.chunk_size, self.distance),
+            )
+
+        # Runs k-means once: later calls take the cheap branch.
+        initial = ops.cond(wanted, centroids, lambda: current)
+        # Replicas see different batches: all take the first replica's centroids and decision.
+        initial = _distribute.broadcast_from_first_replica(initial)
+        now = _distribute.broadcast_from_first_replica(ops.cast(wanted, "float32")) > 0.5
+        self.initialized.assign(ops.logical_or(self.initialized.value, now))
+        return ops.where(now, initial, current), now
+
+    def _lookup(self, h, codebook):
+        """Nearest codes of ``h``: int32 indices ``(N,)`` and the codes ``(N, code_dim)``."""
+        table = self._lookup_table(codebook)
+        indices = nearest_code(h, table, self.chunk_size, self.distance)
+        return indices, vq_backend.gather_rows(table, indices)
+
+    def _loss(self, h, quantized):
+        loss = vq_losses.vq_loss(h, quantized, self.beta, codebook_term=not self.uses_ema)
+        # An empty batch has no loss (its mean would be NaN).
+        return ops.where(ops.shape(h)[0] > 0, loss, ops.zeros_like(loss))
+
+    def _transport(self, h, quantized):
+        """Value ``quantized``, gradient to ``h`` by the chosen estimator (float32)."""
+        if self.gradient == "rotation":
+            return rotation_trick(h, quantized)
+        return h + ops.stop_gradient(quantized - h)
+
+    # ---------------------------------------------------------------------------------------
+    def call(self, inputs, training=None, return_indices=False, return_loss=False):
+        _, flat = self._flatten(inputs)
+        # As BatchNormalization: a frozen layer (trainable=False) keeps its state; an empty
+        # batch changes none.
+        update = bool(training) and self.trainable and flat.shape[0] != 0
+        h = self._to_code_space(flat)
+        codebook, initialized_now = self._current_codebook(h, update)
+        indices, quantized = self._lookup(h, codebook)
+        loss = self._loss(h, quantized)
         if not return_loss:
             self.add_loss(loss)
-        # As BatchNormalization: a frozen layer (trainable=False) keeps its state.
-        if training and self.trainable and flat.shape[0] != 0:
-            self._update_state(flat, indices)
-        # Straight-through estimator: forward value e_k, gradient identity w.r.t. z_e.
-        outputs = inputs + ops.stop_gradient(ops.cast(quantized, inputs.dtype) - inputs)
+        if update:
+            self._update_state(h, indices, codebook, initialized_now)
+        if self._plain:
+            # Straight-through estimator in the input's dtype: forward value e_k, gradient
+            # exactly the identity w.r.t. z_e.
+            quantized = ops.cast(ops.reshape(quantized, ops.shape(inputs)), inputs.dtype)
+            outputs = inputs + ops.stop_gradient(quantized - inputs)
+        else:
+            outputs = self._from_code_space(self._transport(h, quantized))
+            outputs = ops.cast(ops.reshape(outputs, ops.shape(inputs)), inputs.dtype)
         extras = []
         if return_indices:
             extras.append(ops.reshape(indices, ops.shape(inputs)[:-1]))
@@ -283,42 +520,69 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
             extras.append(loss)
         return (outputs, *extras) if extras else outputs
 
-    def _update_state(self, flat, indices) -> None:
-        counts = vq_metrics.code_counts(indices, self.num_embeddings)
+    def _update_state(self, flat, indices, codebook, initialized_now=None, weights=None) -> None:
+        """EMA statistics, restarts, perplexity and k-means results of one training batch.
+
+        Args:
+            flat: the quantized vectors ``(N, code_dim)``.
+            indices: their codes ``(N,)``.
+            codebook: the codebook of this call (after a k-means initialisation).
+            initialized_now: boolean scalar from :meth:`_current_codebook`, or ``None``.
+            weights: optional float32 ``(N,)`` 0/1 row weights (rows of weight 0 do not
+                count; all 0 leaves the statistics as they are).
+        """
+        codebook = ops.stop_gradient(codebook)
+        if weights is None:
+            counts = vq_metrics.code_counts(indices, self.num_embeddings)
+        else:
+            counts = ops.segment_sum(weights, indices, num_segments=self.num_embeddings)
         # Global batch statistics, so every replica applies the same update.
         if not self.tracks_usage:
             (counts,) = _distribute.sum_across_replicas(counts)
             valid = ops.sum(counts) > 0
             perplexity = vq_metrics.perplexity_from_counts(counts)
             self.perplexity.assign(ops.where(valid, perplexity, self.perplexity.value))
+            if initialized_now is not None:
+                self._assign_restarted(codebook)
             return
-        sums = ops.segment_sum(ops.stop_gradient(flat), indices, num_segments=self.num_embeddings)
+        vectors = ops.stop_gradient(flat)
+        if weights is not None:
+            vectors = vectors * weights[:, None]
+        sums = ops.segment_sum(vectors, indices, num_segments=self.num_embeddings)
         counts, sums = _distribute.sum_across_replicas(counts, sums)
         # A non-finite batch (fp16 overflow) must not poison the codebook; an empty one (a
         # dynamic batch of size 0) must not decay the usage statistics.
         valid = ops.logical_and(ops.all(ops.isfinite(sums)), ops.sum(counts) > 0)
         decay = self.ema_decay if self.uses_ema else 0.99
         cluster_size = ema_update(self.ema_cluster_size, counts, decay)
-        ema_sum = None
+        ema_sum = base_ema_sum = None
         if self.uses_ema:
-            ema_sum = ema_update(self.ema_sum, sums, decay)
-            codebook = ema_sum / laplace_smoothing(cluster_size, self.epsilon)[:, None]
+            base_ema_sum = self.ema_sum.value
+            if initialized_now is not None:
+                # As set_codebook: the EMA state starts from the k-means codebook.
+                smoothed = laplace_smoothing(self.ema_cluster_size.value, self.epsilon)
+                base_ema_sum = ops.where(
+                    initialized_now, codebook * smoothed[:, None], base_ema_sum
+                )
+            ema_sum = ema_update(base_ema_sum, sums, decay)
+            new_codebook = ema_sum / laplace_smoothing(cluster_size, self.epsilon)[:, None]
         else:
-            codebook = self.embeddings
+            new_codebook = codebook
         if self.dead_code_threshold > 0:
-            codebook, cluster_size, ema_sum = self._restart_dead_codes(
-                flat, codebook, cluster_size, ema_sum
+            new_codebook, cluster_size, ema_sum = self._restart_dead_codes(
+                flat, new_codebook, cluster_size, ema_sum
             )
         self.perplexity.assign(
             ops.where(valid, vq_metrics.perplexity_from_counts(counts), self.perplexity.value)
         )
         self.ema_cluster_size.assign(ops.where(valid, cluster_size, self.ema_cluster_size.value))
+        # An invalid batch keeps the state, but not an initialisation made in this call.
         if ema_sum is not None:
-            self.ema_sum.assign(ops.where(valid, ema_sum, self.ema_sum.value))
+            self.ema_sum.assign(ops.where(valid, ema_sum, base_ema_sum))
         if self.uses_ema:
-            self.codebook.assign(ops.where(valid, codebook, self.codebook.value))
-        elif self.dead_code_threshold > 0:
-            self._assign_restarted(ops.where(valid, codebook, self.embeddings))
+            self.codebook.assign(ops.where(valid, new_codebook, codebook))
+        elif self.codebook_offset is not None:
+            self._assign_restarted(ops.where(valid, new_codebook, codebook))
 
     def _assign_restarted(self, codebook) -> None:
         """Make ``codebook`` the effective codebook of a gradient-trained quantizer."""
@@ -352,14 +616,17 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
         The one public way to set the codebook (for any initialisation scheme): with an EMA
         codebook, ``ema_sum`` is set so that ``ema_sum / Ñ = vectors`` for the current smoothed
         cluster sizes ``Ñ``, so the next training call starts from ``vectors``; restarts not
-        yet folded in are dropped.
+        yet folded in are dropped. With ``kmeans_init`` the layer counts as initialised: the
+        next training call keeps ``vectors``.
 
         Args:
-            vectors: float ``(num_embeddings, embedding_dim)``, finite. Builds the layer when
-                it is not built yet.
+            vectors: float ``(num_embeddings, code_dim)`` (``code_dim`` is ``codebook_dim``
+                when set, else ``embedding_dim``), finite. Builds the layer when it is not
+                built yet.
 
         Raises:
-            ValueError: wrong shape or non-finite values. TypeError: non-float dtype.
+            ValueError: wrong shape or non-finite values; an unbuilt layer with
+                ``codebook_dim`` and no ``embedding_dim``. TypeError: non-float dtype.
 
         Example:
             >>> vq = VectorQuantizer(num_embeddings=4, embedding_dim=2, ema_decay=0.99)
@@ -370,21 +637,29 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
             raise TypeError(f"`vectors` must have a float dtype, got dtype {dtype}.")
         vectors = ops.cast(ops.convert_to_tensor(vectors), "float32")
         shape = tuple(vectors.shape)
-        dim = self.embedding_dim if self.embedding_dim is not None else shape[-1]
+        dim = self.code_dim if self.code_dim is not None else shape[-1]
+        name = "codebook_dim" if self.codebook_dim is not None else "embedding_dim"
         if len(shape) != 2 or shape != (self.num_embeddings, dim):
             raise ValueError(
-                f"`vectors` must have shape (num_embeddings, embedding_dim) = "
+                f"`vectors` must have shape (num_embeddings, {name}) = "
                 f"({self.num_embeddings}, {dim}), got shape {shape}."
             )
         _validation.check_finite("vectors", vectors)
         if not self.built:
-            self.build((None, dim))
+            if self.embedding_dim is None and self.codebook_dim is not None:
+                raise ValueError(
+                    "set_codebook on an unbuilt layer with codebook_dim needs embedding_dim; "
+                    "got embedding_dim=None. Build the layer first or pass embedding_dim."
+                )
+            self.build((None, self.embedding_dim or dim))
         self.codebook.assign(vectors)
         if self.codebook_offset is not None:
             self.codebook_offset.assign(ops.zeros_like(vectors))
         if self.uses_ema:
             smoothed = laplace_smoothing(self.ema_cluster_size.value, self.epsilon)
             self.ema_sum.assign(vectors * smoothed[:, None])
+        if self.initialized is not None:
+            self.initialized.assign(True)
 
     def encode(self, inputs):
         """Nearest-code indices, int32 of shape ``inputs.shape[:-1]``.
@@ -396,11 +671,14 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
         if not self.built:
             self.build(inputs.shape)
         _, flat = self._flatten(inputs)
-        indices = nearest_code(flat, self.embeddings, self.chunk_size)
+        indices, _ = self._lookup(self._to_code_space(flat), self.embeddings)
         return ops.reshape(indices, ops.shape(inputs)[:-1])
 
     def decode(self, indices):
-        """Codebook vectors for ``indices``: float32 of shape ``indices.shape + (D,)``.
+        """Vectors for ``indices``: float32 of shape ``indices.shape + (D,)``.
+
+        The codes themselves, l2-normalised with ``distance="cosine"`` and mapped by
+        ``project_out`` with ``codebook_dim``: what a call outputs for these codes.
 
         Args:
             indices: integer tensor with values in ``[0, num_embeddings)``.
@@ -411,7 +689,8 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
         if not self.built:
             raise ValueError("VectorQuantizer.decode needs a built layer (call it once first).")
         _validation.check_integer_codes("indices", indices, self.num_embeddings)
-        return ops.take(self.embeddings, ops.cast(indices, "int32"), axis=0)
+        table = self._lookup_table(self.embeddings)
+        return self._from_code_space(ops.take(table, ops.cast(indices, "int32"), axis=0))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -436,6 +715,10 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
             chunk_size=self.chunk_size,
             codebook_initializer=keras.initializers.serialize(self.codebook_initializer),
             seed=self.seed,
+            kmeans_init=self.kmeans_init,
+            distance=self.distance,
+            codebook_dim=self.codebook_dim,
+            gradient=self.gradient,
         )
         return config
 
