@@ -229,6 +229,10 @@ class TransformerPrior(PriorMixin, TrainStepMixin, keras.Model):
 
     def call(self, inputs, training=None):
         codes, labels = self._split_inputs(inputs)
+        return self._forward(codes, labels, training)
+
+    def _forward(self, codes, labels=None, training=None):
+        """``call`` without the input checks (their TF assertions do not compile with XLA)."""
         batch = ops.shape(codes)[0]
         length = math.prod(self.latent_shape)
         embedded = self.embedding(ops.reshape(ops.cast(codes, "int32"), (batch, length)))
