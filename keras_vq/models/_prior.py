@@ -48,6 +48,33 @@ class PriorMixin:
     noise ``(B, h, w, K)``, built from ``keras.ops`` so that it compiles and exports.
     """
 
+    # The model's own constructor arguments, which get_config returns besides the shared ones.
+    _CONFIG_KEYS: tuple[str, ...] = ()
+
+    def _init_prior(self, num_embeddings, latent_shape, num_classes) -> None:
+        """Checks and stores what every prior has; creates its trackers and sampler cache."""
+        self.num_embeddings = _validation.check_int("num_embeddings", num_embeddings, minimum=1)
+        self.latent_shape = check_prior_shape(latent_shape)
+        self.num_classes = (
+            None
+            if num_classes is None
+            else _validation.check_int("num_classes", num_classes, minimum=1)
+        )
+        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+        self.bits_tracker = keras.metrics.Mean(name="bits_per_code")
+        self._sampler = _SamplerCache()
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("num_embeddings", "latent_shape", "num_classes", *self._CONFIG_KEYS):
+            value = getattr(self, key)
+            config[key] = list(value) if isinstance(value, tuple) else value
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
     # --- inputs ---------------------------------------------------------------------------
     def _check_codes(self, codes, name: str = "codes"):
         shape = tuple(codes.shape)

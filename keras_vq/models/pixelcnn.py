@@ -14,8 +14,6 @@ from keras_vq.layers.pixelcnn import GatedPixelCNNBlock, dense_weights
 from keras_vq.models._prior import (  # _TINY: tests import the noise floor from here
     _TINY,  # noqa: F401
     PriorMixin,
-    _SamplerCache,
-    check_prior_shape,
 )
 
 
@@ -61,6 +59,8 @@ class PixelCNNPrior(PriorMixin, TrainStepMixin, keras.Model):
         van den Oord, Vinyals, Kavukcuoglu. "Neural Discrete Representation Learning", 2017.
     """
 
+    _CONFIG_KEYS = ("num_layers", "filters", "kernel_size")
+
     def __init__(
         self,
         num_embeddings: int,
@@ -72,18 +72,12 @@ class PixelCNNPrior(PriorMixin, TrainStepMixin, keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_embeddings = _validation.check_int("num_embeddings", num_embeddings, minimum=1)
-        self.latent_shape = check_prior_shape(latent_shape)
+        self._init_prior(num_embeddings, latent_shape, num_classes)
         self.num_layers = _validation.check_int("num_layers", num_layers, minimum=1)
         self.filters = _validation.check_int("filters", filters, minimum=1)
         self.kernel_size = _validation.check_int("kernel_size", kernel_size, minimum=3)
         if self.kernel_size % 2 == 0:
             raise ValueError(f"`kernel_size` must be odd, got {kernel_size}.")
-        self.num_classes = (
-            None
-            if num_classes is None
-            else _validation.check_int("num_classes", num_classes, minimum=1)
-        )
         sub = {"dtype": self.dtype_policy}
         self.embedding = keras.layers.Embedding(
             self.num_embeddings, self.filters, name="code_embedding", **sub
@@ -101,9 +95,6 @@ class PixelCNNPrior(PriorMixin, TrainStepMixin, keras.Model):
         ]
         self.head_hidden = keras.layers.Conv2D(self.filters, 1, name="head_hidden", **sub)
         self.head_logits = keras.layers.Conv2D(self.num_embeddings, 1, name="head_logits", **sub)
-        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
-        self.bits_tracker = keras.metrics.Mean(name="bits_per_code")
-        self._sampler = _SamplerCache()
         self.build()
 
     def build(self, input_shape=None):
@@ -242,25 +233,6 @@ class PixelCNNPrior(PriorMixin, TrainStepMixin, keras.Model):
         ]
         codes, _, _ = ops.fori_loop(0, height, row, (codes, v_ins, offsets))
         return codes
-
-    # --- serialization ----------------------------------------------------------------------
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "num_embeddings": self.num_embeddings,
-                "latent_shape": list(self.latent_shape),
-                "num_layers": self.num_layers,
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "num_classes": self.num_classes,
-            }
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 @inference

@@ -11,7 +11,7 @@ from keras import ops
 
 from keras_vq import _validation
 from keras_vq.backend import TrainStepMixin, inference
-from keras_vq.models._prior import PriorMixin, _SamplerCache, check_prior_shape
+from keras_vq.models._prior import PriorMixin
 
 # Masked attention scores: exp underflows to exactly 0 in float32, and no inf - inf NaNs.
 _MASKED = -1e9
@@ -141,6 +141,8 @@ class TransformerPrior(PriorMixin, TrainStepMixin, keras.Model):
         Transformers for High-Resolution Image Synthesis", 2021.
     """
 
+    _CONFIG_KEYS = ("num_layers", "num_heads", "hidden_dim", "dropout")
+
     def __init__(
         self,
         num_embeddings: int,
@@ -153,8 +155,7 @@ class TransformerPrior(PriorMixin, TrainStepMixin, keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_embeddings = _validation.check_int("num_embeddings", num_embeddings, minimum=1)
-        self.latent_shape = check_prior_shape(latent_shape)
+        self._init_prior(num_embeddings, latent_shape, num_classes)
         self.num_layers = _validation.check_int("num_layers", num_layers, minimum=1)
         self.num_heads = _validation.check_int("num_heads", num_heads, minimum=1)
         self.hidden_dim = _validation.check_int("hidden_dim", hidden_dim, minimum=1)
@@ -163,11 +164,6 @@ class TransformerPrior(PriorMixin, TrainStepMixin, keras.Model):
                 f"`hidden_dim` must be a multiple of `num_heads`, got hidden_dim={hidden_dim} "
                 f"and num_heads={num_heads}."
             )
-        self.num_classes = (
-            None
-            if num_classes is None
-            else _validation.check_int("num_classes", num_classes, minimum=1)
-        )
         self.dropout = _validation.check_float("dropout", dropout, minimum=0.0)
         if self.dropout >= 1.0:
             raise ValueError(f"`dropout` must lie in [0, 1), got {dropout}.")
@@ -187,9 +183,6 @@ class TransformerPrior(PriorMixin, TrainStepMixin, keras.Model):
         ]
         self.final_norm = keras.layers.LayerNormalization(name="final_norm", **sub)
         self.head = keras.layers.Dense(self.num_embeddings, name="head_logits", **sub)
-        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
-        self.bits_tracker = keras.metrics.Mean(name="bits_per_code")
-        self._sampler = _SamplerCache()
         self.build()
 
     def build(self, input_shape=None):
@@ -316,26 +309,6 @@ class TransformerPrior(PriorMixin, TrainStepMixin, keras.Model):
         codes = ops.zeros((batch, length), "int32")
         codes, _, _ = ops.fori_loop(0, length, position, (codes, token, caches))
         return ops.reshape(codes, (batch, height, width))
-
-    # --- serialization ----------------------------------------------------------------------
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "num_embeddings": self.num_embeddings,
-                "latent_shape": list(self.latent_shape),
-                "num_layers": self.num_layers,
-                "num_heads": self.num_heads,
-                "hidden_dim": self.hidden_dim,
-                "num_classes": self.num_classes,
-                "dropout": self.dropout,
-            }
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 __all__ = ["TransformerPrior"]
