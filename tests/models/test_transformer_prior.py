@@ -158,17 +158,15 @@ class TestTransformerPrior(TestCase):
             to_numpy(prior.sample(B, temperature=0.3, seed=0, labels=labels)), MAPS[labels]
         )
 
-    def test_fit_rejects_out_of_range_labels_and_codes(self):
+    def test_out_of_range_labels_and_codes_raise_value_errors(self):
         prior = TransformerPrior(**TINY, num_classes=2)
         prior.compile(optimizer="adam")
         with pytest.raises(ValueError, match=r"`labels` must lie in \[0, 1\]"):
             prior.fit((MAPS, np.array([0, 5], "int32")), batch_size=2, epochs=1, verbose=0)
-        prior = TransformerPrior(**TINY, num_classes=2)
-        prior.compile(optimizer="adam")
         bad = MAPS.copy()
         bad[0, 0, 0] = K
         with pytest.raises(ValueError, match=r"`codes` must lie in \[0, 7\]"):
-            prior.fit((bad, np.array([0, 1], "int32")), batch_size=2, epochs=1, verbose=0)
+            prior([bad, np.array([0, 1], "int32")])
 
     def test_config_and_keras_round_trip(self, tmp_path, random_prior):
         prior, labels = random_prior
@@ -199,9 +197,10 @@ class TestTransformerPrior(TestCase):
         assert np.all(np.isfinite(to_numpy(logits)))
         samples = to_numpy(prior.sample(B, seed=0))
         assert samples.shape == (B, *SHAPE) and samples.min() >= 0 and samples.max() < K
-        prior.compile(optimizer="adam")
-        history = prior.fit(codes, batch_size=B, epochs=1, verbose=0)
-        assert np.isfinite(history.history["loss"][0])
+        if policy == "mixed_bfloat16":  # one training step is enough to show it trains
+            prior.compile(optimizer="adam")
+            history = prior.fit(codes, batch_size=B, epochs=1, verbose=0)
+            assert np.isfinite(history.history["loss"][0])
 
     def test_generate_accepts_a_transformer_prior(self, random_prior):
         prior, labels = random_prior
