@@ -15,7 +15,14 @@ VQ-VAE examples' sampler — a Python loop over positions that calls ``model.pre
 full map and keeps the draw at the current position — for 10 maps of 7×7, K = 128 (goal:
 speed-up ≥ 20×). The baseline draws with NumPy Gumbel-max (the examples use a TFP categorical;
 the draw is a negligible part of either loop) and its ``predict`` function is compiled before
-timing, so the comparison is of warm loops. One JSON line per figure.
+timing, so the comparison is of warm loops.
+
+``transformer_sampling_vs_full_pass`` times ``TransformerPrior.sample`` (key/value cache,
+default 4 layers × 4 heads × 128 wide) for 10 maps of 8×8, K = 512, against two samplers
+without a cache that run one full forward pass per position: the same ``fori_loop``
+compiled like the cached one (``full_pass_seconds``: the cache's own gain), and a Python loop
+of ``predict`` calls (``per_position_predict_seconds``). ``--transformer-only`` runs just
+this. One JSON line per figure.
 """
 
 from __future__ import annotations
@@ -39,6 +46,10 @@ def parse_args(argv=None):
     parser.add_argument("--baseline-size", type=int, default=7)
     parser.add_argument("--baseline-num-embeddings", type=int, default=128)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--transformer-only", action="store_true")
+    parser.add_argument("--skip-transformer", action="store_true")
+    parser.add_argument("--transformer-size", type=int, default=8)
+    parser.add_argument("--transformer-num-embeddings", type=int, default=512)
     parser.add_argument(
         "--quick", action="store_true", help="7×7, K=128, 10 maps, 3 layers × 32 filters"
     )
@@ -87,6 +98,11 @@ def main(argv=None) -> None:
             warmup=0,
         )
         return {"first_call_s": round(first, 4), "seconds": round(timing["median_s"], 4)}
+
+    if not args.skip_transformer:
+        transformer_vs_full_pass(args, common)
+    if args.transformer_only:
+        return
 
     for size in args.latent_sizes:
         for k in args.num_embeddings:
@@ -142,6 +158,80 @@ def main(argv=None) -> None:
             "speedup_including_compile": round(per_pixel / fast["first_call_s"], 1),
             "goal": 20,
             **common,
+        }
+    )
+
+
+PIXELCNN_KEYS = ("num_layers", "filters", "kernel_size")
+
+
+def transformer_vs_full_pass(args, common: dict) -> None:
+    """Cached vs uncached transformer sampling on the same noise (codes checked equal)."""
+    import keras
+    import numpy as np
+    from keras import ops
+
+    from benchmarks import _harness
+    from keras_vq.backend import compile_function, to_numpy
+    from keras_vq.models import TransformerPrior
+
+    size, k, n = args.transformer_size, args.transformer_num_embeddings, args.baseline_samples
+    keras.utils.set_random_seed(0)
+    prior = TransformerPrior(k, (size, size))
+    length = size * size
+    uniform = np.random.default_rng(0).uniform(1e-6, 1.0, (n, size, size, k)).astype("float32")
+    labels = np.zeros((n,), "int32")
+    variables = list(prior.variables)
+
+    def full_pass_loop(state, uniform):
+        with keras.StatelessScope(state_mapping=list(zip(variables, state))):
+            noise = ops.reshape(-ops.log(-ops.log(uniform)), (n, length, k))
+
+            def position(t, codes):
+                logits = prior._forward(ops.reshape(codes, (n, size, size)))
+                logits = ops.reshape(logits, (n, length, k))
+                scores = ops.take(logits + noise, t, axis=1)
+                code = ops.cast(ops.argmax(scores, axis=-1), "int32")
+                return ops.slice_update(codes, [0, t], ops.reshape(code, (n, 1)))
+
+            codes = ops.fori_loop(0, length, position, ops.zeros((n, length), "int32"))
+            return ops.reshape(codes, (n, size, size))
+
+    full_pass = compile_function(full_pass_loop)
+
+    def cached():
+        return _harness.block(prior._sample_from_uniform(uniform, 1.0, labels))
+
+    def uncached():
+        return _harness.block(full_pass([v.value for v in variables], uniform))
+
+    timings = {}
+    for name, fn in (("cached", cached), ("full_pass", uncached)):
+        start = time.perf_counter()
+        first = fn()
+        timings[name + "_first_call_s"] = round(time.perf_counter() - start, 4)
+        timing = _harness.time_call(fn, repeats=args.repeats, warmup=0)
+        timings[name + "_seconds"] = round(timing["median_s"], 4)
+        timings[name + "_codes"] = to_numpy(first)
+    same = bool(np.array_equal(timings.pop("cached_codes"), timings.pop("full_pass_codes")))
+    per_position = per_pixel_predict_seconds(prior, n, np)
+    _harness.emit(
+        {
+            "benchmark": "transformer_sampling_vs_full_pass",
+            "latent_shape": [size, size],
+            "num_embeddings": k,
+            "num_samples": n,
+            "num_layers": prior.num_layers,
+            "num_heads": prior.num_heads,
+            "hidden_dim": prior.hidden_dim,
+            **timings,
+            "per_position_predict_seconds": round(per_position, 4),
+            "speedup_vs_full_pass": round(
+                timings["full_pass_seconds"] / timings["cached_seconds"], 1
+            ),
+            "speedup_vs_predict_loop": round(per_position / timings["cached_seconds"], 1),
+            "same_codes": same,
+            **{key: value for key, value in common.items() if key not in PIXELCNN_KEYS},
         }
     )
 

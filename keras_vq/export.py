@@ -9,8 +9,8 @@ Every signature takes named inputs, returns a dict of named outputs and has a dy
   ``decode`` (``latents`` → ``images``).
 - :class:`~keras_vq.models.VQVAE`: ``serving_default`` (``images`` → ``images``),
   ``encode`` (``images`` → int32 ``codes``), ``decode`` (int32 ``codes`` → ``images``).
-- :func:`export_generator` (VQVAE + PixelCNNPrior): ``sample`` (alias ``serving_default``) and
-  ``sample_seeded`` → ``images`` and int32 ``codes``.
+- :func:`export_generator` (VQVAE + PixelCNNPrior or TransformerPrior): ``sample`` (alias
+  ``serving_default``) and ``sample_seeded`` → ``images`` and int32 ``codes``.
 
 Inputs are checked where they enter. The specs have an exact rank (``images``
 ``(None, H, W, C)`` float32, ``codes`` ``(None, h, w)`` int32, ``latents``
@@ -49,11 +49,14 @@ from keras import ops
 
 from keras_vq import _validation
 from keras_vq.backend.tensorflow_bridge import runs_in_tensorflow
-from keras_vq.models.pixelcnn import _TINY, PixelCNNPrior
+from keras_vq.models._prior import _TINY
+from keras_vq.models.pixelcnn import PixelCNNPrior
+from keras_vq.models.transformer import TransformerPrior
 from keras_vq.models.vae import VAE
 from keras_vq.models.vqvae import VQVAE
 
 _Endpoint = tuple[str, Callable, list]
+_PRIORS = (PixelCNNPrior, TransformerPrior)
 
 
 def export_saved_model(
@@ -86,7 +89,7 @@ def export_saved_model(
 
 def export_generator(
     vqvae: VQVAE,
-    prior: PixelCNNPrior,
+    prior: PixelCNNPrior | TransformerPrior,
     export_dir: str | os.PathLike,
     version: int | None = None,
     *,
@@ -94,10 +97,10 @@ def export_generator(
 ) -> str:
     """Write a two-stage generator (``codes ~ prior``, ``images = vqvae.decode(codes)``).
 
-    The SavedModel carries the prior's own fast sampler (:meth:`PixelCNNPrior.sample`'s
-    row-cached raster-order loop, as plain TensorFlow ops with a dynamic batch): position
-    ``(i, j)`` takes ``argmax_k(logits_k + T·g_k)`` with Gumbel noise ``g`` — a draw from
-    ``softmax(logits/T)``.
+    The SavedModel carries the prior's own fast sampler, as plain TensorFlow ops with a
+    dynamic batch (:meth:`PixelCNNPrior.sample`'s row-cached raster-order loop, or
+    :meth:`TransformerPrior.sample`'s key/value-cached loop): position ``(i, j)`` takes
+    ``argmax_k(logits_k + T·g_k)`` with Gumbel noise ``g`` — a draw from ``softmax(logits/T)``.
 
     Signatures (``labels`` only for a class-conditional prior):
 
@@ -116,7 +119,8 @@ def export_generator(
 
     Args:
         vqvae: the built :class:`~keras_vq.models.VQVAE` whose codes the prior models.
-        prior: a :class:`~keras_vq.models.PixelCNNPrior` with the same ``num_embeddings`` and
+        prior: a :class:`~keras_vq.models.PixelCNNPrior` or
+            :class:`~keras_vq.models.TransformerPrior` with the same ``num_embeddings`` and
             ``latent_shape``.
         export_dir, version: as in :func:`export_saved_model`.
         temperature: T ≥ 0 fixed into the artifact; 0 is the greedy (argmax) path.
@@ -125,7 +129,7 @@ def export_generator(
         The path of the new version directory.
     """
     _check_model("vqvae", vqvae, (VQVAE,))
-    _check_model("prior", prior, (PixelCNNPrior,))
+    _check_model("prior", prior, _PRIORS)
     if prior.num_embeddings != vqvae.num_embeddings:
         raise ValueError(
             f"`prior` models num_embeddings={prior.num_embeddings} codes but `vqvae` has "
@@ -148,7 +152,9 @@ def _export_model(model: VAE | VQVAE, target: str) -> str:
 
 
 @runs_in_tensorflow("vqvae", "prior")
-def _export_generator(vqvae: VQVAE, prior: PixelCNNPrior, target: str, temperature: float) -> str:
+def _export_generator(
+    vqvae: VQVAE, prior: PixelCNNPrior | TransformerPrior, target: str, temperature: float
+) -> str:
     endpoints = _generator_endpoints(vqvae, prior, temperature)
     return _write_archive([vqvae, prior], endpoints, Path(target))
 
@@ -157,7 +163,7 @@ def _export_generator(vqvae: VQVAE, prior: PixelCNNPrior, target: str, temperatu
 def _check_model(name: str, model: Any, types: tuple[type, ...]) -> None:
     if not isinstance(model, types):
         accepted = " or ".join(f"keras_vq.models.{t.__name__}" for t in types)
-        hint = " (use export_generator for a PixelCNNPrior)" if name == "model" else ""
+        hint = " (use export_generator for a prior)" if name == "model" else ""
         raise TypeError(f"`{name}` must be a {accepted}{hint}, got {type(model).__name__}.")
     if not model.built:
         raise ValueError(
@@ -340,7 +346,7 @@ def _vqvae_endpoints(vqvae: VQVAE) -> list[_Endpoint]:
 
 
 def _generator_endpoints(
-    vqvae: VQVAE, prior: PixelCNNPrior, temperature: float
+    vqvae: VQVAE, prior: PixelCNNPrior | TransformerPrior, temperature: float
 ) -> list[_Endpoint]:
     """TensorFlow-only: the batch size comes from the value of ``num_samples``."""
     import tensorflow as tf
@@ -378,7 +384,7 @@ def _generator_endpoints(
         else:
             labels = _checked(shapes + checks, labels)
         # keras.random.uniform(seed=s) on TF draws stateless_uniform(seed=[s, 0]) on [_TINY, 1),
-        # as PixelCNNPrior.sample does: the same noise, so the same codes as prior.sample.
+        # as the priors' sample does: the same noise, so the same codes as prior.sample.
         uniform = tf.random.stateless_uniform(
             tf.stack([num_samples, height, width, k]),
             seed=tf.stack([seed, 0]),
@@ -386,8 +392,8 @@ def _generator_endpoints(
             maxval=1.0,
             dtype=tf.float32,
         )
-        # The prior's own row-cached sampling loop, traced with a dynamic batch (no XLA:
-        # a server need not have it).
+        # The prior's own cached sampling loop (one implementation per prior), traced with a
+        # dynamic batch (no XLA: a server need not have it).
         codes = prior._sample_loop(uniform, tf.constant(temperature, tf.float32), labels)
         codes = tf.cast(codes, tf.int32)
         return {"images": tf.cast(vqvae.decode(codes), tf.float32), "codes": codes}

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from keras_vq.export import _version_dir, export_generator, export_saved_model
-from keras_vq.models import VAE, VQVAE, PixelCNNPrior
+from keras_vq.models import VAE, VQVAE, PixelCNNPrior, TransformerPrior
 from tests.test_case import to_numpy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +87,12 @@ def tiny_prior(latent_shape, num_classes=None, num_embeddings=K):
         filters=4,
         kernel_size=3,
         num_classes=num_classes,
+    )
+
+
+def tiny_transformer(latent_shape, num_classes=None):
+    return TransformerPrior(
+        K, latent_shape, num_layers=2, num_heads=2, hidden_dim=8, num_classes=num_classes
     )
 
 
@@ -213,12 +219,15 @@ def served(tmp_path_factory):
     conditional_prior = tiny_prior(vqvae.latent_shape, num_classes=3)
     randomize(prior, seed=1)
     randomize(conditional_prior, seed=2)
+    transformer = tiny_transformer(vqvae.latent_shape, num_classes=3)
+    randomize(transformer, seed=3)
     s.export("vae", export_saved_model, vae, s.root / "vae")
     s.export("vqvae", export_saved_model, vqvae, str(s.root / "vqvae"), version=1)
     s.export("generator", export_generator, vqvae, prior, s.root / "generator")
     s.export(
         "greedy", export_generator, vqvae, conditional_prior, s.root / "greedy", temperature=0
     )
+    s.export("transformer", export_generator, vqvae, transformer, s.root / "transformer")
 
     images = rng.random((3, *IMAGE_SHAPE), dtype="float32")
     one = images[:1]
@@ -250,6 +259,13 @@ def served(tmp_path_factory):
         )
     for call_id in ("fresh_a", "fresh_b"):
         s.add(f"generator.{call_id}", "sample", {"num_samples": np.int32(3)})
+    transformer_labels = np.array([0, 2, 1], "int32")
+    seeded = {"num_samples": np.int32(3), "seed": np.int32(7), "labels": transformer_labels}
+    s.add("transformer.seed7", "sample_seeded", seeded)
+    s.add("transformer.seed7_again", "sample_seeded", seeded)
+    s.add("transformer.fresh", "sample", {"num_samples": np.int32(2), "labels": labels[:2]})
+    bad_labels = {"num_samples": np.int32(2), "labels": np.array([0, 3], "int32")}
+    s.add("transformer.bad_labels", "sample", bad_labels)
 
     # Requests that do not fit the signature: the Keras models never see them.
     bad = {
@@ -295,6 +311,20 @@ def served(tmp_path_factory):
     zeros = np.zeros((3,), "int32")
     s.fast_seed7_codes = to_numpy(prior._sample_from_uniform(s.seed7_noise, 1.0, zeros))
     s.reference_seed7_codes = reference_sample(prior, s.seed7_noise, 1.0)
+    # The transformer's cached sampler and the slow reference on the served noise.
+    s.transformer_labels = transformer_labels
+    s.transformer_fast_seed7 = to_numpy(
+        transformer._sample_from_uniform(s.seed7_noise, 1.0, transformer_labels)
+    )
+    s.transformer_reference_seed7 = reference_sample(
+        transformer, s.seed7_noise, 1.0, transformer_labels
+    )
+    s.transformer_prior_seed7 = to_numpy(
+        transformer.sample(3, temperature=1.0, seed=7, labels=transformer_labels)
+    )
+    if "transformer" not in s.errors:
+        served_codes = s.outputs("transformer.seed7")["codes"]
+        s.expected["transformer.seed7"] = {"images": vqvae.decode(served_codes)}
     return s
 
 
@@ -434,6 +464,24 @@ class TestServedSignatures:
         assert len(innermost) < len(loops), "no loop over pixels inside a loop over rows"
         assert innermost and all("MatMul" in ops for ops in innermost), innermost
         assert not any(op.startswith("Conv") for ops in innermost for op in ops), innermost
+
+    def test_transformer_generator_draws_what_its_cached_sampler_draws(self, served):
+        # Any backend: the served codes for seed 7 are the transformer's own cached sampler
+        # on the same noise, and one full forward pass per position agrees.
+        codes = served.outputs("transformer.seed7")["codes"]
+        assert codes.shape == (3, 4, 4) and len(np.unique(codes)) > 2
+        np.testing.assert_array_equal(codes, served.transformer_fast_seed7)
+        np.testing.assert_array_equal(codes, served.transformer_reference_seed7)
+        np.testing.assert_array_equal(served.outputs("transformer.seed7_again")["codes"], codes)
+        assert_outputs_match(served, "transformer.seed7")
+        if keras.backend.backend() == "tensorflow":  # the same RNG as prior.sample(seed=7)
+            np.testing.assert_array_equal(codes, served.transformer_prior_seed7)
+        fresh = served.outputs("transformer.fresh")["codes"]
+        assert fresh.shape == (2, 4, 4) and fresh.min() >= 0 and fresh.max() < K
+
+    def test_transformer_generator_rejects_out_of_range_labels(self, served):
+        error = served.result("transformer.bad_labels")["error"]
+        assert error is not None and "`labels` must lie in [0, 2] (num_classes=3)" in error
 
     def test_generator_serving_default_is_sample(self, served):
         assert signature_keys(served, "generator.default") == (

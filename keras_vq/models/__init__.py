@@ -1,7 +1,8 @@
 """keras_vq models."""
 
 from keras_vq.models.pixelcnn import PixelCNNPrior, generate
+from keras_vq.models.transformer import TransformerPrior
 from keras_vq.models.vae import VAE
 from keras_vq.models.vqvae import VQVAE
 
-__all__ = ["VAE", "VQVAE", "PixelCNNPrior", "generate"]
+__all__ = ["VAE", "VQVAE", "PixelCNNPrior", "TransformerPrior", "generate"]

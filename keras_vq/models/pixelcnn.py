@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_vq import _validation
-from keras_vq.backend import TrainStepMixin, compile_function, inference
-from keras_vq.backend.checks import checked_indices
+from keras_vq.backend import TrainStepMixin, inference
 from keras_vq.layers.pixelcnn import GatedPixelCNNBlock, dense_weights
-from keras_vq.losses import categorical_cross_entropy
-from keras_vq.metrics import bits_per_dim
-
-# Gumbel noise is -log(-log(u)); u in [tiny, 1) keeps it finite, so 0 · noise is exactly 0.
-_TINY = float(np.finfo("float32").tiny)
-
-
-class _SamplerCache:
-    fn: Callable | None = None
-    variables: list = ()
+from keras_vq.models._prior import (  # _TINY: tests import the noise floor from here
+    _TINY,  # noqa: F401
+    PriorMixin,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
-class PixelCNNPrior(TrainStepMixin, keras.Model):
+class PixelCNNPrior(PriorMixin, TrainStepMixin, keras.Model):
     """Autoregressive prior ``p(c) = Π_i p(c_i | c_<i)`` over ``(h, w)`` maps of K codes.
 
     Codes are embedded (``Embedding(K, filters)``), passed through ``num_layers`` gated
@@ -67,6 +59,8 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
         van den Oord, Vinyals, Kavukcuoglu. "Neural Discrete Representation Learning", 2017.
     """
 
+    _CONFIG_KEYS = ("num_layers", "filters", "kernel_size")
+
     def __init__(
         self,
         num_embeddings: int,
@@ -78,17 +72,10 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_embeddings = _validation.check_int("num_embeddings", num_embeddings, minimum=1)
-        if not isinstance(latent_shape, Sequence) or len(latent_shape) != 2:
-            raise ValueError(f"`latent_shape` must be a pair (h, w), got {latent_shape!r}.")
-        self.latent_shape = tuple(
-            _validation.check_int(f"latent_shape[{i}]", d, minimum=1)
-            for i, d in enumerate(latent_shape)
-        )
+        self._init_prior(num_embeddings, latent_shape, num_classes)
         self.num_layers = _validation.check_int("num_layers", num_layers, minimum=1)
         self.filters = _validation.check_int("filters", filters, minimum=1)
         self.kernel_size = _validation.check_odd_int("kernel_size", kernel_size, minimum=3)
-        self.num_classes = _validation.check_optional_int("num_classes", num_classes, minimum=1)
         sub = {"dtype": self.dtype_policy}
         self.embedding = keras.layers.Embedding(
             self.num_embeddings, self.filters, name="code_embedding", **sub
@@ -106,10 +93,6 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
         ]
         self.head_hidden = keras.layers.Conv2D(self.filters, 1, name="head_hidden", **sub)
         self.head_logits = keras.layers.Conv2D(self.num_embeddings, 1, name="head_logits", **sub)
-        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
-        self.bits_tracker = keras.metrics.Mean(name="bits_per_code")
-        # A plain holder: Keras would track (and, once built, refuse) a list of variables.
-        self._sampler = _SamplerCache()
         self.build()
 
     def build(self, input_shape=None):
@@ -129,43 +112,6 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
                 layer.build(shape)
         self.built = True
 
-    # --- inputs ---------------------------------------------------------------------------
-    def _check_codes(self, codes, name: str = "codes"):
-        shape = tuple(codes.shape)
-        if len(shape) != 3 or any(
-            got is not None and got != want for got, want in zip(shape[1:], self.latent_shape)
-        ):
-            raise ValueError(
-                f"`{name}` must have shape (batch, {self.latent_shape[0]}, "
-                f"{self.latent_shape[1]}) (latent_shape={self.latent_shape}), got shape {shape}."
-            )
-        return checked_indices(name, codes, self.num_embeddings)
-
-    def _check_labels(self, labels, name: str = "labels"):
-        shape = tuple(labels.shape)
-        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
-            raise ValueError(f"`{name}` must have shape (batch,) or (batch, 1), got {shape}.")
-        return checked_indices(name, labels, self.num_classes, "num_classes")
-
-    def _split_inputs(self, inputs):
-        """``codes`` or ``[codes, labels]`` → ``(codes, labels or None)``, validated."""
-        if self.num_classes is None:
-            if isinstance(inputs, list | tuple):
-                raise ValueError(
-                    "An unconditional PixelCNNPrior (num_classes=None) takes `codes` alone, "
-                    f"got a {type(inputs).__name__} of {len(inputs)} inputs."
-                )
-            codes, labels = inputs, None
-        else:
-            if not isinstance(inputs, list | tuple) or len(inputs) != 2:
-                raise ValueError(
-                    f"A class-conditional PixelCNNPrior (num_classes={self.num_classes}) takes "
-                    "`[codes, labels]`; `labels` are missing."
-                )
-            codes, labels = inputs
-            labels = self._check_labels(labels)
-        return self._check_codes(codes), labels
-
     # --- forward pass and loss --------------------------------------------------------------
     def _head(self, h):
         logits = self.head_logits(ops.relu(self.head_hidden(ops.relu(h))))
@@ -179,66 +125,7 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
             v, h = block([v, h] if labels is None else [v, h, labels])
         return self._head(h)
 
-    def _data_inputs(self, x, y=None):
-        """The model's inputs from ``fit`` data: codes, or ``[codes, labels]``."""
-        if self.num_classes is None:
-            return x
-        if isinstance(x, list | tuple):
-            return list(x)
-        if y is None:
-            raise ValueError(
-                f"A class-conditional PixelCNNPrior (num_classes={self.num_classes}) trains on "
-                "`(codes, labels)`; got codes without labels."
-            )
-        return [x, y]
-
-    def validate_batch(self, data) -> None:
-        x, y, _ = self._unpack(data)
-        self._split_inputs(self._data_inputs(x, y))
-
-    def step_loss(self, x, y=None, sample_weight=None, training=False):
-        inputs = self._data_inputs(x, y)
-        codes = inputs[0] if isinstance(inputs, list) else inputs
-        logits = self(inputs, training=training)
-        nll = ops.mean(categorical_cross_entropy(codes, logits), axis=(1, 2))  # (B,) nats/code
-        hits = ops.cast(ops.argmax(logits, axis=-1) == ops.cast(codes, "int32"), "float32")
-        accuracy = ops.mean(hits, axis=(1, 2))
-        if sample_weight is None:
-            loss = ops.mean(nll)
-        else:
-            sample_weight = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
-            loss = ops.sum(nll * sample_weight) / ops.maximum(ops.sum(sample_weight), 1e-12)
-        self.accuracy_tracker.update_state(accuracy, sample_weight=sample_weight)
-        self.bits_tracker.update_state(bits_per_dim(nll, 1), sample_weight=sample_weight)
-        return loss, logits
-
     # --- sampling ---------------------------------------------------------------------------
-    def _sampling_labels(self, labels, num_samples: int):
-        if self.num_classes is None:
-            if labels is not None:
-                raise ValueError(
-                    "`labels` must be None for an unconditional PixelCNNPrior "
-                    f"(num_classes=None), got {labels!r}."
-                )
-            return ops.zeros((num_samples,), "int32")
-        if labels is None:
-            raise ValueError(
-                f"`labels` are required to sample a class-conditional PixelCNNPrior "
-                f"(num_classes={self.num_classes})."
-            )
-        if isinstance(labels, int | np.integer):
-            labels = np.full((num_samples,), labels)
-        elif isinstance(labels, list | tuple):
-            labels = np.asarray(labels)
-        self._check_labels(labels)
-        labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
-        if labels.shape[0] != num_samples:
-            raise ValueError(
-                f"`labels` must have one entry per sample (num_samples={num_samples}), "
-                f"got {labels.shape[0]}."
-            )
-        return labels
-
     @inference
     def sample(
         self,
@@ -265,38 +152,7 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
         Returns:
             int32 backend tensor ``(B, h, w)``.
         """
-        num_samples = _validation.check_int("num_samples", num_samples, minimum=1)
-        temperature = _validation.check_float("temperature", temperature, minimum=0.0)
-        seed = _validation.check_seed("seed", seed)
-        labels = self._sampling_labels(labels, num_samples)
-        uniform = keras.random.uniform(
-            (num_samples, *self.latent_shape, self.num_embeddings),
-            minval=_TINY,
-            maxval=1.0,
-            dtype="float32",
-            seed=seed,
-        )
-        return self._sample_from_uniform(uniform, temperature, labels)
-
-    def _sample_from_uniform(self, uniform, temperature, labels):
-        """Sampler on given uniform noise ``(B, h, w, K)`` in (0, 1) and int32 labels ``(B,)``."""
-        cache = self._sampler
-        if cache.fn is None:
-            # Weights are arguments, not constants baked into the trace: the compiled loop
-            # stays valid when training continues.
-            cache.variables = list(self.variables)
-
-            def run(state, uniform, temperature, labels):
-                with keras.StatelessScope(state_mapping=list(zip(cache.variables, state))):
-                    return self._sample_loop(uniform, temperature, labels)
-
-            cache.fn = compile_function(run)
-        return cache.fn(
-            [v.value for v in cache.variables],
-            ops.convert_to_tensor(uniform, "float32"),
-            ops.convert_to_tensor(temperature, "float32"),
-            ops.convert_to_tensor(labels, "int32"),
-        )
+        return self._draw(num_samples, temperature, seed, labels)
 
     def _sample_loop(self, uniform, temperature, labels):
         batch = ops.shape(uniform)[0]  # a tensor in a graph with a dynamic batch (export)
@@ -376,30 +232,11 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
         codes, _, _ = ops.fori_loop(0, height, row, (codes, v_ins, offsets))
         return codes
 
-    # --- serialization ----------------------------------------------------------------------
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "num_embeddings": self.num_embeddings,
-                "latent_shape": list(self.latent_shape),
-                "num_layers": self.num_layers,
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "num_classes": self.num_classes,
-            }
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
 
 @inference
 def generate(
     vqvae,
-    prior: PixelCNNPrior,
+    prior: keras.Model,
     num_samples: int,
     temperature: float = 1.0,
     seed: int | None = None,
@@ -410,14 +247,21 @@ def generate(
     Args:
         vqvae: a model with ``decode(codes)`` (a :class:`VQVAE`), whose codebook size equals
             ``prior.num_embeddings``.
-        prior: the :class:`PixelCNNPrior` trained on ``vqvae``'s codes.
+        prior: the prior trained on ``vqvae``'s codes: a :class:`PixelCNNPrior` or a
+            :class:`~keras_vq.models.TransformerPrior` (any model with ``sample`` and
+            ``num_embeddings``).
         num_samples, temperature, seed, labels: as in :meth:`PixelCNNPrior.sample`.
 
     Returns:
         Decoded images ``(B, H, W, C)``.
     """
-    if not isinstance(prior, PixelCNNPrior):
-        raise TypeError(f"`prior` must be a PixelCNNPrior, got {type(prior).__name__}.")
+    if not callable(getattr(prior, "sample", None)) or not isinstance(
+        getattr(prior, "num_embeddings", None), int
+    ):
+        raise TypeError(
+            "`prior` must be a prior with `sample` and `num_embeddings` (PixelCNNPrior or "
+            f"TransformerPrior), got {type(prior).__name__}."
+        )
     if not callable(getattr(vqvae, "decode", None)):
         raise TypeError(f"`vqvae` must have a `decode(codes)` method, got {type(vqvae).__name__}.")
     codebook_size = getattr(vqvae, "num_embeddings", None)

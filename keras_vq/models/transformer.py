@@ -1,0 +1,314 @@
+"""Decoder-only transformer prior over VQ-VAE code maps, with a key/value-cached sampler."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+from keras import ops
+
+from keras_vq import _validation
+from keras_vq.backend import TrainStepMixin, inference
+from keras_vq.models._prior import PriorMixin
+
+# Masked attention scores: exp underflows to exactly 0 in float32, and no inf - inf NaNs.
+_MASKED = -1e9
+
+
+class _Block(keras.layers.Layer):
+    """Pre-norm decoder block: ``x + MHA(LN(x))``, then ``x + MLP(LN(x))`` (4× hidden, gelu).
+
+    ``call`` attends causally over a whole sequence; ``step`` advances one position with a
+    key/value cache. Both share every projection, so they compute the same function.
+    """
+
+    def __init__(self, hidden_dim: int, num_heads: int, dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim, self.num_heads = hidden_dim, num_heads
+        self.head_dim = hidden_dim // num_heads
+        sub = {"dtype": self.dtype_policy}
+        self.attention_norm = keras.layers.LayerNormalization(name="attention_norm", **sub)
+        self.query = keras.layers.Dense(hidden_dim, name="query", **sub)
+        self.key = keras.layers.Dense(hidden_dim, name="key", **sub)
+        self.value = keras.layers.Dense(hidden_dim, name="value", **sub)
+        self.attention_output = keras.layers.Dense(hidden_dim, name="attention_output", **sub)
+        self.mlp_norm = keras.layers.LayerNormalization(name="mlp_norm", **sub)
+        self.mlp_hidden = keras.layers.Dense(4 * hidden_dim, name="mlp_hidden", **sub)
+        self.mlp_output = keras.layers.Dense(hidden_dim, name="mlp_output", **sub)
+        self.dropout = keras.layers.Dropout(dropout, **sub)
+
+    def build(self, input_shape):
+        d = self.hidden_dim
+        for layer, width in [
+            (self.attention_norm, d),
+            (self.query, d),
+            (self.key, d),
+            (self.value, d),
+            (self.attention_output, d),
+            (self.mlp_norm, d),
+            (self.mlp_hidden, d),
+            (self.mlp_output, 4 * d),
+        ]:
+            if not layer.built:
+                layer.build((None, None, width))
+        self.built = True
+
+    def _heads(self, x):
+        """``(B, L, D)`` → ``(B, heads, L, head_dim)``."""
+        x = ops.reshape(x, (ops.shape(x)[0], -1, self.num_heads, self.head_dim))
+        return ops.transpose(x, (0, 2, 1, 3))
+
+    def _attend(self, q, k, v, mask):
+        """Softmax attention in float32 (bf16/fp16 scores lose the small differences)."""
+        scores = ops.matmul(ops.cast(q, "float32"), ops.cast(ops.swapaxes(k, -1, -2), "float32"))
+        scores = ops.where(mask, scores / math.sqrt(self.head_dim), _MASKED)
+        weights = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
+        out = ops.matmul(weights, ops.cast(v, self.compute_dtype))  # (B, heads, L, head_dim)
+        out = ops.transpose(out, (0, 2, 1, 3))
+        return ops.reshape(out, (ops.shape(out)[0], -1, self.hidden_dim))
+
+    def _finish(self, x, attended, training=None):
+        x = x + self.dropout(self.attention_output(attended), training=training)
+        hidden = ops.gelu(self.mlp_hidden(self.mlp_norm(x)))
+        return x + self.dropout(self.mlp_output(hidden), training=training)
+
+    def call(self, x, training=None):
+        h = self.attention_norm(x)
+        length = ops.shape(x)[1]
+        positions = ops.arange(length)
+        causal = positions[None, :] <= positions[:, None]  # (L, L): query row, key column
+        attended = self._attend(
+            self._heads(self.query(h)),
+            self._heads(self.key(h)),
+            self._heads(self.value(h)),
+            causal,
+        )
+        return self._finish(x, attended, training)
+
+    def step(self, x, t, keys, values):
+        """Position ``t`` of ``x`` ``(B, 1, D)`` given the caches ``(B, heads, T, head_dim)``
+        holding positions ``< t``; returns the output and the caches with position ``t``."""
+        h = self.attention_norm(x)
+        keys = ops.slice_update(keys, [0, 0, t, 0], ops.cast(self._heads(self.key(h)), keys.dtype))
+        values = ops.slice_update(
+            values, [0, 0, t, 0], ops.cast(self._heads(self.value(h)), values.dtype)
+        )
+        visible = ops.arange(ops.shape(keys)[2]) <= t  # later entries are stale zeros
+        attended = self._attend(self._heads(self.query(h)), keys, values, visible)
+        return self._finish(x, attended), keys, values
+
+
+@keras.saving.register_keras_serializable(package="keras_vq")
+class TransformerPrior(PriorMixin, TrainStepMixin, keras.Model):
+    """Autoregressive prior ``p(c) = Π_t p(c_t | c_<t)`` over ``(h, w)`` maps of K codes.
+
+    A decoder-only transformer over the raster order ``t = i·w + j``: the input at position
+    ``t`` is ``embed(c_{t-1}) + pos_t`` (a start token at ``t = 0``: the class embedding with
+    ``num_classes``, else a learnt vector), followed by ``num_layers`` pre-norm blocks
+    (``x + MHA(LN(x))`` with causal attention, ``x + MLP(LN(x))`` with a 4× gelu MLP), a final
+    LayerNorm and a Dense head to the logits of ``p(c_t | c_<t)``. The loss is the categorical
+    cross-entropy averaged over positions (nats per code).
+
+    ``fit`` data are code maps ``codes`` or, with ``num_classes``, ``(codes, labels)``; logs
+    ``loss`` (nats per code), ``accuracy`` and ``bits_per_code``, as :class:`PixelCNNPrior`.
+
+    Args:
+        num_embeddings: K, the number of codes.
+        latent_shape: ``(h, w)`` of the code maps.
+        num_layers: transformer blocks (≥ 1).
+        num_heads: attention heads; must divide ``hidden_dim``.
+        hidden_dim: width D of the embeddings and blocks.
+        num_classes: number of classes for class-conditional priors, or ``None``.
+        dropout: dropout rate in ``[0, 1)`` on the attention and MLP outputs while training.
+        **kwargs: ``keras.Model`` arguments (``name``, ``dtype``).
+
+    Call arguments:
+        inputs: int codes ``(B, h, w)``; with ``num_classes``, the list ``[codes, labels]``.
+
+    Returns:
+        float32 logits ``(B, h, w, num_embeddings)``; position t depends on codes ``< t`` only.
+
+    Example:
+        >>> prior = TransformerPrior(num_embeddings=64, latent_shape=(8, 8))
+        >>> prior.compile(optimizer="adam")
+        >>> prior.fit(codes, epochs=10)                       # codes: int (N, 8, 8)
+        >>> new_codes = prior.sample(16, seed=0, top_k=32)    # int32 (16, 8, 8)
+
+    Reference:
+        Vaswani et al. "Attention Is All You Need", 2017; Esser, Rombach, Ommer. "Taming
+        Transformers for High-Resolution Image Synthesis", 2021.
+    """
+
+    _CONFIG_KEYS = ("num_layers", "num_heads", "hidden_dim", "dropout")
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        latent_shape: Sequence[int],
+        num_layers: int = 4,
+        num_heads: int = 4,
+        hidden_dim: int = 128,
+        num_classes: int | None = None,
+        dropout: float = 0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self._init_prior(num_embeddings, latent_shape, num_classes)
+        self.num_layers = _validation.check_int("num_layers", num_layers, minimum=1)
+        self.num_heads = _validation.check_int("num_heads", num_heads, minimum=1)
+        self.hidden_dim = _validation.check_int("hidden_dim", hidden_dim, minimum=1)
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(
+                f"`hidden_dim` must be a multiple of `num_heads`, got hidden_dim={hidden_dim} "
+                f"and num_heads={num_heads}."
+            )
+        self.dropout = _validation.check_float("dropout", dropout, minimum=0.0)
+        if self.dropout >= 1.0:
+            raise ValueError(f"`dropout` must lie in [0, 1), got {dropout}.")
+        sub = {"dtype": self.dtype_policy}
+        d = self.hidden_dim
+        self.embedding = keras.layers.Embedding(
+            self.num_embeddings, d, name="code_embedding", **sub
+        )
+        self.class_embedding = (
+            None
+            if self.num_classes is None
+            else keras.layers.Embedding(self.num_classes, d, name="class_embedding", **sub)
+        )
+        self.blocks = [
+            _Block(d, self.num_heads, self.dropout, name=f"block_{i}", **sub)
+            for i in range(self.num_layers)
+        ]
+        self.final_norm = keras.layers.LayerNormalization(name="final_norm", **sub)
+        self.head = keras.layers.Dense(self.num_embeddings, name="head_logits", **sub)
+        self.build()
+
+    def build(self, input_shape=None):
+        d, length = self.hidden_dim, math.prod(self.latent_shape)
+        # Building twice (build_from_config after __init__) must not recreate weights.
+        if not self.embedding.built:
+            self.embedding.build((None, length))
+            self.position_embedding = self.add_weight(
+                shape=(length, d),
+                initializer=keras.initializers.RandomNormal(stddev=0.02),
+                name="position_embedding",
+            )
+            if self.class_embedding is None:
+                self.start = self.add_weight(
+                    shape=(d,),
+                    initializer=keras.initializers.RandomNormal(stddev=0.02),
+                    name="start",
+                )
+            else:
+                self.class_embedding.build((None,))
+            for block in self.blocks:
+                block.build((None, length, d))
+            self.final_norm.build((None, length, d))
+            self.head.build((None, length, d))
+        self.built = True
+
+    # --- forward pass -----------------------------------------------------------------------
+    def _start_tokens(self, labels, batch):
+        """The input at t = 0, ``(B, D)``: the class embedding, or the learnt start vector."""
+        if self.class_embedding is not None:
+            return self.class_embedding(ops.reshape(ops.cast(labels, "int32"), (-1,)))
+        start = ops.cast(self.start, self.compute_dtype)
+        return ops.broadcast_to(start[None, :], (batch, self.hidden_dim))
+
+    def _logits(self, x):
+        return ops.cast(self.head(self.final_norm(x)), "float32")
+
+    def call(self, inputs, training=None):
+        codes, labels = self._split_inputs(inputs)
+        return self._forward(codes, labels, training)
+
+    def _forward(self, codes, labels=None, training=None):
+        """``call`` without the input checks (their TF assertions do not compile with XLA)."""
+        batch = ops.shape(codes)[0]
+        length = math.prod(self.latent_shape)
+        embedded = self.embedding(ops.reshape(ops.cast(codes, "int32"), (batch, length)))
+        # Shift right: position t reads code t-1, so it never sees code t or later.
+        start = self._start_tokens(labels, batch)[:, None, :]
+        x = ops.concatenate([start, embedded[:, :-1]], axis=1)
+        x = x + ops.cast(self.position_embedding, self.compute_dtype)[None]
+        for block in self.blocks:
+            x = block(x, training=training)
+        return ops.reshape(self._logits(x), (batch, *self.latent_shape, self.num_embeddings))
+
+    # --- sampling ---------------------------------------------------------------------------
+    @inference
+    def sample(
+        self,
+        num_samples: int,
+        temperature: float = 1.0,
+        seed: int | None = None,
+        labels: Any = None,
+        top_k: int | None = None,
+    ):
+        """Draw code maps ``c ~ p(c)`` (or ``p(c | label)``) in raster order.
+
+        Position t takes ``argmax_k(logits_k + T · g_k)``, ``g`` Gumbel noise drawn up front
+        from ``seed``: a draw from ``softmax(logits / T)``, the same maps for the same seed;
+        ``T = 0`` is the greedy path. Each block keeps the keys and values of past positions
+        (preallocated ``(B, heads, h·w, head_dim)`` caches), so a position costs one token's
+        pass, in one compiled loop (XLA on TF and JAX; eager without autograd on torch).
+
+        Args:
+            num_samples: number of maps B ≥ 1.
+            temperature: T ≥ 0.
+            seed: non-negative int, or ``None`` for fresh randomness.
+            labels: with ``num_classes``: an int class for all samples or int ``(B,)``.
+            top_k: keep only the k largest logits at each position (1 ≤ k ≤ K), or ``None``.
+
+        Returns:
+            int32 backend tensor ``(B, h, w)``.
+        """
+        if top_k is not None:
+            top_k = _validation.check_int("top_k", top_k, minimum=1)
+            if top_k > self.num_embeddings:
+                raise ValueError(
+                    f"`top_k` must be at most num_embeddings={self.num_embeddings}, got {top_k}."
+                )
+            if top_k == self.num_embeddings:
+                top_k = None  # nothing to mask: one compiled sampler less
+        return self._draw(num_samples, temperature, seed, labels, top_k=top_k)
+
+    def _sample_loop(self, uniform, temperature, labels, top_k: int | None = None):
+        """The cached sampler on uniform noise ``(B, h, w, K)``; ``top_k`` static."""
+        batch = ops.shape(uniform)[0]  # a tensor in a graph with a dynamic batch (export)
+        height, width = self.latent_shape
+        length, k, dtype = height * width, self.num_embeddings, self.compute_dtype
+        noise = ops.reshape(temperature * -ops.log(-ops.log(uniform)), (batch, length, k))
+        positions = ops.cast(self.position_embedding, dtype)
+        head_dim = self.hidden_dim // self.num_heads
+        cache_shape = (batch, self.num_heads, length, head_dim)
+
+        def position(t, carry):
+            codes, token, caches = carry
+            x = token + ops.slice(positions, [t, 0], [1, self.hidden_dim])[None]  # (B, 1, D)
+            new_caches = []
+            for block, (keys, values) in zip(self.blocks, caches):
+                x, keys, values = block.step(x, t, keys, values)
+                new_caches.append((keys, values))
+            logits = ops.reshape(self._logits(x), (batch, k))
+            if top_k is not None:
+                kth = ops.top_k(logits, top_k, sorted=True)[0][:, -1:]
+                logits = ops.where(logits >= kth, logits, float("-inf"))
+            scores = logits + ops.reshape(ops.slice(noise, [0, t, 0], [batch, 1, k]), (batch, k))
+            code = ops.cast(ops.argmax(scores, axis=-1), "int32")
+            codes = ops.slice_update(codes, [0, t], ops.reshape(code, (batch, 1)))
+            token = ops.reshape(self.embedding(code), (batch, 1, self.hidden_dim))
+            return codes, token, new_caches
+
+        token = ops.reshape(self._start_tokens(labels, batch), (batch, 1, self.hidden_dim))
+        caches = [
+            (ops.zeros(cache_shape, dtype), ops.zeros(cache_shape, dtype)) for _ in self.blocks
+        ]
+        codes = ops.zeros((batch, length), "int32")
+        codes, _, _ = ops.fori_loop(0, length, position, (codes, token, caches))
+        return ops.reshape(codes, (batch, height, width))
+
+
+__all__ = ["TransformerPrior"]
