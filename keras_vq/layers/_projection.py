@@ -11,13 +11,25 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_vq.layers._quantizer import (
+    built_input,
+    check_decode_input,
+    check_last_axis,
+    quantizer_output_spec,
+)
+
+__all__ = ["ProjectionMixin", "quantizer_output_spec"]
+
 
 class ProjectionMixin:
     """Dense in/out projections around a quantizer of ``code_dim`` channels.
 
-    The subclass sets ``self.code_dim`` before ``build`` and calls ``_build_projections`` from
-    its ``build``. ``project_in`` is float32 under every dtype policy: the codes are decided
-    from its output, and a bfloat16 projection would flip codes near a decision boundary.
+    The subclass calls ``_init_projections(code_dim)`` from ``__init__`` and defines
+    ``codebook_size``, ``_encode_projected`` and ``_decode_codes``; the mixin supplies
+    ``build``, ``encode``, ``decode`` and the output shape and spec.
+
+    ``project_in`` is float32 under every dtype policy: the codes are decided from its output,
+    and a bfloat16 projection would flip codes near a decision boundary.
     ``project_out`` follows the layer's dtype policy (it changes values, never codes).
     """
 
@@ -25,6 +37,15 @@ class ProjectionMixin:
     input_dim: int | None
     project_in: keras.layers.Dense | None
     project_out: keras.layers.Dense | None
+
+    def _init_projections(self, code_dim: int) -> None:
+        """Called from ``__init__``: ``code_dim`` channels, projections decided at build."""
+        self.code_dim = code_dim
+        self.input_dim = None
+        self.project_in = self.project_out = None
+
+    def build(self, input_shape):
+        self._build_projections(input_shape)
 
     def _build_projections(self, input_shape) -> None:
         dim = input_shape[-1] if len(input_shape) else None
@@ -44,11 +65,12 @@ class ProjectionMixin:
             self.project_out.build((None, self.code_dim))
 
     def _check_last_axis(self, shape, name: str = "inputs") -> None:
-        if len(shape) < 1 or (shape[-1] is not None and shape[-1] != self.input_dim):
-            raise ValueError(
-                f"`{name}` must have last axis {self.input_dim} (the axis this "
-                f"{type(self).__name__} was built for), got shape {tuple(shape)}."
-            )
+        check_last_axis(
+            shape,
+            self.input_dim,
+            name,
+            f"{self.input_dim} (the axis this {type(self).__name__} was built for)",
+        )
 
     def _project_in(self, inputs):
         """``inputs`` → float32 ``(..., code_dim)``."""
@@ -61,12 +83,40 @@ class ProjectionMixin:
         out = codes if self.project_out is None else self.project_out(codes)
         return ops.cast(out, dtype)
 
+    def _encode_projected(self, z):
+        """int32 indices ``(...)`` of float32 ``z`` ``(..., code_dim)``; set by the subclass."""
+        raise NotImplementedError
 
-def quantizer_output_spec(inputs, return_indices: bool, return_loss: bool):
-    """The ``compute_output_spec`` of a quantizer: outputs, int32 indices, float32 loss."""
-    outputs = [keras.KerasTensor(inputs.shape, dtype=inputs.dtype)]
-    if return_indices:
-        outputs.append(keras.KerasTensor(inputs.shape[:-1], dtype="int32"))
-    if return_loss:
-        outputs.append(keras.KerasTensor((), dtype="float32"))
-    return tuple(outputs) if len(outputs) > 1 else outputs[0]
+    def _decode_codes(self, indices):
+        """float32 codes ``(..., code_dim)`` of checked ``indices``; set by the subclass."""
+        raise NotImplementedError
+
+    def encode(self, inputs):
+        """Code indices, int32 of shape ``inputs.shape[:-1]``.
+
+        Args:
+            inputs: float tensor ``(..., D)``.
+        """
+        inputs = built_input(self, inputs)
+        return self._encode_projected(self._project_in(inputs))
+
+    def decode(self, indices):
+        """Code vectors for ``indices``: float32 of shape ``indices.shape + (D,)``.
+
+        Args:
+            indices: integer tensor with values in ``[0, codebook_size)``.
+
+        Raises:
+            TypeError: for a non-integer dtype. ValueError: for out-of-range values, or when
+                the layer is not built (``D`` unknown).
+        """
+        check_decode_input(
+            self, f"{type(self).__name__}.decode", indices, self.codebook_size, "codebook_size"
+        )
+        return self._project_out(self._decode_codes(indices), "float32")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def compute_output_spec(self, inputs, training=None, return_indices=False, return_loss=False):
+        return quantizer_output_spec(inputs, return_indices, return_loss)

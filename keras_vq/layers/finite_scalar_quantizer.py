@@ -9,7 +9,7 @@ import numpy as np
 from keras import ops
 
 from keras_vq import _validation
-from keras_vq.layers._projection import ProjectionMixin, quantizer_output_spec
+from keras_vq.layers._projection import ProjectionMixin
 
 # Half-widths are stretched by (1 + ε) so that tanh's open range still reaches the outer levels.
 BOUND_EPSILON = 1e-3
@@ -116,9 +116,7 @@ class FiniteScalarQuantizer(ProjectionMixin, keras.layers.Layer):
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.levels = check_levels(levels)
-        self.code_dim = len(self.levels)
-        self.input_dim = None
-        self.project_in = self.project_out = None
+        self._init_projections(len(self.levels))
         half_l, offset, shift = bound_constants(self.levels)
         self._bound = (shift, half_l, offset)
         self._half_width = np.asarray([level // 2 for level in self.levels], dtype=np.int32)
@@ -129,9 +127,6 @@ class FiniteScalarQuantizer(ProjectionMixin, keras.layers.Layer):
     def codebook_size(self) -> int:
         """Number of codes, ``Π_i L_i``."""
         return int(np.prod(self.levels))
-
-    def build(self, input_shape):
-        self._build_projections(input_shape)
 
     def _rounded_levels(self, z):
         """``round(f(z))`` as float32 integers, with the gradient of ``f(z)``."""
@@ -157,16 +152,8 @@ class FiniteScalarQuantizer(ProjectionMixin, keras.layers.Layer):
             extras.append(ops.zeros((), "float32"))
         return (outputs, *extras) if extras else outputs
 
-    def encode(self, inputs):
-        """Code indices, int32 of shape ``inputs.shape[:-1]``.
-
-        Args:
-            inputs: float tensor ``(..., D)``.
-        """
-        inputs = ops.convert_to_tensor(inputs)
-        if not self.built:
-            self.build(inputs.shape)
-        return self._indices(self._rounded_levels(ops.stop_gradient(self._project_in(inputs))))
+    def _encode_projected(self, z):
+        return self._indices(self._rounded_levels(ops.stop_gradient(z)))
 
     def level_indices(self, indices):
         """Per-channel levels ``q_i = (k // Π_{j<i} L_j) mod L_i``, int32 ``(..., d)``.
@@ -177,30 +164,9 @@ class FiniteScalarQuantizer(ProjectionMixin, keras.layers.Layer):
         indices = ops.cast(indices, "int32")[..., None]
         return ops.mod(ops.floor_divide(indices, self._basis), np.asarray(self.levels, "int32"))
 
-    def decode(self, indices):
-        """Code vectors for ``indices``: float32 of shape ``indices.shape + (D,)``.
-
-        Args:
-            indices: integer tensor with values in ``[0, codebook_size)``.
-
-        Raises:
-            TypeError: for a non-integer dtype. ValueError: for out-of-range values, or when
-                the layer is not built (``D`` unknown).
-        """
-        if not self.built:
-            raise ValueError(
-                "FiniteScalarQuantizer.decode needs a built layer (call it once first)."
-            )
-        _validation.check_integer_codes("indices", indices, self.codebook_size, "codebook_size")
+    def _decode_codes(self, indices):
         levels = ops.subtract(self.level_indices(indices), self._half_width)
-        codes = ops.divide(ops.cast(levels, "float32"), ops.cast(self._half_width, "float32"))
-        return self._project_out(codes, "float32")
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def compute_output_spec(self, inputs, training=None, return_indices=False, return_loss=False):
-        return quantizer_output_spec(inputs, return_indices, return_loss)
+        return ops.divide(ops.cast(levels, "float32"), ops.cast(self._half_width, "float32"))
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -9,7 +9,8 @@ import numpy as np
 from keras import ops
 
 from keras_vq import _validation
-from keras_vq.layers._projection import ProjectionMixin, quantizer_output_spec
+from keras_vq.layers._projection import ProjectionMixin
+from keras_vq.layers._quantizer import config_entries
 
 # Probabilities are clamped to this inside the entropy's log (as vector-quantize-pytorch does).
 ENTROPY_EPSILON = 1e-5
@@ -18,6 +19,16 @@ CHUNK_ENTRIES = 2**22
 # The entropy penalty enumerates all 2^k codes; beyond this it is not practical.
 MAX_ENTROPY_BITS = 20
 MAX_BITS = 30
+# The constructor arguments get_config lists, in its order.
+CONFIG_KEYS = (
+    "num_bits",
+    "codebook_size",
+    "entropy_loss_weight",
+    "commitment_weight",
+    "diversity_gamma",
+    "temperature",
+    "chunk_size",
+)
 
 
 def bit_weights(num_bits: int) -> np.ndarray:
@@ -64,6 +75,13 @@ def _row_blocks(x, rows: int):
     return blocks, ops.cast(valid, "float32"), num_blocks
 
 
+def _blocked_inputs(x, chunk_size: int | None):
+    """Stopped float32 ``x``, its ``k``, the rows per block and the ``(2^k, k)`` sign codes."""
+    x = ops.stop_gradient(ops.cast(x, "float32"))
+    num_bits = int(x.shape[1])
+    return x, num_bits, chunk_size or default_chunk_size(num_bits), code_signs(num_bits)
+
+
 def entropy_terms(x, inv_temperature: float = 100.0, chunk_size: int | None = None):
     """Per-sample and batch entropy of the soft code assignment (values, no gradient).
 
@@ -76,10 +94,7 @@ def entropy_terms(x, inv_temperature: float = 100.0, chunk_size: int | None = No
         inv_temperature: ``1 / T``.
         chunk_size: rows per block; ``None`` for ``default_chunk_size(k)``.
     """
-    x = ops.stop_gradient(ops.cast(x, "float32"))
-    num_bits = int(x.shape[1])
-    rows = chunk_size or default_chunk_size(num_bits)
-    signs = code_signs(num_bits)
+    x, num_bits, rows, signs = _blocked_inputs(x, chunk_size)
     num_rows = x.shape[0]
     if num_rows == 0:
         zero = ops.zeros((), "float32")
@@ -117,10 +132,7 @@ def entropy_penalty_gradient(
         inv_temperature: ``1 / T``.
         chunk_size: rows per block; ``None`` for ``default_chunk_size(k)``.
     """
-    x = ops.stop_gradient(ops.cast(x, "float32"))
-    num_bits = int(x.shape[1])
-    rows = chunk_size or default_chunk_size(num_bits)
-    signs = code_signs(num_bits)
+    x, num_bits, rows, signs = _blocked_inputs(x, chunk_size)
     scale = 2.0 * inv_temperature / ops.cast(ops.maximum(ops.shape(x)[0], 1), "float32")
     batch_term = diversity_gamma * _entropy_derivative(ops.stop_gradient(mean_prob))
 
@@ -280,9 +292,7 @@ class LookupFreeQuantizer(ProjectionMixin, keras.layers.Layer):
             if chunk_size is None
             else _validation.check_int("chunk_size", chunk_size, minimum=1)
         )
-        self.code_dim = self.num_bits
-        self.input_dim = None
-        self.project_in = self.project_out = None
+        self._init_projections(self.num_bits)
 
     @property
     def codebook_size(self) -> int:
@@ -293,9 +303,6 @@ class LookupFreeQuantizer(ProjectionMixin, keras.layers.Layer):
     def rows_per_chunk(self) -> int:
         """Rows of the soft assignment computed at once."""
         return self.chunk_size or default_chunk_size(self.num_bits)
-
-    def build(self, input_shape):
-        self._build_projections(input_shape)
 
     def _indices(self, x):
         positive = ops.cast(ops.stop_gradient(x) > 0, "int32")
@@ -333,51 +340,15 @@ class LookupFreeQuantizer(ProjectionMixin, keras.layers.Layer):
             extras.append(loss)
         return (outputs, *extras) if extras else outputs
 
-    def encode(self, inputs):
-        """Code indices, int32 of shape ``inputs.shape[:-1]``.
+    def _encode_projected(self, z):
+        return self._indices(z)
 
-        Args:
-            inputs: float tensor ``(..., D)``.
-        """
-        inputs = ops.convert_to_tensor(inputs)
-        if not self.built:
-            self.build(inputs.shape)
-        return self._indices(self._project_in(inputs))
-
-    def decode(self, indices):
-        """Code vectors for ``indices``: float32 of shape ``indices.shape + (D,)``.
-
-        Args:
-            indices: integer tensor with values in ``[0, codebook_size)``.
-
-        Raises:
-            TypeError: for a non-integer dtype. ValueError: for out-of-range values, or when
-                the layer is not built (``D`` unknown).
-        """
-        if not self.built:
-            raise ValueError(
-                "LookupFreeQuantizer.decode needs a built layer (call it once first)."
-            )
-        _validation.check_integer_codes("indices", indices, self.codebook_size, "codebook_size")
+    def _decode_codes(self, indices):
         indices = ops.cast(indices, "int32")[..., None]
         bits = ops.mod(ops.floor_divide(indices, bit_weights(self.num_bits)), 2)
-        return self._project_out(ops.cast(bits, "float32") * 2.0 - 1.0, "float32")
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def compute_output_spec(self, inputs, training=None, return_indices=False, return_loss=False):
-        return quantizer_output_spec(inputs, return_indices, return_loss)
+        return ops.cast(bits, "float32") * 2.0 - 1.0
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(
-            num_bits=self.num_bits,
-            codebook_size=self.codebook_size,
-            entropy_loss_weight=self.entropy_loss_weight,
-            commitment_weight=self.commitment_weight,
-            diversity_gamma=self.diversity_gamma,
-            temperature=self.temperature,
-            chunk_size=self.chunk_size,
-        )
+        config.update(config_entries(self, CONFIG_KEYS))
         return config

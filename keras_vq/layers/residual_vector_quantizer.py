@@ -9,26 +9,30 @@ from keras import ops
 
 from keras_vq import _validation
 from keras_vq.backend import distribute as _distribute
+from keras_vq.layers import _quantizer, vector_quantizer
 from keras_vq.layers._seed_state import SeedStateMixin
 from keras_vq.layers.vector_quantizer import VectorQuantizer, check_bool, rotation_trick
 
+# The RVQ's own constructor arguments get_config lists, in its order.
+CONFIG_KEYS = (
+    "num_quantizers",
+    "num_embeddings",
+    "embedding_dim",
+    "shared_codebook",
+    "quantize_dropout",
+    "seed",
+)
 # VectorQuantizer arguments a stage takes; the rest of **kwargs go to keras.layers.Layer.
-STAGE_OPTIONS = (
-    "beta",
-    "ema_decay",
-    "epsilon",
-    "dead_code_threshold",
-    "chunk_size",
-    "codebook_initializer",
-    "kmeans_init",
-    "distance",
-    "codebook_dim",
-    "gradient",
+# They are the VectorQuantizer's config entries but those the RVQ sets for every stage itself.
+STAGE_OPTIONS = tuple(
+    key
+    for key in vector_quantizer.CONFIG_KEYS
+    if key not in ("num_embeddings", "embedding_dim", "seed")
 )
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
-class ResidualVectorQuantizer(SeedStateMixin, keras.layers.Layer):
+class ResidualVectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers.Layer):
     """Residual vector quantiser (RVQ): stage s quantizes the residual of stages < s.
 
     With ``r_0 = z`` and ``VQ_s`` the s-th :class:`VectorQuantizer`,
@@ -149,28 +153,12 @@ class ResidualVectorQuantizer(SeedStateMixin, keras.layers.Layer):
         return self.quantizers[0 if self.shared_codebook else stage]
 
     def build(self, input_shape):
-        dim = input_shape[-1]
-        if dim is None:
-            raise ValueError(
-                "ResidualVectorQuantizer needs a known last axis (embedding_dim) at build."
-            )
-        if self.embedding_dim is None:
-            self.embedding_dim = int(dim)
-        self._check_last_axis(input_shape)
+        self._build_embedding_dim(input_shape, "ResidualVectorQuantizer")
         for quantizer in self.quantizers:
             quantizer.build((None, self.embedding_dim))
 
-    def _check_last_axis(self, shape, name: str = "inputs") -> None:
-        if len(shape) < 1 or (shape[-1] is not None and shape[-1] != self.embedding_dim):
-            raise ValueError(
-                f"`{name}` must have last axis embedding_dim={self.embedding_dim}, "
-                f"got shape {tuple(shape)}."
-            )
-
     def _flatten(self, inputs):
-        if self.embedding_dim is not None:
-            self._check_last_axis(inputs.shape)
-        return ops.reshape(ops.cast(inputs, "float32"), (-1, self.embedding_dim))
+        return ops.reshape(self._float_inputs(inputs), (-1, self.embedding_dim))
 
     def _active_stages(self, training):
         """Stages used in this call: ``None`` for all, else an int32 scalar in ``1..S``."""
@@ -290,9 +278,7 @@ class ResidualVectorQuantizer(SeedStateMixin, keras.layers.Layer):
             num_stages: code with the first ``num_stages`` stages (all by default).
         """
         num_stages = self._check_num_stages(num_stages)
-        inputs = ops.convert_to_tensor(inputs)
-        if not self.built:
-            self.build(inputs.shape)
+        inputs = _quantizer.built_input(self, inputs)
         _, indices, _, _ = self._quantize(self._flatten(inputs), num_stages)
         return ops.reshape(ops.stack(indices, axis=-1), (*ops.shape(inputs)[:-1], num_stages))
 
@@ -308,10 +294,7 @@ class ResidualVectorQuantizer(SeedStateMixin, keras.layers.Layer):
             TypeError: non-integer indices. ValueError: out-of-range values, or a last axis or
             ``num_stages`` out of range.
         """
-        if not self.built:
-            raise ValueError(
-                "ResidualVectorQuantizer.decode needs a built layer (call it once first)."
-            )
+        _quantizer.require_built(self, "ResidualVectorQuantizer.decode")
         shape = tuple(getattr(indices, "shape", ()))
         if len(shape) < 1 or shape[-1] is None or not 1 <= shape[-1] <= self.num_quantizers:
             raise ValueError(
@@ -331,24 +314,12 @@ class ResidualVectorQuantizer(SeedStateMixin, keras.layers.Layer):
         return input_shape
 
     def compute_output_spec(self, inputs, training=None, return_indices=False, return_loss=False):
-        outputs = [keras.KerasTensor(inputs.shape, dtype=inputs.dtype)]
-        if return_indices:
-            shape = (*inputs.shape[:-1], self.num_quantizers)
-            outputs.append(keras.KerasTensor(shape, dtype="int32"))
-        if return_loss:
-            outputs.append(keras.KerasTensor((), dtype="float32"))
-        return tuple(outputs) if len(outputs) > 1 else outputs[0]
+        indices_shape = (*inputs.shape[:-1], self.num_quantizers)
+        return _quantizer.quantizer_output_spec(inputs, return_indices, return_loss, indices_shape)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         stage = self.quantizers[0].get_config()
-        config.update(
-            num_quantizers=self.num_quantizers,
-            num_embeddings=self.num_embeddings,
-            embedding_dim=self.embedding_dim,
-            shared_codebook=self.shared_codebook,
-            quantize_dropout=self.quantize_dropout,
-            seed=self.seed,
-        )
+        config.update(_quantizer.config_entries(self, CONFIG_KEYS))
         config.update({key: stage[key] for key in STAGE_OPTIONS})
         return config

@@ -12,7 +12,7 @@ from keras_vq import backend as vq_backend
 from keras_vq import losses as vq_losses
 from keras_vq import metrics as vq_metrics
 from keras_vq.backend import distribute as _distribute
-from keras_vq.layers import _codebook
+from keras_vq.layers import _codebook, _quantizer
 from keras_vq.layers._codebook import l2_normalize
 from keras_vq.layers._seed_state import SeedStateMixin
 
@@ -119,6 +119,22 @@ def rotation_trick(z, e, epsilon: float = 1e-6):
 
 DISTANCES = ("euclidean", "cosine")
 GRADIENTS = ("straight_through", "rotation")
+# The constructor arguments get_config lists, in its order (codebook_initializer serialized).
+CONFIG_KEYS = (
+    "num_embeddings",
+    "embedding_dim",
+    "beta",
+    "ema_decay",
+    "epsilon",
+    "dead_code_threshold",
+    "chunk_size",
+    "codebook_initializer",
+    "seed",
+    "kmeans_init",
+    "distance",
+    "codebook_dim",
+    "gradient",
+)
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -129,7 +145,7 @@ def check_bool(name: str, value: Any) -> bool:
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
-class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
+class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers.Layer):
     """Nearest-neighbour vector quantiser with a straight-through gradient.
 
     Each input vector ``z_e`` (the last axis, size D) is replaced by its nearest code
@@ -307,12 +323,7 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        dim = input_shape[-1]
-        if dim is None:
-            raise ValueError("VectorQuantizer needs a known last axis (embedding_dim) at build.")
-        if self.embedding_dim is None:
-            self.embedding_dim = int(dim)
-        self._check_last_axis(input_shape)
+        self._build_embedding_dim(input_shape, "VectorQuantizer")
         if self.codebook_dim is not None:
             # float32 whatever the policy: the projections are part of the quantizer's internals.
             self.project_in = keras.layers.Dense(
@@ -324,6 +335,18 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
             )
             self.project_out.build((None, self.codebook_dim))
         shape = (self.num_embeddings, self.code_dim)
+
+        def state(name, shape, initializer, dtype="float32"):
+            # Non-trainable float32 (or bool) state, never autocast.
+            return self.add_weight(
+                name=name,
+                shape=shape,
+                initializer=initializer,
+                dtype=dtype,
+                trainable=False,
+                autocast=False,
+            )
+
         self.codebook = self.add_weight(
             name="codebook",
             shape=shape,
@@ -333,67 +356,25 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
             autocast=False,
         )
         if self.tracks_usage:
-            self.ema_cluster_size = self.add_weight(
-                name="ema_cluster_size",
-                shape=(self.num_embeddings,),
-                initializer="ones",
-                dtype="float32",
-                trainable=False,
-                autocast=False,
-            )
+            self.ema_cluster_size = state("ema_cluster_size", (self.num_embeddings,), "ones")
         self.codebook_offset = None
         if (self.dead_code_threshold > 0 or self.kmeans_init) and not self.uses_ema:
             # Restarts and k-means initialisation of a trainable codebook, where JAX's
             # stateless training step keeps them (non-trainable state); folded into `codebook`
             # wherever assignments persist.
-            self.codebook_offset = self.add_weight(
-                name="codebook_offset",
-                shape=shape,
-                initializer="zeros",
-                dtype="float32",
-                trainable=False,
-                autocast=False,
-            )
+            self.codebook_offset = state("codebook_offset", shape, "zeros")
         if self.uses_ema:
             codebook = self.codebook
-            self.ema_sum = self.add_weight(
-                name="ema_sum",
-                shape=shape,
-                initializer=lambda shape, dtype=None: ops.copy(codebook.value),
-                dtype="float32",
-                trainable=False,
-                autocast=False,
+            self.ema_sum = state(
+                "ema_sum", shape, lambda shape, dtype=None: ops.copy(codebook.value)
             )
         self.initialized = None
         if self.kmeans_init:
-            self.initialized = self.add_weight(
-                name="initialized",
-                shape=(),
-                initializer="zeros",
-                dtype="bool",
-                trainable=False,
-                autocast=False,
-            )
-        self.perplexity = self.add_weight(
-            name="perplexity",
-            shape=(),
-            initializer="zeros",
-            dtype="float32",
-            trainable=False,
-            autocast=False,
-        )
-
-    def _check_last_axis(self, shape, name: str = "inputs") -> None:
-        if len(shape) < 1 or (shape[-1] is not None and shape[-1] != self.embedding_dim):
-            raise ValueError(
-                f"`{name}` must have last axis embedding_dim={self.embedding_dim}, "
-                f"got shape {tuple(shape)}."
-            )
+            self.initialized = state("initialized", (), "zeros", dtype="bool")
+        self.perplexity = state("perplexity", (), "zeros")
 
     def _flatten(self, inputs):
-        if self.embedding_dim is not None:
-            self._check_last_axis(inputs.shape)
-        z = ops.cast(inputs, "float32")
+        z = self._float_inputs(inputs)
         return z, ops.reshape(z, (-1, self.embedding_dim))
 
     @property
@@ -667,9 +648,7 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
         Args:
             inputs: float tensor ``(..., D)``.
         """
-        inputs = ops.convert_to_tensor(inputs)
-        if not self.built:
-            self.build(inputs.shape)
+        inputs = _quantizer.built_input(self, inputs)
         _, flat = self._flatten(inputs)
         indices, _ = self._lookup(self._to_code_space(flat), self.embeddings)
         return ops.reshape(indices, ops.shape(inputs)[:-1])
@@ -686,9 +665,9 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
         Raises:
             TypeError: for a non-integer dtype. ValueError: for out-of-range values.
         """
-        if not self.built:
-            raise ValueError("VectorQuantizer.decode needs a built layer (call it once first).")
-        _validation.check_integer_codes("indices", indices, self.num_embeddings)
+        _quantizer.check_decode_input(
+            self, "VectorQuantizer.decode", indices, self.num_embeddings, "num_embeddings"
+        )
         table = self._lookup_table(self.embeddings)
         return self._from_code_space(ops.take(table, ops.cast(indices, "int32"), axis=0))
 
@@ -696,30 +675,12 @@ class VectorQuantizer(SeedStateMixin, keras.layers.Layer):
         return input_shape
 
     def compute_output_spec(self, inputs, training=None, return_indices=False, return_loss=False):
-        outputs = [keras.KerasTensor(inputs.shape, dtype=inputs.dtype)]
-        if return_indices:
-            outputs.append(keras.KerasTensor(inputs.shape[:-1], dtype="int32"))
-        if return_loss:
-            outputs.append(keras.KerasTensor((), dtype="float32"))
-        return tuple(outputs) if len(outputs) > 1 else outputs[0]
+        return _quantizer.quantizer_output_spec(inputs, return_indices, return_loss)
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(
-            num_embeddings=self.num_embeddings,
-            embedding_dim=self.embedding_dim,
-            beta=self.beta,
-            ema_decay=self.ema_decay,
-            epsilon=self.epsilon,
-            dead_code_threshold=self.dead_code_threshold,
-            chunk_size=self.chunk_size,
-            codebook_initializer=keras.initializers.serialize(self.codebook_initializer),
-            seed=self.seed,
-            kmeans_init=self.kmeans_init,
-            distance=self.distance,
-            codebook_dim=self.codebook_dim,
-            gradient=self.gradient,
-        )
+        config.update(_quantizer.config_entries(self, CONFIG_KEYS))
+        config["codebook_initializer"] = keras.initializers.serialize(self.codebook_initializer)
         return config
 
 
