@@ -23,6 +23,19 @@ def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     return int(value)
 
 
+def check_odd_kernel_size(name: str, value: Any) -> int:
+    """An odd ``int`` >= 3 (a kernel with a centre), or raise naming ``name``."""
+    value = check_int(name, value, minimum=3)
+    if value % 2 == 0:
+        raise ValueError(f"`{name}` must be odd, got {value}.")
+    return value
+
+
+def check_optional_int(name: str, value: Any, *, minimum: int | None = None) -> int | None:
+    """``None``, or ``value`` checked by :func:`check_int`."""
+    return None if value is None else check_int(name, value, minimum=minimum)
+
+
 def check_float(
     name: str,
     value: Any,

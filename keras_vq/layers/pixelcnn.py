@@ -152,14 +152,8 @@ class GatedPixelCNNBlock(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.filters = _validation.check_int("filters", filters, minimum=1)
-        self.kernel_size = _validation.check_int("kernel_size", kernel_size, minimum=3)
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"`kernel_size` must be odd, got {kernel_size}.")
-        self.num_classes = (
-            None
-            if num_classes is None
-            else _validation.check_int("num_classes", num_classes, minimum=1)
-        )
+        self.kernel_size = _validation.check_odd_kernel_size("kernel_size", kernel_size)
+        self.num_classes = _validation.check_optional_int("num_classes", num_classes, minimum=1)
         self.mask_type = _validation.check_choice("mask_type", mask_type, _MASK_TYPES)
         n, k, f2 = self.kernel_size // 2, self.kernel_size, 2 * self.filters
         sub = {"dtype": self.dtype_policy}

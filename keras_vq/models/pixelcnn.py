@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -87,14 +88,8 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
         )
         self.num_layers = _validation.check_int("num_layers", num_layers, minimum=1)
         self.filters = _validation.check_int("filters", filters, minimum=1)
-        self.kernel_size = _validation.check_int("kernel_size", kernel_size, minimum=3)
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"`kernel_size` must be odd, got {kernel_size}.")
-        self.num_classes = (
-            None
-            if num_classes is None
-            else _validation.check_int("num_classes", num_classes, minimum=1)
-        )
+        self.kernel_size = _validation.check_odd_kernel_size("kernel_size", kernel_size)
+        self.num_classes = _validation.check_optional_int("num_classes", num_classes, minimum=1)
         sub = {"dtype": self.dtype_policy}
         self.embedding = keras.layers.Embedding(
             self.num_embeddings, self.filters, name="code_embedding", **sub
@@ -252,37 +247,64 @@ class PixelCNNPrior(TrainStepMixin, keras.Model):
         temperature: float = 1.0,
         seed: int | None = None,
         labels: Any = None,
+        batch_size: int | None = None,
     ):
         """Draw code maps ``c ~ p(c)`` (or ``p(c | label)``) in raster order.
 
         Position ``(i, j)`` takes ``argmax_k(logits_k + T · g_k)``, ``g`` Gumbel noise, i.e. a
-        draw from ``softmax(logits / T)``; ``T = 0`` is the greedy (argmax) path. All noise is
-        drawn up front from ``seed``, so one seed always gives the same maps. The loop over
-        positions runs in one compiled function (XLA on TF and JAX): the vertical stack is
+        draw from ``softmax(logits / T)``; ``T = 0`` is the greedy (argmax) path. All noise of a
+        call is drawn up front from ``seed``, so one seed always gives the same maps. The loop
+        over positions runs in one compiled function (XLA on TF and JAX): the vertical stack is
         advanced by one row per row and the horizontal stack by one pixel per pixel, so each
         position costs one pixel of each block.
+
+        ``batch_size`` bounds memory (the noise and the sampler's state grow with the maps
+        drawn at once). With ``c = min(batch_size, num_samples)`` the maps are drawn in
+        ``ceil(num_samples / c)`` calls of ``c`` maps: call ``i = 0, 1, ...`` is exactly
+        ``sample(c, temperature, seed + i, labels[i·c : (i+1)·c])`` (labels cycled past the
+        end; ``seed=None``: fresh noise for every call); the maps are concatenated and the
+        last call's surplus dropped. Every call has the same shape, so the sampler is
+        compiled once. Consequently ``batch_size >= num_samples`` (or ``None``) is one call,
+        and a given ``(seed, batch_size)`` always gives the same maps; a different
+        ``batch_size`` < ``num_samples`` draws other noise, so other maps.
 
         Args:
             num_samples: number of maps B ≥ 1.
             temperature: T ≥ 0.
             seed: non-negative int, or ``None`` for fresh randomness.
             labels: with ``num_classes``: an int class for all samples or int ``(B,)``.
+            batch_size: maps drawn per sampler call, ≥ 1; ``None``: all at once.
 
         Returns:
             int32 backend tensor ``(B, h, w)``.
         """
+        chunks = list(self._sample_chunks(num_samples, temperature, seed, labels, batch_size))
+        return _join_chunks(chunks, num_samples)
+
+    def _sample_chunks(self, num_samples, temperature, seed, labels, batch_size):
+        """Check :meth:`sample`'s arguments, then return an iterator over its calls' codes."""
         num_samples = _validation.check_int("num_samples", num_samples, minimum=1)
         temperature = _validation.check_float("temperature", temperature, minimum=0.0)
         seed = _validation.check_seed("seed", seed)
         labels = self._sampling_labels(labels, num_samples)
-        uniform = keras.random.uniform(
-            (num_samples, *self.latent_shape, self.num_embeddings),
-            minval=_TINY,
-            maxval=1.0,
-            dtype="float32",
-            seed=seed,
-        )
-        return self._sample_from_uniform(uniform, temperature, labels)
+        chunk = num_samples
+        if batch_size is not None:
+            chunk = min(_validation.check_int("batch_size", batch_size, minimum=1), num_samples)
+
+        def chunks():
+            for i in range(math.ceil(num_samples / chunk)):
+                positions = (i * chunk + np.arange(chunk)) % num_samples
+                uniform = keras.random.uniform(
+                    (chunk, *self.latent_shape, self.num_embeddings),
+                    minval=_TINY,
+                    maxval=1.0,
+                    dtype="float32",
+                    seed=None if seed is None else seed + i,
+                )
+                chunk_labels = ops.take(labels, positions, axis=0)
+                yield self._sample_from_uniform(uniform, temperature, chunk_labels)
+
+        return chunks()
 
     def _sample_from_uniform(self, uniform, temperature, labels):
         """Sampler on given uniform noise ``(B, h, w, K)`` in (0, 1) and int32 labels ``(B,)``."""
@@ -410,6 +432,7 @@ def generate(
     temperature: float = 1.0,
     seed: int | None = None,
     labels: Any = None,
+    batch_size: int | None = None,
 ):
     """Two-stage generation: ``codes ~ prior``, then ``images = vqvae.decode(codes)``.
 
@@ -418,6 +441,8 @@ def generate(
             ``prior.num_embeddings``.
         prior: the :class:`PixelCNNPrior` trained on ``vqvae``'s codes.
         num_samples, temperature, seed, labels: as in :meth:`PixelCNNPrior.sample`.
+        batch_size: maps sampled and decoded per call, ``None``: all at once. The codes are
+            those of ``prior.sample(..., batch_size=batch_size)`` (see there).
 
     Returns:
         Decoded images ``(B, H, W, C)``.
@@ -432,8 +457,17 @@ def generate(
             f"`vqvae` has num_embeddings={codebook_size} but `prior` models "
             f"num_embeddings={prior.num_embeddings} codes."
         )
-    codes = prior.sample(num_samples, temperature=temperature, seed=seed, labels=labels)
-    return vqvae.decode(codes)
+    chunks = prior._sample_chunks(num_samples, temperature, seed, labels, batch_size)
+    # Each call's maps are decoded at once, the surplus of the last one included, so that
+    # every decoder call has the same batch size.
+    return _join_chunks([vqvae.decode(codes) for codes in chunks], num_samples)
+
+
+def _join_chunks(chunks: list, num_samples: int):
+    """The first ``num_samples`` rows of the concatenated ``chunks``."""
+    if len(chunks) == 1 and chunks[0].shape[0] == num_samples:
+        return chunks[0]
+    return ops.concatenate(chunks, axis=0)[:num_samples]
 
 
 __all__ = ["PixelCNNPrior", "generate"]
