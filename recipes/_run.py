@@ -1,5 +1,5 @@
-"""Running a recipe: check --out, set Keras up from the flags, check the inputs, do the work,
-write metrics.json and DONE; training with a checkpoint to resume from.
+"""Running a recipe: check --out, set Keras up from the flags (quietly), check the inputs, do
+the work, write metrics.json and DONE.
 """
 
 from __future__ import annotations
@@ -42,9 +42,8 @@ def run_recipe(
 
     ``setup(args, run)`` checks every input (builds the models in ``run.scope()``, opens the
     data, loads model files) and returns keyword arguments for ``fn(args, run, **inputs)``,
-    which does the work. Nothing
-    is written under ``--out`` before ``setup`` returned, so a failed check leaves ``--out`` as
-    it was and the corrected command starts afresh.
+    which does the work. Nothing is written under ``--out`` before ``setup`` returned, so a
+    failed check leaves ``--out`` as it was and the corrected command starts afresh.
 
     Returns the exit status: 0, or 2 after printing ``error: ...`` for a :class:`RecipeError`.
     """

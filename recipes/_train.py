@@ -117,10 +117,10 @@ def fit_autoencoder(
     evaluated = evaluation.evaluate_reconstructions(model, data["eval_data"], verbose=args.verbose)
     if args.num_images:
         write_reconstructions(run.path("reconstructions.png"), model, shown[: args.num_images], 8)
-    return {**summary, **test_metrics(evaluated), "model": model_file}
+    return {**summary, **held_out_metrics(evaluated), "model": model_file}
 
 
-def test_metrics(evaluation: dict, prefix: str = "test") -> dict:
+def held_out_metrics(evaluation: dict, prefix: str = "test") -> dict:
     """metrics.json's names for ``keras_vq.evaluation.evaluate_reconstructions``' numbers."""
     names = {
         "reconstruction_mse": "reconstruction_mse",

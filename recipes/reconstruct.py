@@ -66,7 +66,7 @@ def reconstruct(args, run: Run, *, model, data) -> dict:
         "inputs|reconstructions",
         visualization.side_by_side(shown[:16], recon[:16]),
     )
-    metrics = _train.test_metrics(
+    metrics = _train.held_out_metrics(
         evaluation.evaluate_reconstructions(model, data, verbose=args.verbose),
         prefix=re.sub(r"\W+", "_", split).strip("_"),
     )

@@ -62,6 +62,15 @@ def test_codebook_usage_logs_the_usage_of_the_model_after_each_epoch(tmp_path):
         ],
     )
     assert checked == [0, 1]
+    # The last epoch's numbers are those of the trained model (JAX: its synced state).
+    final = numpy_usage(
+        np.concatenate([to_numpy(model.encode(x)) for x in (images[:16], images[16:])]),
+        K,
+        threshold=2,
+    )
+    np.testing.assert_allclose(
+        history.history["usage_perplexity"][-1], final["perplexity"], rtol=1e-5
+    )
     for key in ("usage_perplexity", "usage_used_codes", "usage_used_fraction"):
         assert len(history.history[key]) == 2
     assert 1 <= history.history["usage_used_codes"][-1] <= K

@@ -84,6 +84,21 @@ def train_on_maps(num_classes=None, steps=60):
     return prior, history
 
 
+class TinyVQVAE:
+    """A stand-in decoder: a random embedding of the codes, squashed; records batch sizes."""
+
+    num_embeddings = K
+
+    def __init__(self):
+        self.codebook = keras.layers.Embedding(K, 3)
+        self.codebook.build((None,))
+        self.decoded_batches = []
+
+    def decode(self, codes):
+        self.decoded_batches.append(int(codes.shape[0]))
+        return ops.sigmoid(self.codebook(codes))
+
+
 @pytest.fixture(scope="module")
 def prior():
     """An untrained prior shared by tests that leave its weights alone (one compiled sampler)."""
@@ -317,16 +332,6 @@ class TestPixelCNNPrior(TestCase):
             assert reference.requires_grad  # what the decorator turns off
 
     def test_generate_decodes_prior_samples(self, prior):
-        class TinyVQVAE:
-            num_embeddings = K
-
-            def __init__(self):
-                self.codebook = keras.layers.Embedding(K, 3)
-                self.codebook.build((None,))
-
-            def decode(self, codes):
-                return ops.sigmoid(self.codebook(codes))
-
         vqvae = TinyVQVAE()
         images = generate(vqvae, prior, B, temperature=0.5, seed=3)
         expected = vqvae.decode(prior.sample(B, temperature=0.5, seed=3))
@@ -433,22 +438,9 @@ class TestChunkedSampling(TestCase):
         np.testing.assert_array_equal(codes, expected[:6])
 
     def test_generate_decodes_each_call_at_its_full_size(self, prior):
-        decoded_batches = []
-
-        class TinyVQVAE:
-            num_embeddings = K
-
-            def __init__(self):
-                self.codebook = keras.layers.Embedding(K, 3)
-                self.codebook.build((None,))
-
-            def decode(self, codes):
-                decoded_batches.append(int(codes.shape[0]))
-                return ops.sigmoid(self.codebook(codes))
-
         vqvae = TinyVQVAE()
         images = generate(vqvae, prior, 6, temperature=1.0, seed=3, batch_size=B)
-        assert decoded_batches == [B, B], "every decoder call has the same batch size"
+        assert vqvae.decoded_batches == [B, B], "every decoder call has the same batch size"
         codes = prior.sample(6, temperature=1.0, seed=3, batch_size=B)
         assert tuple(images.shape) == (6, *SHAPE, 3)
         self.assertAllClose(images, vqvae.decode(codes), atol=1e-6)
