@@ -6,7 +6,16 @@ import importlib
 # the order that avoids a known crash when both live in one process.
 import keras  # noqa: F401
 
-from keras_vq import layers, losses, metrics, models, saving
+from keras_vq import (
+    callbacks,
+    evaluation,
+    layers,
+    losses,
+    metrics,
+    models,
+    saving,
+    visualization,
+)
 
 __version__ = "0.1.0"
 
@@ -27,4 +36,16 @@ def __dir__():
     return sorted([*globals(), *_LAZY_MODULES])
 
 
-__all__ = ["__version__", "data", "export", "layers", "losses", "metrics", "models", "saving"]
+__all__ = [
+    "__version__",
+    "callbacks",
+    "data",
+    "evaluation",
+    "export",
+    "layers",
+    "losses",
+    "metrics",
+    "models",
+    "saving",
+    "visualization",
+]

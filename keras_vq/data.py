@@ -23,8 +23,9 @@ import keras  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
+from keras_vq import _batches
 from keras_vq._validation import check_choice, check_int, check_seed
-from keras_vq.backend import to_numpy
+from keras_vq.backend import no_grad, to_numpy
 
 __all__ = [
     "BINARIZE_MODES",
@@ -34,6 +35,7 @@ __all__ = [
     "DatasetNotFoundError",
     "ImageDatasetInfo",
     "encode_dataset",
+    "first_images",
     "info",
     "load",
 ]
@@ -282,6 +284,7 @@ def encode_dataset(
     shuffle: bool = False,
     seed: int | None = None,
     drop_remainder: bool = False,
+    verbose: int = 0,
 ) -> tf.data.Dataset:
     """Encode an image dataset once into a dataset of int32 code maps, e.g. for a prior.
 
@@ -297,6 +300,7 @@ def encode_dataset(
         shuffle: shuffle the encoded examples every epoch.
         seed: shuffle seed.
         drop_remainder: drop the last short batch.
+        verbose: 0 silent, 1 a progress bar (one step per batch encoded).
 
     Returns:
         A prefetched ``tf.data.Dataset`` of int32 ``codes`` ``(B, h, w)`` or
@@ -322,6 +326,7 @@ def encode_dataset(
     if batch_size is not None:
         batch_size = check_int("batch_size", batch_size, minimum=1)
     seed = check_seed("seed", seed)
+    verbose = check_int("verbose", verbose, minimum=0)
 
     spec = dataset.element_spec
     has_labels = isinstance(spec, tuple)
@@ -342,9 +347,11 @@ def encode_dataset(
 
     codes_buffer = labels_buffer = None
     count = 0
-    for element in dataset.as_numpy_iterator():
+    bar = _batches.progress_bar(num_batches, verbose)
+    for step, element in enumerate(dataset.as_numpy_iterator(), start=1):
         images = element[0] if has_labels else element
-        codes = to_numpy(vqvae.encode(images))
+        with no_grad():
+            codes = to_numpy(vqvae.encode(images))
         if codes.ndim != 3 or codes.shape[0] != images.shape[0]:
             raise ValueError(
                 "`vqvae.encode(images)` must return codes of shape (batch, h, w) = "
@@ -368,6 +375,7 @@ def encode_dataset(
             labels_buffer = _reserve(labels_buffer, count + size)
             labels_buffer[count : count + size] = np.asarray(element[1]).astype(np.int32)
         count += size
+        bar.update(step)
     if codes_buffer is None:
         raise ValueError("`dataset` is empty; nothing to encode.")
 
@@ -378,6 +386,28 @@ def encode_dataset(
         ds = ds.shuffle(count, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def first_images(dataset: Any, count: int) -> np.ndarray:
+    """The first ``count`` images of ``dataset`` (fewer if it holds fewer), e.g. to show.
+
+    Args:
+        dataset: batches of ``images`` or ``(images, labels)``, as made by :func:`load`.
+        count: number of images, >= 0.
+
+    Returns:
+        float32 NumPy array ``(count, H, W, C)``; only the batches needed are read.
+    """
+    count = check_int("count", count, minimum=0)
+    chunks, total = [], 0
+    for images in _batches.image_batches(dataset):
+        chunks.append(images)
+        total += len(images)
+        if total >= count:
+            break
+    if not chunks:
+        raise ValueError("`dataset` is empty; it holds no images.")
+    return np.concatenate(chunks)[:count]
 
 
 # --------------------------------------------------------------------------- validation

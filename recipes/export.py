@@ -17,9 +17,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common
+import _run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,7 +58,7 @@ def main(argv=None) -> str:
     # Imported after parsing so that --help answers without loading Keras or TensorFlow.
     os.environ["KERAS_BACKEND"] = "tensorflow"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _common.import_keras()
+    _run.import_keras()
     import keras_vq
     from keras_vq.export import export_generator, export_saved_model
 

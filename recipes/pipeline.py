@@ -23,57 +23,56 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common
+import _flags
+import _inputs
+import _run
 import train_prior
 import train_vqvae
+from _rundir import Run, stage_args
 
 RECIPE = "pipeline"
 
 
 def build_parser():
-    parser = _common.new_parser(__doc__)
-    _common.add_data_args(parser)
-    _common.add_vqvae_args(parser)
-    _common.add_prior_args(parser)
+    parser = _flags.new_parser(__doc__)
+    _flags.add_data_args(parser)
+    _flags.add_vqvae_args(parser)
+    _flags.add_prior_args(parser)
     group = parser.add_argument_group("training (the VQ-VAE; --prior-* for the prior)")
-    group.add_argument("--epochs", type=_common.positive_int, default=15, help="VQ-VAE epochs")
-    group.add_argument(
-        "--prior-epochs", type=_common.positive_int, default=15, help="prior epochs"
-    )
-    group.add_argument("--batch-size", type=_common.positive_int, default=64, help="both stages")
+    group.add_argument("--epochs", type=_flags.positive_int, default=15, help="VQ-VAE epochs")
+    group.add_argument("--prior-epochs", type=_flags.positive_int, default=15, help="prior epochs")
+    group.add_argument("--batch-size", type=_flags.positive_int, default=64, help="both stages")
     group.add_argument("--learning-rate", type=float, default=1e-3, help="VQ-VAE (Adam)")
     group.add_argument("--prior-learning-rate", type=float, default=1e-3, help="prior (Adam)")
     group.add_argument(
         "--steps-per-epoch",
-        type=_common.positive_int,
+        type=_flags.positive_int,
         default=None,
         help="batches per epoch of both stages (unset: one pass); for short test runs",
     )
     group.add_argument(
         "--num-images",
-        type=_common.non_negative_int,
+        type=_flags.non_negative_int,
         default=32,
         help="test images in vqvae/reconstructions.png",
     )
-    _common.add_sampling_args(parser)
+    _flags.add_sampling_args(parser)
     group = parser.add_argument_group("export")
     group.add_argument(
         "--no-export", dest="export", action="store_false", help="skip the SavedModel export"
     )
-    _common.add_run_args(parser, out="runs/pipeline")
+    _flags.add_run_args(parser, out="runs/pipeline")
     return parser
 
 
 def vqvae_stage_args(args, out):
     """Stage 1's arguments: train_vqvae's flags taken from the pipeline's."""
-    return _common.stage_args(args, train_vqvae.build_parser(), out=out)
+    return stage_args(args, train_vqvae.build_parser(), out=out)
 
 
 def prior_stage_args(args, out, vqvae_path: str):
     """Stage 2's arguments: train_prior's flags, with the pipeline's --prior-* values."""
-    return _common.stage_args(
+    return stage_args(
         args,
         train_prior.build_parser(),
         out=out,
@@ -84,30 +83,30 @@ def prior_stage_args(args, out, vqvae_path: str):
     )
 
 
-def setup(args) -> dict:
+def setup(args, run: Run) -> dict:
     """Check both stages' inputs before the pipeline writes anything, so that a bad flag
     fails at once rather than after the VQ-VAE trained: the data, a VQ-VAE and a prior built
     from the flags (then thrown away) and --labels."""
     import keras
 
     out = Path(args.out)
-    vqvae = train_vqvae.setup(vqvae_stage_args(args, out / "vqvae"))["model"]
+    vqvae = train_vqvae.setup(vqvae_stage_args(args, out / "vqvae"), run)["model"]
     num_classes = None
     if args.conditional:
-        num_classes = _common.dataset_info(args).num_classes
+        num_classes = _inputs.dataset_info(args).num_classes
         if num_classes is None:
-            raise _common.RecipeError(f"--conditional: {args.dataset!r} has no class labels.")
+            raise _flags.RecipeError(f"--conditional: {args.dataset!r} has no class labels.")
     prior_args = prior_stage_args(args, out / "prior", str(out / "vqvae" / "vqvae.keras"))
-    train_prior.build_prior(prior_args, vqvae, num_classes)
+    train_prior.build_prior(prior_args, run, vqvae, num_classes)
     if args.num_samples:
-        _common.class_labels(args.labels, args.num_samples, num_classes)
+        _inputs.class_labels(args.labels, args.num_samples, num_classes)
     # The stages build their own models: start them from the random state a standalone
     # recipe starts from, as if these checks had not drawn any numbers.
     keras.utils.set_random_seed(args.seed)
     return {}
 
 
-def pipeline(args, run: _common.Run) -> dict:
+def pipeline(args, run: Run) -> dict:
     from keras_vq.export import export_generator, export_saved_model
 
     vqvae_args = vqvae_stage_args(args, run.path("vqvae"))
@@ -115,8 +114,8 @@ def pipeline(args, run: _common.Run) -> dict:
     vqvae_path = str(run.path("vqvae", train_vqvae.MODEL_FILE))
     prior_args = prior_stage_args(args, run.path("prior"), vqvae_path)
     prior_metrics = run.stage(train_prior.RECIPE, prior_args, train_prior.train, train_prior.setup)
-    vqvae = _common.load_model(vqvae_path, ("VQVAE",), "vqvae")
-    prior = _common.load_model(
+    vqvae = _inputs.load_model(vqvae_path, ("VQVAE",), "vqvae")
+    prior = _inputs.load_model(
         str(run.path("prior", train_prior.MODEL_FILE)), ("PixelCNNPrior",), "prior"
     )
     metrics = {
@@ -146,8 +145,7 @@ def pipeline(args, run: _common.Run) -> dict:
 
 
 def main(argv=None) -> int:
-    args = _common.parse_args(build_parser(), argv)
-    return _common.run_recipe(RECIPE, args, pipeline, setup)
+    return _run.main(RECIPE, build_parser(), pipeline, setup, argv)
 
 
 if __name__ == "__main__":

@@ -14,24 +14,25 @@ Examples:
 
 from __future__ import annotations
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common
+import _flags
+import _inputs
+import _run
+import train_prior
+from _rundir import Run
 
 RECIPE = "sample"
 
 
 def build_parser():
-    parser = _common.new_parser(__doc__)
+    parser = _flags.new_parser(__doc__)
     group = parser.add_argument_group("models (--vae, or --vqvae with --prior)")
     group.add_argument("--vae", default=None, help="trained VAE (.keras)")
     group.add_argument("--vqvae", default=None, help="trained VQ-VAE (.keras)")
     group.add_argument("--prior", default=None, help="PixelCNN prior of --vqvae (.keras)")
-    _common.add_sampling_args(parser)
-    _common.add_run_args(parser, out="runs/sample")
+    _flags.add_sampling_args(parser)
+    _flags.add_run_args(parser, out="runs/sample")
     return parser
 
 
@@ -46,44 +47,34 @@ def check_models(parser, args) -> None:
         parser.error("--labels needs --vqvae with a class-conditional --prior")
 
 
-def setup(args) -> dict:
+def setup(args, run: Run) -> dict:
     """Load the models and check they fit together and --labels; writes nothing."""
     if args.vae:
-        return {"vae": _common.load_model(args.vae, ("VAE",), "--vae")}
-    vqvae = _common.load_model(args.vqvae, ("VQVAE",), "--vqvae")
-    prior = _common.load_model(args.prior, ("PixelCNNPrior",), "--prior")
+        return {"vae": _inputs.load_model(args.vae, ("VAE",), "--vae")}
+    vqvae = _inputs.load_model(args.vqvae, ("VQVAE",), "--vqvae")
+    prior = _inputs.load_model(args.prior, ("PixelCNNPrior",), "--prior")
     if prior.num_embeddings != vqvae.num_embeddings or tuple(prior.latent_shape) != tuple(
         vqvae.latent_shape
     ):
-        raise _common.RecipeError(
+        raise _flags.RecipeError(
             f"--prior models {prior.num_embeddings} codes on a {prior.latent_shape} grid but "
             f"--vqvae has {vqvae.num_embeddings} codes on a {vqvae.latent_shape} grid."
         )
-    labels = _common.class_labels(args.labels, args.num_samples, prior.num_classes)
-    return {"vqvae": vqvae, "prior": prior, "labels": labels}
+    _inputs.class_labels(args.labels, args.num_samples, prior.num_classes)
+    return {"vqvae": vqvae, "prior": prior}
 
 
-def sample(args, run: _common.Run, *, vae=None, vqvae=None, prior=None, labels=None) -> dict:
+def sample(args, run: Run, *, vae=None, vqvae=None, prior=None) -> dict:
     """Draw the samples with the models :func:`setup` loaded; returns the metrics."""
+    from keras_vq import visualization
+    from keras_vq.backend import to_numpy
+
     if args.vae:
-        with _common.no_grad():
-            images = _common.to_numpy(vae.sample(args.num_samples, seed=args.seed))
-        ncols = None
+        images = to_numpy(vae.sample(args.num_samples, seed=args.seed))
+        visualization.save_image_grid(run.path("samples.png"), images)
+        visualization.write_tensorboard_images(run.log_dir / "images", "samples", images[:16])
     else:
-        images = _common.sample_prior_images(
-            vqvae,
-            prior,
-            args.num_samples,
-            temperature=args.temperature,
-            seed=args.seed,
-            labels=labels,
-            batch_size=args.sample_batch_size,
-            verbose=args.verbose,
-        )
-        cycled = labels is not None and args.labels in (None, "cycle")
-        ncols = prior.num_classes if cycled else None
-    _common.save_grid(run.path("samples.png"), images, ncols=ncols)
-    _common.write_tensorboard_images(run.log_dir, "samples", images[:16])
+        images = train_prior.write_samples(args, run, vqvae, prior, "samples.png")
     return {
         "num_samples": args.num_samples,
         "image_shape": list(images.shape[1:]),
@@ -94,9 +85,9 @@ def sample(args, run: _common.Run, *, vae=None, vqvae=None, prior=None, labels=N
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = _common.parse_args(parser, argv)
+    args = _flags.parse_args(parser, argv)
     check_models(parser, args)
-    return _common.run_recipe(RECIPE, args, sample, setup)
+    return _run.run_recipe(RECIPE, args, sample, setup)
 
 
 if __name__ == "__main__":

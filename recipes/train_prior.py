@@ -14,37 +14,35 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common
+import _flags
+import _inputs
+import _run
+import _train
+from _rundir import Run
 
 RECIPE = "train_prior"
 MODEL_FILE = "prior.keras"
 
 
 def build_parser():
-    parser = _common.new_parser(__doc__)
-    parser.add_argument(
-        "--vqvae", default="runs/train_vqvae/vqvae.keras", help="trained VQ-VAE (.keras)"
+    return _flags.training_parser(
+        __doc__,
+        "runs/train_prior",
+        _flags.add_prior_args,
+        _flags.add_sampling_args,
+        model_file=("--vqvae", "trained VQ-VAE (.keras)"),
     )
-    _common.add_data_args(parser, image_size=False)
-    _common.add_prior_args(parser)
-    _common.add_train_args(parser, epochs=20, batch_size=64, learning_rate=1e-3)
-    _common.add_sampling_args(parser)
-    _common.add_run_args(parser, out="runs/train_prior")
-    return parser
 
 
-def setup(args) -> dict:
+def setup(args, run: Run) -> dict:
     """Load the VQ-VAE, check the data and the sampling flags and build the prior (each a
     usage error if it fails); writes nothing."""
-    vqvae = _common.load_model(args.vqvae, ("VQVAE",), "--vqvae")
-    info = _common.dataset_info(args)
+    vqvae = _inputs.load_model(args.vqvae, ("VQVAE",), "--vqvae")
+    info = _inputs.dataset_info(args)
     if info.image_shape[-1] != vqvae.image_shape[-1]:
-        raise _common.RecipeError(
+        raise _flags.RecipeError(
             f"--vqvae {args.vqvae} takes {vqvae.image_shape[-1]}-channel images but "
             f"--dataset {args.dataset} has {info.image_shape[-1]} channels."
         )
@@ -52,11 +50,11 @@ def setup(args) -> dict:
     if args.conditional:
         num_classes = info.num_classes
         if num_classes is None:
-            raise _common.RecipeError(f"--conditional: {args.dataset!r} has no class labels.")
+            raise _flags.RecipeError(f"--conditional: {args.dataset!r} has no class labels.")
     size = tuple(vqvae.image_shape[:2])
 
     def images(split, **kwargs):
-        return _common.load_split(
+        return _inputs.load_split(
             args, split, image_size=size, shuffle=False, with_labels=args.conditional, **kwargs
         )
 
@@ -65,8 +63,8 @@ def setup(args) -> dict:
     # The training codes are batched with drop_remainder: --batch-size must not exceed the set.
     images("train", batch_size=args.batch_size, drop_remainder=True)
     if args.num_samples:
-        _common.class_labels(args.labels, args.num_samples, num_classes)
-    prior = build_prior(args, vqvae, num_classes)
+        _inputs.class_labels(args.labels, args.num_samples, num_classes)
+    prior = build_prior(args, run, vqvae, num_classes)
     return {
         "vqvae": vqvae,
         "prior": prior,
@@ -75,40 +73,34 @@ def setup(args) -> dict:
     }
 
 
-def build_prior(args, vqvae, num_classes: int | None):
+def build_prior(args, run: Run, vqvae, num_classes: int | None):
     """The compiled PixelCNN prior for ``vqvae``'s codes; bad flags are a usage error."""
-    import keras
+    from keras_vq.models import PixelCNNPrior
 
-    import keras_vq
-
-    with _common.strategy_scope():
-        try:
-            prior = keras_vq.models.PixelCNNPrior(
-                num_embeddings=vqvae.num_embeddings,
-                latent_shape=tuple(vqvae.latent_shape),
-                num_layers=args.num_layers,
-                filters=args.prior_filters,
-                kernel_size=args.kernel_size,
-                num_classes=num_classes,
-            )
-        except ValueError as error:
-            raise _common.RecipeError(str(error)) from None
-        prior.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
-    return prior
+    return _train.build_model(
+        run,
+        args.learning_rate,
+        lambda: PixelCNNPrior(
+            num_embeddings=vqvae.num_embeddings,
+            latent_shape=tuple(vqvae.latent_shape),
+            num_layers=args.num_layers,
+            filters=args.prior_filters,
+            kernel_size=args.kernel_size,
+            num_classes=num_classes,
+        ),
+    )
 
 
-def train(args, run: _common.Run, *, vqvae, prior, train_images, eval_images) -> dict:
+def train(args, run: Run, *, vqvae, prior, train_images, eval_images) -> dict:
     """Encode the data, fit, save and evaluate the prior built by :func:`setup`; returns the
     metrics."""
+    from keras_vq.data import encode_dataset
 
     def codes(images, label, **kwargs):
-        return _common.encode_split(
-            vqvae,
-            images,
-            with_labels=args.conditional,
-            verbose=args.verbose,
-            label=label,
-            **kwargs,
+        if args.verbose:
+            print(f"Encoding {label} images into codes:", flush=True)
+        return encode_dataset(
+            vqvae, images, with_labels=args.conditional, verbose=args.verbose, **kwargs
         )
 
     train_codes = codes(
@@ -122,10 +114,10 @@ def train(args, run: _common.Run, *, vqvae, prior, train_images, eval_images) ->
     eval_codes = codes(
         eval_images,
         args.eval_split,
-        batch_size=_common.eval_batch_size(args),
-        drop_remainder=_common.even_batches(args),
+        batch_size=_inputs.eval_batch_size(args),
+        drop_remainder=_inputs.even_batches(args),
     )
-    summary = _common.fit(prior, run, train_codes, validation_data=eval_codes)
+    summary = _train.fit(prior, run, train_codes, validation_data=eval_codes)
     prior.save(run.path(MODEL_FILE))
     evaluation = prior.evaluate(eval_codes, verbose=0, return_dict=True)
     metrics = {
@@ -141,10 +133,17 @@ def train(args, run: _common.Run, *, vqvae, prior, train_images, eval_images) ->
     return {**summary, **metrics, "model": MODEL_FILE, "vqvae": args.vqvae}
 
 
-def write_samples(args, run: _common.Run, vqvae, prior, name: str):
-    """Sample ``--num-samples`` images (codes ~ prior, then decode) into a PNG grid."""
-    labels = _common.class_labels(args.labels, args.num_samples, prior.num_classes)
-    images = _common.sample_prior_images(
+def write_samples(args, run: Run, vqvae, prior, name: str):
+    """Sample ``--num-samples`` images (codes ~ prior, then decode) into a PNG grid and the
+    first 16 into TensorBoard; returns them."""
+    from keras_vq import visualization
+    from keras_vq.backend import to_numpy
+    from keras_vq.models import generate
+
+    labels = _inputs.class_labels(args.labels, args.num_samples, prior.num_classes)
+    if args.verbose:
+        print(f"Sampling {args.num_samples} images, {args.sample_batch_size} at once.", flush=True)
+    images = generate(
         vqvae,
         prior,
         args.num_samples,
@@ -152,17 +151,16 @@ def write_samples(args, run: _common.Run, vqvae, prior, name: str):
         seed=args.seed,
         labels=labels,
         batch_size=args.sample_batch_size,
-        verbose=args.verbose,
     )
+    images = to_numpy(images)
     ncols = prior.num_classes if labels is not None and args.labels in (None, "cycle") else None
-    _common.save_grid(run.path(name), images, ncols=ncols)
-    _common.write_tensorboard_images(run.log_dir, "samples", images[:16])
+    visualization.save_image_grid(run.path(name), images, ncols=ncols)
+    visualization.write_tensorboard_images(run.log_dir / "images", "samples", images[:16])
     return images
 
 
 def main(argv=None) -> int:
-    args = _common.parse_args(build_parser(), argv)
-    return _common.run_recipe(RECIPE, args, train, setup)
+    return _run.main(RECIPE, build_parser(), train, setup, argv)
 
 
 if __name__ == "__main__":

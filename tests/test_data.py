@@ -340,6 +340,29 @@ def test_encode_dataset_rejects_unsuitable_inputs():
         data.encode_dataset(object(), images_only)
 
 
+def test_encode_dataset_verbose_shows_one_progress_step_per_batch(capsys):
+    encoder = _ArgmaxEncoder()
+    images_ds = data.load("digits", split="test[:50]", batch_size=20, shuffle=False)
+    quiet = _collect(data.encode_dataset(encoder, images_ds))
+    assert capsys.readouterr().out == ""
+    loud = _collect(data.encode_dataset(encoder, images_ds, verbose=1))
+    out = capsys.readouterr().out
+    assert "3/3" in out and "batch" in out, out
+    np.testing.assert_array_equal(loud, quiet)
+    with pytest.raises(ValueError, match="verbose"):
+        data.encode_dataset(encoder, images_ds, verbose=-1)
+
+
+def test_first_images_are_the_first_of_the_dataset():
+    images_ds = data.load("digits", split="test", batch_size=16, shuffle=False, with_labels=True)
+    all_images = _collect(images_ds)[0]
+    for count in (0, 5, 16, 20):
+        first = data.first_images(images_ds, count)
+        assert first.dtype == np.float32
+        np.testing.assert_array_equal(first, all_images[:count])
+    assert len(data.first_images(images_ds.take(1), 100)) == 16  # fewer when there are fewer
+
+
 # --------------------------------------------------------------------------- fit
 
 

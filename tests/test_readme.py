@@ -15,11 +15,11 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 SECTION = "## Using the models in your own code"
 
 
-def readme_examples() -> list[str]:
-    """The Python blocks of README's section on using the models."""
+def readme_examples(title: str = SECTION) -> list[str]:
+    """The Python blocks of a README section (by default: on using the models)."""
     text = README.read_text()
-    section = text[text.index(SECTION) :]
-    section = section[: section.index("\n## ", len(SECTION))]
+    section = text[text.index(title) :]
+    section = section[: section.index("\n## ", len(title))]
     return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
 
 
@@ -50,3 +50,34 @@ def test_readme_examples_run_without_ignored_argument_warnings(tmp_path, monkeyp
     codes = keras.ops.convert_to_numpy(namespace["codes"])
     assert codes.shape == (64, 8, 8) and codes.dtype == np.int32
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(namespace["nll"])))
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="README's examples run on the default TensorFlow backend; once per suite is enough",
+)
+def test_readme_training_helpers_run(tmp_path, monkeypatch):
+    """README's "Callbacks, evaluation and pictures" example, after the VQ-VAE example it
+    continues, with two-step epochs."""
+    helpers = readme_examples("## Callbacks, evaluation and pictures")
+    assert len(helpers) == 1
+    code = readme_examples()[0] + helpers[0]
+    assert code.count("epochs=10") == 2
+    code = code.replace("epochs=10", "epochs=2, steps_per_epoch=2")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    usage = namespace["history"].history
+    assert len(usage["codebook_used_codes"]) == 2 and len(usage["codebook_dead_codes"]) == 2
+    assert (tmp_path / "reconstructions.png").is_file()
+    assert list((tmp_path / "logs" / "images").glob("events.out.tfevents.*"))
+    import tensorflow as tf
+
+    tags = {
+        value.tag
+        for path in (tmp_path / "logs" / "train").glob("events.out.tfevents.*")
+        for event in tf.compat.v1.train.summary_iterator(str(path))
+        for value in event.summary.value
+    }
+    assert "epoch_codebook_perplexity" in tags, "TensorBoard gets CodebookUsage's metrics"
+    assert not (tmp_path / "backup").exists(), "removed when fit ends"

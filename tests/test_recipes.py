@@ -135,6 +135,9 @@ def vae_dir(tmp_path_factory):
 def test_help_answers_without_importing_keras(recipe):
     probe = (
         "import runpy, sys\n"
+        # `python recipes/<recipe>.py` puts the script's folder first on sys.path; run_path
+        # does not.
+        f"sys.path.insert(0, {str(RECIPES)!r})\n"
         f"sys.argv = [{str(RECIPES / (recipe + '.py'))!r}, '--help']\n"
         "try:\n"
         "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
@@ -457,7 +460,8 @@ def test_export_recipe_reports_a_broken_model_in_one_line(tmp_path):
 
 def test_download_flag_reaches_data_load(monkeypatch):
     monkeypatch.syspath_prepend(str(RECIPES))
-    import _common
+    import _inputs
+    import _rundir
     import train_vqvae
 
     import keras_vq
@@ -471,9 +475,22 @@ def test_download_flag_reaches_data_load(monkeypatch):
     monkeypatch.setattr(keras_vq.data, "load", fake_load)
     for flags, expected in (([], False), (["--download"], True)):
         args = train_vqvae.build_parser().parse_args(["--dataset", "mnist", *flags])
-        _common.load_split(args, "train", image_size=None, batch_size=2, shuffle=False)
+        _inputs.load_split(args, "train", image_size=None, batch_size=2, shuffle=False)
         assert calls[-1][0] == "mnist" and calls[-1][1]["download"] is expected
     # A rerun that only adds --download resumes the same run (it changes no result).
-    config = _common.make_config("train_vqvae", args)
+    config = _rundir.make_config("train_vqvae", args)
     saved = {**config, "args": {**config["args"], "download": False}}
-    assert _common._config_differences(saved, config) == []
+    assert _rundir._config_differences(saved, config) == []
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def test_recipes_are_short_scripts_over_the_installed_library():
+    """Recipes hold flags and run-directory code only: each file is short, and none edits
+    sys.path (``python recipes/x.py`` finds its sibling modules by itself; keras_vq comes from
+    the installed package)."""
+    for path in sorted(RECIPES.glob("*.py")):
+        source = path.read_text()
+        assert len(source.splitlines()) <= 300, f"{path.name} is over 300 lines"
+        assert "sys.path" not in source, f"{path.name} edits sys.path"

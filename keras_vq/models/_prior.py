@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -171,20 +172,47 @@ class PriorMixin:
             )
         return labels
 
-    def _draw(self, num_samples: int, temperature: float, seed: Any, labels: Any, **options):
-        """Checks ``sample``'s arguments, draws all noise from ``seed``, runs the sampler."""
+    def _draw(
+        self,
+        num_samples: int,
+        temperature: float,
+        seed: Any,
+        labels: Any,
+        batch_size: int | None = None,
+        **options,
+    ):
+        """``sample``: its arguments checked, the maps drawn in calls of ``batch_size``."""
+        chunks = self._sample_chunks(num_samples, temperature, seed, labels, batch_size, **options)
+        return join_chunks(list(chunks), num_samples)
+
+    def _sample_chunks(self, num_samples, temperature, seed, labels, batch_size=None, **options):
+        """Check ``sample``'s arguments, then return an iterator over its calls' codes.
+
+        With ``c = min(batch_size, num_samples)``, call ``i`` draws ``c`` maps on noise from
+        ``seed + i`` (fresh noise with ``seed=None``), labels cycled past the end.
+        """
         num_samples = _validation.check_int("num_samples", num_samples, minimum=1)
         temperature = _validation.check_float("temperature", temperature, minimum=0.0)
         seed = _validation.check_seed("seed", seed)
         labels = self._sampling_labels(labels, num_samples)
-        uniform = keras.random.uniform(
-            (num_samples, *self.latent_shape, self.num_embeddings),
-            minval=_TINY,
-            maxval=1.0,
-            dtype="float32",
-            seed=seed,
-        )
-        return self._sample_from_uniform(uniform, temperature, labels, **options)
+        chunk = num_samples
+        if batch_size is not None:
+            chunk = min(_validation.check_int("batch_size", batch_size, minimum=1), num_samples)
+
+        def chunks():
+            for i in range(math.ceil(num_samples / chunk)):
+                positions = (i * chunk + np.arange(chunk)) % num_samples
+                uniform = keras.random.uniform(
+                    (chunk, *self.latent_shape, self.num_embeddings),
+                    minval=_TINY,
+                    maxval=1.0,
+                    dtype="float32",
+                    seed=None if seed is None else seed + i,
+                )
+                chunk_labels = ops.take(labels, positions, axis=0)
+                yield self._sample_from_uniform(uniform, temperature, chunk_labels, **options)
+
+        return chunks()
 
     def _sample_from_uniform(self, uniform, temperature, labels, **options):
         """Sampler on given uniform noise ``(B, h, w, K)`` in (0, 1) and int32 labels ``(B,)``.
@@ -210,3 +238,10 @@ class PriorMixin:
             ops.convert_to_tensor(temperature, "float32"),
             ops.convert_to_tensor(labels, "int32"),
         )
+
+
+def join_chunks(chunks: list, num_samples: int):
+    """The first ``num_samples`` rows of the concatenated ``chunks``."""
+    if len(chunks) == 1 and chunks[0].shape[0] == num_samples:
+        return chunks[0]
+    return ops.concatenate(chunks, axis=0)[:num_samples]

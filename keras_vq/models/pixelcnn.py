@@ -14,6 +14,7 @@ from keras_vq.layers.pixelcnn import GatedPixelCNNBlock, dense_weights
 from keras_vq.models._prior import (  # _TINY: tests import the noise floor from here
     _TINY,  # noqa: F401
     PriorMixin,
+    join_chunks,
 )
 
 
@@ -133,26 +134,38 @@ class PixelCNNPrior(PriorMixin, TrainStepMixin, keras.Model):
         temperature: float = 1.0,
         seed: int | None = None,
         labels: Any = None,
+        batch_size: int | None = None,
     ):
         """Draw code maps ``c ~ p(c)`` (or ``p(c | label)``) in raster order.
 
         Position ``(i, j)`` takes ``argmax_k(logits_k + T · g_k)``, ``g`` Gumbel noise, i.e. a
-        draw from ``softmax(logits / T)``; ``T = 0`` is the greedy (argmax) path. All noise is
-        drawn up front from ``seed``, so one seed always gives the same maps. The loop over
-        positions runs in one compiled function (XLA on TF and JAX): the vertical stack is
+        draw from ``softmax(logits / T)``; ``T = 0`` is the greedy (argmax) path. All noise of a
+        call is drawn up front from ``seed``, so one seed always gives the same maps. The loop
+        over positions runs in one compiled function (XLA on TF and JAX): the vertical stack is
         advanced by one row per row and the horizontal stack by one pixel per pixel, so each
         position costs one pixel of each block.
+
+        ``batch_size`` bounds memory (the noise and the sampler's state grow with the maps
+        drawn at once). With ``c = min(batch_size, num_samples)`` the maps are drawn in
+        ``ceil(num_samples / c)`` calls of ``c`` maps: call ``i = 0, 1, ...`` is exactly
+        ``sample(c, temperature, seed + i, labels[i·c : (i+1)·c])`` (labels cycled past the
+        end; ``seed=None``: fresh noise for every call); the maps are concatenated and the
+        last call's surplus dropped. Every call has the same shape, so the sampler is
+        compiled once. Consequently ``batch_size >= num_samples`` (or ``None``) is one call,
+        and a given ``(seed, batch_size)`` always gives the same maps; a different
+        ``batch_size`` < ``num_samples`` draws other noise, so other maps.
 
         Args:
             num_samples: number of maps B ≥ 1.
             temperature: T ≥ 0.
             seed: non-negative int, or ``None`` for fresh randomness.
             labels: with ``num_classes``: an int class for all samples or int ``(B,)``.
+            batch_size: maps drawn per sampler call, ≥ 1; ``None``: all at once.
 
         Returns:
             int32 backend tensor ``(B, h, w)``.
         """
-        return self._draw(num_samples, temperature, seed, labels)
+        return self._draw(num_samples, temperature, seed, labels, batch_size)
 
     def _sample_loop(self, uniform, temperature, labels):
         batch = ops.shape(uniform)[0]  # a tensor in a graph with a dynamic batch (export)
@@ -241,6 +254,7 @@ def generate(
     temperature: float = 1.0,
     seed: int | None = None,
     labels: Any = None,
+    batch_size: int | None = None,
 ):
     """Two-stage generation: ``codes ~ prior``, then ``images = vqvae.decode(codes)``.
 
@@ -251,6 +265,8 @@ def generate(
             :class:`~keras_vq.models.TransformerPrior` (any model with ``sample`` and
             ``num_embeddings``).
         num_samples, temperature, seed, labels: as in :meth:`PixelCNNPrior.sample`.
+        batch_size: maps sampled and decoded per call, ``None``: all at once. The codes are
+            those of ``prior.sample(..., batch_size=batch_size)`` (see there).
 
     Returns:
         Decoded images ``(B, H, W, C)``.
@@ -270,8 +286,10 @@ def generate(
             f"`vqvae` has num_embeddings={codebook_size} but `prior` models "
             f"num_embeddings={prior.num_embeddings} codes."
         )
-    codes = prior.sample(num_samples, temperature=temperature, seed=seed, labels=labels)
-    return vqvae.decode(codes)
+    chunks = prior._sample_chunks(num_samples, temperature, seed, labels, batch_size)
+    # Each call's maps are decoded at once, the surplus of the last one included, so that
+    # every decoder call has the same batch size.
+    return join_chunks([vqvae.decode(codes) for codes in chunks], num_samples)
 
 
 __all__ = ["PixelCNNPrior", "generate"]

@@ -246,6 +246,7 @@ class TransformerPrior(PriorMixin, TrainStepMixin, keras.Model):
         seed: int | None = None,
         labels: Any = None,
         top_k: int | None = None,
+        batch_size: int | None = None,
     ):
         """Draw code maps ``c ~ p(c)`` (or ``p(c | label)``) in raster order.
 
@@ -261,6 +262,8 @@ class TransformerPrior(PriorMixin, TrainStepMixin, keras.Model):
             seed: non-negative int, or ``None`` for fresh randomness.
             labels: with ``num_classes``: an int class for all samples or int ``(B,)``.
             top_k: keep only the k largest logits at each position (1 ≤ k ≤ K), or ``None``.
+            batch_size: maps drawn per sampler call (bounds memory), ``None``: all at once; as
+                in :meth:`PixelCNNPrior.sample`, call ``i`` uses ``seed + i``.
 
         Returns:
             int32 backend tensor ``(B, h, w)``.
@@ -273,7 +276,7 @@ class TransformerPrior(PriorMixin, TrainStepMixin, keras.Model):
                 )
             if top_k == self.num_embeddings:
                 top_k = None  # nothing to mask: one compiled sampler less
-        return self._draw(num_samples, temperature, seed, labels, top_k=top_k)
+        return self._draw(num_samples, temperature, seed, labels, batch_size, top_k=top_k)
 
     def _sample_loop(self, uniform, temperature, labels, top_k: int | None = None):
         """The cached sampler on uniform noise ``(B, h, w, K)``; ``top_k`` static."""

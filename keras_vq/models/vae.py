@@ -205,15 +205,34 @@ class VAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
         return self._mean_image(self.decoder(z, training=False))
 
     @inference
-    def sample(self, num_samples: int, seed: int | None = None):
-        """Decode ``num_samples`` draws of z ~ N(0, I); a fixed ``seed`` repeats them."""
+    def sample(self, num_samples: int, seed: int | None = None, batch_size: int | None = None):
+        """Decode ``num_samples`` draws of z ~ N(0, I); a fixed ``seed`` repeats them.
+
+        All latents are drawn at once, ``(num_samples, latent_dim)``; ``batch_size`` only
+        decodes them in chunks (bounding the decoder's memory). So for a given ``seed`` the
+        images do not depend on ``batch_size``, up to the decoder's float round-off (kernels
+        may sum in another order for another batch size).
+
+        Args:
+            num_samples: number of images ≥ 1.
+            seed: non-negative int, or ``None`` for the model's own random stream.
+            batch_size: latents decoded per decoder call, ≥ 1; ``None``: all at once.
+
+        Returns:
+            Images ``(num_samples, H, W, C)`` (probabilities for the Bernoulli likelihood).
+        """
         num_samples = _validation.check_int("num_samples", num_samples, minimum=1)
         seed = _validation.check_seed("seed", seed)
+        if batch_size is not None:
+            batch_size = _validation.check_int("batch_size", batch_size, minimum=1)
         z = keras.random.normal(
             (num_samples, self.latent_dim),
             seed=self.prior_seed_generator if seed is None else seed,
         )
-        return self.decode(z)
+        if batch_size is None or batch_size >= num_samples:
+            return self.decode(z)
+        chunks = [self.decode(z[i : i + batch_size]) for i in range(0, num_samples, batch_size)]
+        return ops.concatenate(chunks, axis=0)
 
     @inference
     def elbo(self, x, seed: int | None = None):

@@ -84,6 +84,21 @@ def train_on_maps(num_classes=None, steps=60):
     return prior, history
 
 
+class TinyVQVAE:
+    """A stand-in decoder: a random embedding of the codes, squashed; records batch sizes."""
+
+    num_embeddings = K
+
+    def __init__(self):
+        self.codebook = keras.layers.Embedding(K, 3)
+        self.codebook.build((None,))
+        self.decoded_batches = []
+
+    def decode(self, codes):
+        self.decoded_batches.append(int(codes.shape[0]))
+        return ops.sigmoid(self.codebook(codes))
+
+
 @pytest.fixture(scope="module")
 def prior():
     """An untrained prior shared by tests that leave its weights alone (one compiled sampler)."""
@@ -317,16 +332,6 @@ class TestPixelCNNPrior(TestCase):
             assert reference.requires_grad  # what the decorator turns off
 
     def test_generate_decodes_prior_samples(self, prior):
-        class TinyVQVAE:
-            num_embeddings = K
-
-            def __init__(self):
-                self.codebook = keras.layers.Embedding(K, 3)
-                self.codebook.build((None,))
-
-            def decode(self, codes):
-                return ops.sigmoid(self.codebook(codes))
-
         vqvae = TinyVQVAE()
         images = generate(vqvae, prior, B, temperature=0.5, seed=3)
         expected = vqvae.decode(prior.sample(B, temperature=0.5, seed=3))
@@ -387,3 +392,61 @@ class TestPixelCNNPrior(TestCase):
         for model, kwargs, error, match in cases:
             with pytest.raises(error, match=match):
                 model.sample(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def conditional_random_prior():
+    """A class-conditional prior with every weight random (one compiled sampler, batch B)."""
+    keras.utils.set_random_seed(0)
+    model = PixelCNNPrior(**TINY, num_classes=3)
+    randomize_weights(model, seed=3)
+    return model
+
+
+class TestChunkedSampling(TestCase):
+    """``batch_size``: call i draws ``c = min(batch_size, N)`` maps with seed ``seed + i``."""
+
+    def test_chunks_are_calls_with_seed_plus_index_and_cycled_labels(
+        self, conditional_random_prior
+    ):
+        prior = conditional_random_prior
+        labels = np.array([0, 1, 2, 2, 1, 0, 1, 2, 0, 1], "int32")  # 10 maps, 3 calls of B
+        codes = to_numpy(prior.sample(10, temperature=1.0, seed=7, labels=labels, batch_size=B))
+        # The last call draws B maps too (labels cycled past the end), of which 2 are kept.
+        cycled = np.concatenate([labels, labels[:2]])
+        calls = [
+            to_numpy(prior.sample(B, temperature=1.0, seed=7 + i, labels=cycled[i * B :][:B]))
+            for i in range(3)
+        ]
+        assert codes.dtype == np.int32 and codes.shape == (10, *SHAPE)
+        np.testing.assert_array_equal(codes, np.concatenate(calls)[:10])
+        assert not np.array_equal(calls[0], calls[1]), "calls draw different noise"
+        again = prior.sample(10, temperature=1.0, seed=7, labels=labels, batch_size=B)
+        np.testing.assert_array_equal(to_numpy(again), codes)
+
+    def test_batch_size_of_all_maps_is_one_call(self, prior):
+        one_call = to_numpy(prior.sample(B, temperature=1.0, seed=11))
+        for batch_size in (B, B + 5):
+            chunked = prior.sample(B, temperature=1.0, seed=11, batch_size=batch_size)
+            np.testing.assert_array_equal(to_numpy(chunked), one_call)
+
+    def test_unconditional_chunks(self, prior):
+        codes = to_numpy(prior.sample(6, temperature=1.0, seed=3, batch_size=B))
+        expected = np.concatenate(
+            [to_numpy(prior.sample(B, temperature=1.0, seed=3 + i)) for i in range(2)]
+        )
+        np.testing.assert_array_equal(codes, expected[:6])
+
+    def test_generate_decodes_each_call_at_its_full_size(self, prior):
+        vqvae = TinyVQVAE()
+        images = generate(vqvae, prior, 6, temperature=1.0, seed=3, batch_size=B)
+        assert vqvae.decoded_batches == [B, B], "every decoder call has the same batch size"
+        codes = prior.sample(6, temperature=1.0, seed=3, batch_size=B)
+        assert tuple(images.shape) == (6, *SHAPE, 3)
+        self.assertAllClose(images, vqvae.decode(codes), atol=1e-6)
+
+    def test_bad_batch_size_is_named(self, prior):
+        with pytest.raises(ValueError, match="batch_size"):
+            prior.sample(2, batch_size=0)
+        with pytest.raises(TypeError, match="batch_size"):
+            prior.sample(2, batch_size=2.5)

@@ -274,3 +274,24 @@ class TestVAEImageRange:
         assert np.all(np.isfinite(to_numpy(z_mean)))
         assert np.all(np.isfinite(to_numpy(model.log_likelihood(images, num_samples=2))))
         model(images)
+
+
+class TestVAESampleBatches(TestCase):
+    def test_batches_decode_the_latents_of_one_draw(self):
+        model = randomized_vae()
+        full = model.sample(6, seed=4)
+        # One draw of all latents, however they are decoded.
+        z = keras.random.normal((6, model.latent_dim), seed=4)
+        self.assertAllClose(full, model.decode(z))
+        for batch_size in (3, 6, 10):  # two chunks, one, one
+            chunked = model.sample(6, seed=4, batch_size=batch_size)
+            assert tuple(chunked.shape) == (6, 8, 8, 1)
+            self.assertAllClose(chunked, full, atol=1e-6)
+        assert not np.allclose(to_numpy(full[0]), to_numpy(full[1]))
+
+    def test_bad_batch_size_is_named(self):
+        model = tiny_vae()
+        with pytest.raises(ValueError, match="batch_size"):
+            model.sample(2, batch_size=0)
+        with pytest.raises(TypeError, match="batch_size"):
+            model.sample(2, batch_size="4")

@@ -1,0 +1,142 @@
+"""Training in a run directory: models built in its scope, ``fit`` with a checkpoint to
+resume from, and what the training recipes write (metric names, reconstruction grids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import _inputs
+from _flags import RecipeError
+from _rundir import Run
+
+
+def build_model(run: Run, learning_rate: float, build: Callable[[], Any]):
+    """``build()`` compiled with Adam(``learning_rate``) in ``run.scope()``; a ``ValueError``
+    of the constructor (a bad flag) is a usage error."""
+    import keras
+
+    with run.scope():
+        try:
+            model = build()
+        except ValueError as error:  # e.g. an image size the encoder cannot halve enough
+            raise RecipeError(str(error)) from None
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    return model
+
+
+def setup_autoencoder(
+    args, run: Run, model_class: Callable[..., Any], flags: tuple[str, ...], **kwargs: Any
+) -> dict[str, Any]:
+    """The inputs of :func:`fit_autoencoder`: the data (``_inputs.training_data``) and the
+    compiled model (see :func:`build_model`) ``model_class(input_shape=..., filters=...,
+    seed=..., **kwargs)`` with the values of ``flags`` (named like its arguments)."""
+    data = _inputs.training_data(args)
+    kwargs.update({flag: getattr(args, flag) for flag in flags})
+    kwargs.update(input_shape=data.pop("image_shape"), filters=tuple(args.filters), seed=args.seed)
+    return {
+        "model": build_model(run, args.learning_rate, lambda: model_class(**kwargs)),
+        "data": data,
+    }
+
+
+def fit(
+    model,
+    run: Run,
+    train_data,
+    *,
+    validation_data=None,
+    extra_callbacks: tuple = (),
+) -> dict[str, Any]:
+    """``model.fit`` with a checkpoint in ``backup/`` (every epoch end), TensorBoard logs in
+    ``logs/`` and resume from the checkpoint.
+
+    Returns a summary for metrics.json: epochs, the epoch it resumed from and the last
+    epoch's logs.
+    """
+    import keras
+
+    import keras_vq
+
+    args = run.args
+    backup = keras_vq.callbacks.BackupAndRestore(run.backup_dir)
+    start_epoch = backup.checkpoint_epoch
+    if start_epoch:
+        print(f"Resuming from the checkpoint after epoch {start_epoch}/{args.epochs}.", flush=True)
+    # One endless stream (reshuffled every pass with the run's seed) cut into epochs; a resumed
+    # run skips the epochs it already trained on, so it sees exactly the batches an
+    # uninterrupted run would.
+    steps = args.steps_per_epoch or int(train_data.cardinality())
+    train_data = train_data.repeat().skip(start_epoch * steps)
+    callbacks = [
+        backup,
+        keras.callbacks.TensorBoard(str(run.log_dir), write_graph=False),
+        *extra_callbacks,
+    ]
+    history = model.fit(
+        train_data,
+        epochs=args.epochs,
+        steps_per_epoch=steps,
+        validation_data=validation_data,
+        callbacks=callbacks,
+        shuffle=False,  # the tf.data pipeline shuffles
+        verbose=args.verbose,
+    )
+    logs = {k: float(v[-1]) for k, v in history.history.items() if v}
+    return {
+        "epochs": args.epochs,
+        "resumed_from_epoch": history.epoch[0] if history.epoch else start_epoch,
+        "final_epoch_logs": logs,
+    }
+
+
+def fit_autoencoder(
+    args, run: Run, model, data: dict[str, Any], model_file: str, extra_callbacks: tuple = ()
+) -> dict[str, Any]:
+    """Fit a VAE or VQ-VAE on ``data`` (see ``_inputs.training_data``) with held-out images and
+    their reconstructions in TensorBoard every epoch, save it as ``model_file``, evaluate its
+    reconstructions (and a VQ-VAE's code usage) and write reconstructions.png (``--num-images``
+    test images, each row followed by its reconstructions); returns the metrics."""
+    from keras_vq import callbacks, evaluation
+    from keras_vq.data import first_images
+
+    shown = first_images(data["eval_data"], max(args.num_images, 8))
+    extra_callbacks = (
+        callbacks.ReconstructionImages(run.log_dir / "images", shown[:8]),
+        *extra_callbacks,
+    )
+    summary = fit(
+        model,
+        run,
+        data["train_data"],
+        validation_data=data["fit_eval_data"],
+        extra_callbacks=extra_callbacks,
+    )
+    model.save(run.path(model_file))
+    evaluated = evaluation.evaluate_reconstructions(model, data["eval_data"], verbose=args.verbose)
+    if args.num_images:
+        write_reconstructions(run.path("reconstructions.png"), model, shown[: args.num_images], 8)
+    return {**summary, **held_out_metrics(evaluated), "model": model_file}
+
+
+def held_out_metrics(evaluation: dict, prefix: str = "test") -> dict:
+    """metrics.json's names for ``keras_vq.evaluation.evaluate_reconstructions``' numbers."""
+    names = {
+        "reconstruction_mse": "reconstruction_mse",
+        "perplexity": "perplexity",
+        "used_codes": "codes_used",
+    }
+    return {f"{prefix}_{names[k]}": v for k, v in evaluation.items() if k in names}
+
+
+def write_reconstructions(path, model, images, ncols: int):
+    """A PNG of rows of ``images``, each followed by the row of their reconstructions;
+    returns the reconstructions (NumPy)."""
+    from keras_vq.backend import no_grad, to_numpy
+    from keras_vq.visualization import interleave_rows, save_image_grid
+
+    with no_grad():
+        recon = to_numpy(model(images, training=False))
+    save_image_grid(path, interleave_rows(images, recon, ncols), ncols=ncols)
+    return recon
