@@ -665,8 +665,10 @@ class TestRecipe:
         )
 
     def test_help_does_not_import_keras(self, tmp_path):
+        # `python recipes/export.py` puts the script's folder first on sys.path; run_path not.
         code = (
-            "import runpy, sys; sys.argv = ['export.py', '--help']\n"
+            f"import runpy, sys; sys.path.insert(0, {str(REPO / 'recipes')!r})\n"
+            "sys.argv = ['export.py', '--help']\n"
             "try:\n    runpy.run_path(sys.argv.pop(1), run_name='__main__')\n"
             "except SystemExit as exit:\n    assert exit.code == 0\n"
             "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules\n"
