@@ -90,31 +90,33 @@ def test_file_cut_in_half_is_a_value_error(saved, tmp_path):
     assert_clear_error(error, path, "not a zip archive, so it is truncated")
 
 
-def test_archive_without_weights_is_a_value_error(saved, tmp_path):
-    files = members(saved[1])
-    del files["model.weights.h5"]
-    path = write_zip(tmp_path / "no_weights.keras", files)
-    with pytest.raises(ValueError) as error:
-        load_model(path)
-    assert_clear_error(error, path, "it has no weights, model.weights.h5")
+def _drop(name):
+    def edit(files):
+        del files[name]
+
+    return edit
 
 
-def test_archive_without_config_is_a_value_error(saved, tmp_path):
-    files = members(saved[1])
-    del files["config.json"]
-    path = write_zip(tmp_path / "no_config.keras", files)
-    with pytest.raises(ValueError) as error:
-        load_model(path)
-    assert_clear_error(error, path, "it has no config.json")
-
-
-def test_archive_with_broken_config_is_a_value_error(saved, tmp_path):
-    files = members(saved[1])
+def _cut_config(files):
     files["config.json"] = files["config.json"][:40]
-    path = write_zip(tmp_path / "cut_config.keras", files)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_drop("model.weights.h5"), "it has no weights, model.weights.h5"),
+        (_drop("config.json"), "it has no config.json"),
+        (_cut_config, "config.json is not valid JSON"),
+    ],
+    ids=["no_weights", "no_config", "cut_config"],
+)
+def test_broken_archive_is_a_value_error(saved, tmp_path, edit, message):
+    files = members(saved[1])
+    edit(files)
+    path = write_zip(tmp_path / "broken.keras", files)
     with pytest.raises(ValueError) as error:
         load_model(path)
-    assert_clear_error(error, path, "config.json is not valid JSON")
+    assert_clear_error(error, path, message)
 
 
 def test_truncated_weights_inside_a_valid_archive_are_a_value_error(saved, tmp_path):
