@@ -429,3 +429,59 @@ def rss_mib() -> float:
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far, MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def forward_backward(layer, x, training: bool, codebook: bool = False) -> Callable[[], Any]:
+    """A zero-argument step: ``sum(layer(x)) + loss`` and its gradient, compiled on TF and JAX.
+
+    The gradient is taken with respect to ``x`` and, with ``codebook=True``, the layer's
+    ``codebook`` too; the quantizer's loss comes from ``call(..., return_loss=True)``.
+    """
+    import keras
+    from keras import ops
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        xt = tf.constant(x)
+        sources = [xt, layer.codebook] if codebook else [xt]
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                tape.watch(xt)
+                out, loss = layer(xt, training=training, return_loss=True)
+                total = ops.sum(out) + loss
+            # An IndexedSlices gradient is made dense, as an optimizer step would see it.
+            return [tf.convert_to_tensor(g) for g in tape.gradient(total, sources)]
+
+        return lambda: [g.numpy() for g in step()]
+    if backend == "jax":
+        import jax
+
+        trainable = [v.value for v in layer.trainable_variables]
+        non_trainable = [v.value for v in layer.non_trainable_variables]
+
+        def total(trainable, xv):
+            (out, loss), _ = layer.stateless_call(
+                trainable, non_trainable, xv, training=training, return_loss=True
+            )
+            return ops.sum(out) + loss
+
+        step = jax.jit(jax.grad(total, argnums=(0, 1) if codebook else 1))
+        xj = jax.numpy.asarray(x)
+        return lambda: jax.block_until_ready(step(trainable, xj))
+    import torch
+
+    xt = torch.tensor(x, requires_grad=True)
+
+    def step():
+        xt.grad = None
+        if codebook:
+            layer.codebook.value.grad = None
+        out, loss = layer(xt, training=training, return_loss=True)
+        (out.sum() + loss).backward()
+        return xt.grad
+
+    return step

@@ -15,7 +15,8 @@ Two modes per pair:
 
 - ``grad``: codebook learnt by gradients; inference-mode forward (no state update), the VQ
   loss plus the sum of the outputs, gradients w.r.t. the inputs *and* the codebook (our side is
-  ``benchmarks.vq_layer.fwd_bwd_fn``). Peers: ``snt.nets.VectorQuantizer(is_training=False)``,
+  ``benchmarks._harness.forward_backward``). Peers:
+  ``snt.nets.VectorQuantizer(is_training=False)``,
   ``VectorQuantize(ema_update=False, learnable_codebook=True)`` in ``eval()`` mode.
 - ``ema``: EMA codebook (decay 0.99); training-mode forward that updates the EMA statistics,
   commitment loss plus the sum of the outputs, gradient w.r.t. the inputs. Peers:
@@ -74,7 +75,6 @@ def _tf_steps(mode: str, x, num_embeddings: int, kw: dict):
     import tensorflow as tf
     from keras import ops
 
-    from benchmarks.vq_layer import fwd_bwd_fn
     from keras_vq.layers import VectorQuantizer
 
     dim = x.shape[-1]
@@ -84,9 +84,8 @@ def _tf_steps(mode: str, x, num_embeddings: int, kw: dict):
         ours_layer.build((None, dim))
         peer_layer = snt.nets.VectorQuantizer(dim, num_embeddings, commitment_cost=0.25)
         # Sonnet creates its codebook in the first call, inside the traced step.
-        return fwd_bwd_fn(ours_layer, x), _sonnet_step(
-            tf, peer_layer, xt, False, lambda: [xt, peer_layer.embeddings]
-        )
+        ours = _harness.forward_backward(ours_layer, x, training=False, codebook=True)
+        return ours, _sonnet_step(tf, peer_layer, xt, False, lambda: [xt, peer_layer.embeddings])
 
     ours_layer = VectorQuantizer(num_embeddings, dim, ema_decay=0.99, **kw)
     ours_layer.build((None, dim))
@@ -126,14 +125,13 @@ def _torch_steps(mode: str, x, num_embeddings: int, kw: dict):
     import torch
     from vector_quantize_pytorch import VectorQuantize
 
-    from benchmarks.vq_layer import fwd_bwd_fn
     from keras_vq.layers import VectorQuantizer
 
     dim = x.shape[-1]
     if mode == "grad":
         ours_layer = VectorQuantizer(num_embeddings, dim, **kw)
         ours_layer.build((None, dim))
-        ours = fwd_bwd_fn(ours_layer, x)
+        ours = _harness.forward_backward(ours_layer, x, training=False, codebook=True)
         peer_layer = VectorQuantize(
             dim=dim,
             codebook_size=num_embeddings,

@@ -62,54 +62,6 @@ def parse_args(argv=None):
     return args
 
 
-def _ours(layer, x):
-    """A zero-argument forward+backward step of our layer on the active backend."""
-    import keras
-    from keras import ops
-
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        xt = tf.constant(x)
-
-        @tf.function
-        def step():
-            with tf.GradientTape() as tape:
-                tape.watch(xt)
-                out, loss = layer(xt, training=True, return_loss=True)
-                total = ops.sum(out) + loss
-            return tape.gradient(total, xt)
-
-        return lambda: step().numpy()
-    if backend == "jax":
-        import jax
-
-        trainable = [v.value for v in layer.trainable_variables]
-        non_trainable = [v.value for v in layer.non_trainable_variables]
-
-        def total(xv):
-            (out, loss), _ = layer.stateless_call(
-                trainable, non_trainable, xv, training=True, return_loss=True
-            )
-            return ops.sum(out) + loss
-
-        step = jax.jit(jax.grad(total))
-        xj = jax.numpy.asarray(x)
-        return lambda: jax.block_until_ready(step(xj))
-    import torch
-
-    xt = torch.tensor(x, requires_grad=True)
-
-    def step():
-        xt.grad = None
-        out, loss = layer(xt, training=True, return_loss=True)
-        (out.sum() + loss).backward()
-        return xt.grad
-
-    return step
-
-
 def _peer(kind: str, config, x):
     """The same step for vector-quantize-pytorch's ``FSQ`` / ``LFQ`` (train mode, eager)."""
     import torch
@@ -186,7 +138,7 @@ def run_child(args) -> None:
                 layer = LookupFreeQuantizer(num_bits=config, **LFQ_SETTINGS)
                 record["rows_per_chunk"] = layer.rows_per_chunk
             layer.build((None, dim))
-            ours, peer = _ours(layer, x), _peer(kind, config, x)
+            ours, peer = _harness.forward_backward(layer, x, training=True), _peer(kind, config, x)
             ours(), peer()  # warm-up: tracing, compilation and first-call allocations
             times, errors = _harness.alternate(
                 {"ours": partial(_harness.seconds, ours), "peer": partial(_harness.seconds, peer)},

@@ -30,54 +30,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def fwd_bwd_fn(layer, x):
-    """A zero-argument function running one forward+backward pass on the active backend."""
-    import keras
-    from keras import ops
-
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        xt = tf.constant(x)
-
-        @tf.function
-        def step():
-            with tf.GradientTape() as tape:
-                tape.watch(xt)
-                out = layer(xt, training=False)
-                loss = ops.sum(out) + layer.losses[0]
-            grads = tape.gradient(loss, [xt, layer.codebook])
-            return [tf.convert_to_tensor(g) for g in grads]  # the codebook's are IndexedSlices
-
-        return lambda: [g.numpy() for g in step()]
-    if backend == "jax":
-        import jax
-
-        non_trainable = [v.value for v in layer.non_trainable_variables]
-        trainable = [v.value for v in layer.trainable_variables]
-
-        def loss_fn(trainable, xv):
-            out, _, losses = layer.stateless_call(trainable, non_trainable, xv, return_losses=True)
-            return ops.sum(out) + losses[0]
-
-        step = jax.jit(jax.grad(loss_fn, argnums=(0, 1)))
-        xj = jax.numpy.asarray(x)
-        return lambda: jax.block_until_ready(step(trainable, xj))
-    import torch
-
-    xt = torch.tensor(x, requires_grad=True)
-
-    def step():
-        xt.grad = None
-        layer.codebook.value.grad = None
-        out = layer(xt, training=False)
-        (out.sum() + layer.losses[0]).backward()
-        return xt.grad
-
-    return step
-
-
 def run_one(size: str, repeats: int, chunk_size: int) -> None:
     n, d, k = (int(v) for v in size.split("x"))
     import keras
@@ -88,10 +40,11 @@ def run_one(size: str, repeats: int, chunk_size: int) -> None:
     layer = VectorQuantizer(k, d, chunk_size=chunk_size)
     layer.build((None, d))
     warm = np.random.default_rng(0).normal(size=(chunk_size + 1, d)).astype("float32")
-    fwd_bwd_fn(layer, warm)()  # imports and kernels loaded before the baseline is read
+    # Imports and kernels are loaded before the baseline is read.
+    _harness.forward_backward(layer, warm, training=False, codebook=True)()
     before_inputs = _harness.rss_mib()
     x = np.random.default_rng(1).normal(size=(n, d)).astype("float32")
-    step = fwd_bwd_fn(layer, x)
+    step = _harness.forward_backward(layer, x, training=False, codebook=True)
     # Working memory of the step: growth beyond the inputs (NumPy + backend copies).
     baseline = _harness.rss_mib()
     timing = _harness.time_call(step, repeats=repeats, warmup=1)
