@@ -77,6 +77,10 @@ class VAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
         >>> vae.fit(keras_vq.data.load("digits", image_size=32), epochs=5)
         >>> nll = -vae.log_likelihood(images, num_samples=100)   # IWAE, nats per example
         >>> new_images = vae.sample(16, seed=0)
+        >>> # Colour images, the VQ-VAE paper's networks, bits/dim of a discrete likelihood:
+        >>> vae = VAE(input_shape=(32, 32, 3), filters=128, num_residual_blocks=2,
+        ...           downsample=8, likelihood="discretized_logistic")
+        >>> bpd = keras_vq.metrics.bits_per_dim(-vae.log_likelihood(images), 32 * 32 * 3)
     """
 
     _config_attributes = {

@@ -58,6 +58,9 @@ class VQVAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
         >>> model.fit(keras_vq.data.load("digits", image_size=32), epochs=5)
         >>> codes = model.encode(images)        # int32 (B, 8, 8)
         >>> images = model.decode(codes)
+        >>> # The paper's ImageNet networks: 128×128×3 → 32×32 codes, K=512.
+        >>> paper = VQVAE(input_shape=(128, 128, 3), num_embeddings=512, embedding_dim=64,
+        ...               filters=256, num_residual_blocks=2, downsample=4)
     """
 
     _config_attributes = {
