@@ -2,13 +2,14 @@
 
     python -m benchmarks.paper_networks                      # 3 backends, 32² and 128², 2 policies
     python -m benchmarks.paper_networks --quick              # TF only, 32×32×3, a few steps
-    python -m benchmarks.paper_networks --filters 256 --sizes 128 --steps 3 --batch-size 8
+    python -m benchmarks.paper_networks --filters 256 --sizes 128 --batch-size 2 --policies float32
 
 The model is ``VQVAE(input_shape=(S, S, 3), num_embeddings=512, embedding_dim=64,
 filters=F, num_residual_blocks=2, downsample=4)`` — the paper's ImageNet configuration
 (van den Oord et al., 2017: 4×4 stride-2 convolutions, two residual 3×3/1×1 blocks, 256
 channels, 128×128×3 → 32×32 codes, K=512) with the width ``F`` a flag: the paper's 256 is
-heavy for a 2-core CPU, so the default is 64 (say which in a report). EMA codebook (0.99),
+far too heavy for a 2-core CPU (about 10 s per 128×128 image and step), so the default is
+32, with batch 8 and 3 steps (2 timed) per fit (say which in a report). EMA codebook (0.99),
 Adam, ``compile()`` defaults, synthetic uniform images in [0, 1].
 
 One subprocess per backend builds one model per (size, policy) (the global policy is read
@@ -36,17 +37,17 @@ def parse_args(argv=None):
     )
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), help="S of S×S×3")
-    parser.add_argument("--filters", type=int, default=64, help="width F (the paper: 256)")
+    parser.add_argument("--filters", type=int, default=32, help="width F (the paper: 256)")
     parser.add_argument("--num-residual-blocks", type=int, default=2)
     parser.add_argument("--downsample", type=int, default=4)
     parser.add_argument("--num-embeddings", type=int, default=512)
     parser.add_argument("--embedding-dim", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=4, help="steps per timed fit")
-    parser.add_argument("--repeats", type=int, default=2, help="timed rounds per model")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=3, help="steps per timed fit")
+    parser.add_argument("--repeats", type=int, default=1, help="timed rounds per model")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps (compilation)")
-    parser.add_argument("--max-seconds", type=float, default=30, help="cap per timed fit")
-    parser.add_argument("--timeout", type=float, default=1200, help="seconds per backend")
+    parser.add_argument("--max-seconds", type=float, default=20, help="cap per timed fit")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per backend")
     parser.add_argument("--quick", action="store_true", help="TF only, 32×32×3, 3 steps")
     parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
