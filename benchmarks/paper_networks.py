@@ -8,7 +8,8 @@ The model is ``VQVAE(input_shape=(S, S, 3), num_embeddings=512, embedding_dim=64
 filters=F, num_residual_blocks=2, downsample=4)`` — the paper's ImageNet configuration
 (van den Oord et al., 2017: 4×4 stride-2 convolutions, two residual 3×3/1×1 blocks, 256
 channels, 128×128×3 → 32×32 codes, K=512) with the width ``F`` a flag: the paper's 256 is
-far too heavy for a 2-core CPU (about 10 s per 128×128 image and step), so the default is
+far too heavy for a 2-core CPU (128×128: about 1.7 s per image and step on TensorFlow,
+minutes per step on JAX), so the default is
 32, with batch 8 and 3 steps (2 timed) per fit (say which in a report). EMA codebook (0.99),
 Adam, ``compile()`` defaults, synthetic uniform images in [0, 1].
 
