@@ -40,6 +40,7 @@ SCRIPTS = {
     "data_pipeline": (True, ["--epochs", "1", "--steps", "5"]),
     "quality": (False, None),
     "precision": (False, None),
+    "paper_networks": (False, None),
 }
 # Keys shown in the header instead of every row.
 MACHINE_KEYS = {"cpu_count", "machine", "python", *_harness.DISTRIBUTIONS}

@@ -14,7 +14,9 @@ from keras_vq.backend import TrainStepMixin, inference
 from keras_vq.layers.sampling import Sampling
 from keras_vq.models import _common, networks
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
+# Likelihoods with a scale σ (learnt unless `observation_scale` fixes it).
+_SCALED = ("gaussian", "discretized_logistic")
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
@@ -30,8 +32,9 @@ class VAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
 
     Images are floating point; integer dtypes (uint8 0-255 pixels) raise a ``TypeError``
     everywhere, ``fit`` included (scale them, e.g. ``images / 255``). With
-    ``likelihood="bernoulli"`` pixels are probabilities, so ``encode``, ``log_likelihood``/
-    ``elbo`` and eager calls also reject values outside ``[0, 1]`` (``ValueError``; values are
+    ``likelihood="bernoulli"`` or ``"discretized_logistic"`` pixels lie in [0, 1], so
+    ``encode``, ``log_likelihood``/``elbo`` and eager calls also reject values outside
+    ``[0, 1]`` (``ValueError``; values are
     read only where they are concrete, never inside a compiled training step). The Gaussian
     likelihood is defined for any real pixel values and checks none, but the default networks
     are sized for ``[0, 1]`` data, which ``keras_vq.data.load`` yields.
@@ -46,11 +49,26 @@ class VAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
         encoder: optional model x → ``[z_mean, z_log_var]`` (or one tensor of size
             ``2·latent_dim`` split in half).
         decoder: optional model z → logits (Bernoulli) or means (Gaussian) shaped like x.
-        likelihood: ``"bernoulli"`` (pixels in [0, 1], decoder gives logits) or
-            ``"gaussian"``.
+        likelihood: ``"bernoulli"`` (pixels in [0, 1], decoder gives logits),
+            ``"gaussian"`` (a density: decoder gives means) or ``"discretized_logistic"``
+            (decoder gives means; 256-level pixels ``k/255`` in [0, 1], each the mass of
+            its bin under a logistic, see
+            ``keras_vq.losses.discretized_logistic_log_likelihood``): a proper discrete
+            likelihood for 8-bit colour images, so ``keras_vq.metrics.bits_per_dim(
+            -log_likelihood, H·W·C)`` is the bits/dim the literature reports (for
+            ``"gaussian"`` pass ``num_bins=256`` there, see its docstring).
         beta: weight of the KL term (β-VAE); 1 gives the ELBO.
-        observation_scale: σ of the Gaussian likelihood; ``None`` learns log σ (one scalar).
-        filters: filters of the default conv encoder (reversed for the decoder).
+        observation_scale: σ of the Gaussian (or scale of the logistic) likelihood; ``None``
+            learns log σ (one scalar).
+        filters: widths of the default encoder's stride-2 stages (reversed for the decoder):
+            a tuple (3×3 convolutions; ``None``: ``(32, 64)`` at 4×) or one int for the
+            VQ-VAE paper's networks (4×4 strided convolutions), as in ``VQVAE``. The encoder
+            ends in a dense layer over the whole feature map, so large images want a larger
+            ``downsample``.
+        num_residual_blocks: residual blocks after the encoder's strided stack and before
+            the decoder's, as in ``VQVAE``.
+        downsample: the strided stacks' factor, a power of 2; ``None``: ``2 ** len(filters)``
+            for a tuple, else 4.
         seed: seed of the reparameterisation noise.
 
     Example:
@@ -59,6 +77,10 @@ class VAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
         >>> vae.fit(keras_vq.data.load("digits", image_size=32), epochs=5)
         >>> nll = -vae.log_likelihood(images, num_samples=100)   # IWAE, nats per example
         >>> new_images = vae.sample(16, seed=0)
+        >>> # Colour images, the VQ-VAE paper's networks, bits/dim of a discrete likelihood:
+        >>> vae = VAE(input_shape=(32, 32, 3), filters=128, num_residual_blocks=2,
+        ...           downsample=8, likelihood="discretized_logistic")
+        >>> bpd = keras_vq.metrics.bits_per_dim(-vae.log_likelihood(images), 32 * 32 * 3)
     """
 
     _config_attributes = {
@@ -68,6 +90,8 @@ class VAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
         "beta": "beta",
         "observation_scale": "observation_scale",
         "filters": "filters",
+        "num_residual_blocks": "num_residual_blocks",
+        "downsample": "downsample",
         "seed": "seed",
     }
 
@@ -80,12 +104,16 @@ class VAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
         likelihood: str = "bernoulli",
         beta: float = 1.0,
         observation_scale: float | None = None,
-        filters: tuple[int, ...] = (32, 64),
+        filters: int | tuple[int, ...] | None = None,
+        num_residual_blocks: int = 0,
+        downsample: int | None = None,
         seed: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.filters = networks.check_filters(filters)
+        network = networks.resolve_network(filters, downsample, num_residual_blocks)
+        self.filters, self.downsample = network.filters, network.downsample
+        self.num_residual_blocks = network.num_residual_blocks
         self.latent_dim = _validation.check_int("latent_dim", latent_dim, minimum=1)
         self.likelihood = _validation.check_choice("likelihood", likelihood, LIKELIHOODS)
         self.beta = _validation.check_float("beta", beta, minimum=0.0)
@@ -97,13 +125,21 @@ class VAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
             )
         )
         self.seed = _validation.check_seed("seed", seed)
-        self.image_shape = _common.resolve_input_shape(input_shape, encoder, self.filters)
+        self.image_shape = _common.resolve_input_shape(input_shape, encoder, network.stages)
         self._custom_networks = _common.check_networks(encoder, decoder)
         self.encoder = encoder or networks.build_gaussian_encoder(
-            self.image_shape, self.latent_dim, self.filters
+            self.image_shape,
+            self.latent_dim,
+            network.stages,
+            num_residual_blocks=network.num_residual_blocks,
+            kernel_size=network.kernel_size,
         )
         self.decoder = decoder or networks.build_dense_to_conv_decoder(
-            self.latent_dim, self.image_shape, self.filters[::-1]
+            self.latent_dim,
+            self.image_shape,
+            network.stages[::-1],
+            num_residual_blocks=network.num_residual_blocks,
+            kernel_size=network.kernel_size,
         )
         self.sampler = Sampling(seed=seed, name="sampling")
         self.prior_seed_generator = keras.random.SeedGenerator(None if seed is None else seed + 1)
@@ -112,7 +148,7 @@ class VAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
         self.build((None, *self.image_shape))
 
     def build(self, input_shape):
-        if self.likelihood == "gaussian" and self.observation_scale is None:
+        if self.likelihood in _SCALED and self.observation_scale is None:
             self.log_scale = self.add_weight(
                 name="log_scale", shape=(), initializer="zeros", dtype="float32", autocast=False
             )
@@ -136,18 +172,25 @@ class VAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
         """log p(x|z) per example (nats)."""
         if self.likelihood == "bernoulli":
             return vq_losses.bernoulli_log_likelihood(x, decoder_output)
+        if self.likelihood == "discretized_logistic":
+            return vq_losses.discretized_logistic_log_likelihood(
+                x, decoder_output, self._log_scale()
+            )
         return vq_losses.gaussian_log_likelihood(x, decoder_output, self._log_scale())
 
     def _mean_image(self, decoder_output):
         decoder_output = ops.cast(decoder_output, "float32")
         if self.likelihood == "bernoulli":
             return ops.sigmoid(decoder_output)
+        if self.likelihood == "discretized_logistic":
+            # The discretised distribution lives on [0, 1]: its end bins absorb the tails.
+            return ops.clip(decoder_output, 0.0, 1.0)
         return decoder_output
 
     @property
     def _pixels_are_probabilities(self) -> bool:
-        """Bernoulli pixels must lie in [0, 1]; a Gaussian likelihood takes any real value."""
-        return self.likelihood == "bernoulli"
+        """Bernoulli and discretised pixels lie in [0, 1]; a Gaussian takes any real value."""
+        return self.likelihood != "gaussian"
 
     # ------------------------------------------------------------------ public API
     def call(self, inputs, training=None):
@@ -185,8 +228,8 @@ class VAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
         """Images → ``(z_mean, z_log_var)``, each float32 ``(B, latent_dim)``.
 
         Raises:
-            TypeError: integer images. ValueError: wrong shape, NaN/Inf, or (Bernoulli)
-            values outside ``[0, 1]``.
+            TypeError: integer images. ValueError: wrong shape, NaN/Inf, or (Bernoulli,
+            discretised) values outside ``[0, 1]``.
         """
         x = _common.checked_images(
             x, self.image_shape, finite=True, unit_interval=self._pixels_are_probabilities
@@ -250,7 +293,7 @@ class VAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
         S = 1 is the ELBO; the bound tightens monotonically (in expectation) as S grows.
 
         Args:
-            x: batch of float images (in ``[0, 1]`` for the Bernoulli likelihood).
+            x: batch of float images (in ``[0, 1]`` unless the likelihood is Gaussian).
             num_samples: S ≥ 1.
             seed: seed of the importance samples.
             chunk_size: samples decoded at once (memory: chunk_size · batch decoder passes).

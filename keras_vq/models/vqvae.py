@@ -39,7 +39,16 @@ class VQVAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
         ema_decay: EMA codebook decay γ, or ``None`` for a codebook learnt by gradients.
         encoder: optional ``keras.Model`` images → ``(B, h, w, D)``.
         decoder: optional ``keras.Model`` ``(B, h, w, D)`` → images.
-        filters: filters of the default encoder (reversed for the decoder).
+        filters: widths of the default encoder's stride-2 stages (reversed for the decoder):
+            a tuple, one width per stage with 3×3 convolutions (the small default, ``None``:
+            ``(32, 64)`` at 4×), or one int for the VQ-VAE paper's networks (that width at
+            every stage, 4×4 strided convolutions; the paper uses 256). See
+            ``keras_vq.models.networks``.
+        num_residual_blocks: residual blocks ``x + Conv1×1(ReLU(Conv3×3(ReLU(x))))`` after
+            the encoder's strided stack and before the decoder's (the paper uses 2).
+        downsample: the encoder's downsampling factor, a power of 2 (``H/downsample`` ×
+            ``W/downsample`` codes); ``None``: ``2 ** len(filters)`` for a tuple, else 4.
+            A tuple ``filters`` must have ``log2(downsample)`` entries.
         dead_code_threshold: restart codes used less than this (see ``VectorQuantizer``).
         seed: seed of the quantizer's dead-code restarts.
 
@@ -49,6 +58,9 @@ class VQVAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
         >>> model.fit(keras_vq.data.load("digits", image_size=32), epochs=5)
         >>> codes = model.encode(images)        # int32 (B, 8, 8)
         >>> images = model.decode(codes)
+        >>> # The paper's ImageNet networks: 128×128×3 → 32×32 codes, K=512.
+        >>> paper = VQVAE(input_shape=(128, 128, 3), num_embeddings=512, embedding_dim=64,
+        ...               filters=256, num_residual_blocks=2, downsample=4)
     """
 
     _config_attributes = {
@@ -58,6 +70,8 @@ class VQVAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
         "beta": "beta",
         "ema_decay": "ema_decay",
         "filters": "filters",
+        "num_residual_blocks": "num_residual_blocks",
+        "downsample": "downsample",
         "dead_code_threshold": "dead_code_threshold",
         "seed": "seed",
     }
@@ -71,19 +85,27 @@ class VQVAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
         ema_decay: float | None = None,
         encoder: keras.Model | None = None,
         decoder: keras.Model | None = None,
-        filters: tuple[int, ...] = (32, 64),
+        filters: int | tuple[int, ...] | None = None,
+        num_residual_blocks: int = 0,
+        downsample: int | None = None,
         dead_code_threshold: float = 0.0,
         seed: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.filters = networks.check_filters(filters)
+        network = networks.resolve_network(filters, downsample, num_residual_blocks)
+        self.filters, self.downsample = network.filters, network.downsample
+        self.num_residual_blocks = network.num_residual_blocks
         self.num_embeddings = _validation.check_int("num_embeddings", num_embeddings, minimum=1)
         self.embedding_dim = _validation.check_int("embedding_dim", embedding_dim, minimum=1)
-        self.image_shape = _common.resolve_input_shape(input_shape, encoder, self.filters)
+        self.image_shape = _common.resolve_input_shape(input_shape, encoder, network.stages)
         self._custom_networks = _common.check_networks(encoder, decoder)
         self.encoder = encoder or networks.build_conv_encoder(
-            self.image_shape, self.embedding_dim, self.filters
+            self.image_shape,
+            self.embedding_dim,
+            network.stages,
+            num_residual_blocks=network.num_residual_blocks,
+            kernel_size=network.kernel_size,
         )
         # The model's attributes are the one source of its configuration (get_config).
         self.quantizer = VectorQuantizer(
@@ -101,9 +123,13 @@ class VQVAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
         self.dead_code_threshold = self.quantizer.dead_code_threshold
         self.seed = self.quantizer.seed
         if decoder is None:
-            latent_shape = (*networks.latent_grid(self.image_shape, self.filters), embedding_dim)
+            latent_shape = (*networks.latent_grid(self.image_shape, network.stages), embedding_dim)
             decoder = networks.build_conv_decoder(
-                latent_shape, self.image_shape[-1], self.filters[::-1]
+                latent_shape,
+                self.image_shape[-1],
+                network.stages[::-1],
+                num_residual_blocks=network.num_residual_blocks,
+                kernel_size=network.kernel_size,
             )
         self.decoder = decoder
         self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
