@@ -52,9 +52,10 @@ class VQVAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
     16 for a vector quantizer without ``embedding_dim``, or a custom encoder's output channels).
     ``beta``, ``ema_decay``, ``dead_code_threshold`` and ``seed`` are the quantizer's own
     options: leave them at their defaults (the model reports the quantizer's values, ``None``
-    where it has no such option). A value passed that contradicts the quantizer raises a
-    ``ValueError``. Codes are int32 ``(B, h, w)``, or ``(B, h, w, num_quantizers)`` for a
-    residual quantizer (``code_shape`` without the batch axis).
+    where it has no such option; a quantizer without a ``seed`` keeps the model's). A value
+    passed that contradicts the quantizer raises a ``ValueError``. Codes are int32
+    ``(B, h, w)``, or ``(B, h, w, num_quantizers)`` for a residual quantizer (``code_shape``
+    without the batch axis).
 
     Images are floating point; integer dtypes (uint8 0-255 pixels) raise a ``TypeError``
     everywhere, ``fit`` included (scale them, e.g. ``images / 255``). Their range is not
@@ -154,7 +155,12 @@ class VQVAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
         self.beta = values["beta"]
         self.ema_decay = values["ema_decay"]
         self.dead_code_threshold = values["dead_code_threshold"]
-        self.seed = values["seed"]
+        # A quantizer without randomness (FSQ, LFQ) leaves the model's seed as passed.
+        self.seed = (
+            values["seed"]
+            if hasattr(quantizer, "seed")
+            else _validation.check_seed("seed", seed)
+        )
         if decoder is None:
             latent_shape = (
                 *networks.latent_grid(self.image_shape, self.filters),
@@ -359,6 +365,8 @@ def check_quantizer_options(quantizer, passed: dict) -> None:
         value = passed[option]
         if value is None or value == default or value == own[option]:
             continue
+        if option == "seed" and not hasattr(quantizer, "seed"):
+            continue  # nothing random to seed: the model keeps it (see VQVAE)
         owned = own[option]
         detail = f"has {option}={owned!r}" if owned is not None else f"has no {option}"
         raise ValueError(
