@@ -152,8 +152,11 @@ def test_options_of_the_default_quantizer_are_reported():
         0.0,
         2,
     )
-    model = build("fsq")
+    model = build("fsq", seed=0)
     assert (model.beta, model.ema_decay, model.dead_code_threshold, model.seed) == (None,) * 4
+    # Nothing random in an FSQ: the model keeps its seed (the recipes always pass one).
+    model = VQVAE(input_shape=IMAGE_SHAPE, filters=(4,), quantizer=KINDS["fsq"][0](), seed=5)
+    assert model.seed == 5
 
 
 @pytest.mark.parametrize(
