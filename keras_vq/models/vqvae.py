@@ -157,9 +157,7 @@ class VQVAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
         self.dead_code_threshold = values["dead_code_threshold"]
         # A quantizer without randomness (FSQ, LFQ) leaves the model's seed as passed.
         self.seed = (
-            values["seed"]
-            if hasattr(quantizer, "seed")
-            else _validation.check_seed("seed", seed)
+            values["seed"] if hasattr(quantizer, "seed") else _validation.check_seed("seed", seed)
         )
         if decoder is None:
             latent_shape = (
