@@ -8,12 +8,15 @@ Every signature takes named inputs, returns a dict of named outputs and has a dy
   reconstruction from ``z_mean``), ``encode`` (``images`` → ``z_mean``, ``z_log_var``),
   ``decode`` (``latents`` → ``images``).
 - :class:`~keras_vq.models.VQVAE`: ``serving_default`` (``images`` → ``images``),
-  ``encode`` (``images`` → int32 ``codes``), ``decode`` (int32 ``codes`` → ``images``).
+  ``encode`` (``images`` → int32 ``codes``), ``decode`` (int32 ``codes`` → ``images``), for
+  every quantizer: ``codes`` are ``(None, *vqvae.code_shape)``, i.e. ``(None, h, w)``, or
+  ``(None, h, w, num_quantizers)`` for a ``ResidualVectorQuantizer``, with values in
+  ``[0, num_embeddings)`` (the quantizer's ``codebook_size``).
 - :func:`export_generator` (VQVAE + PixelCNNPrior or TransformerPrior): ``sample`` (alias
   ``serving_default``) and ``sample_seeded`` → ``images`` and int32 ``codes``.
 
 Inputs are checked where they enter. The specs have an exact rank (``images``
-``(None, H, W, C)`` float32, ``codes`` ``(None, h, w)`` int32, ``latents``
+``(None, H, W, C)`` float32, ``codes`` ``(None, *code_shape)`` int32, ``latents``
 ``(None, latent_dim)`` float32, ``labels`` ``(None,)`` int32; the scalars ``num_samples`` and
 ``seed`` int32 of unknown rank, see ``_shape_check``), and in-graph assertions reject a wrong
 size or rank, ``codes`` or ``labels`` out of range and ``num_samples < 1`` with an
@@ -121,7 +124,8 @@ def export_generator(
         vqvae: the built :class:`~keras_vq.models.VQVAE` whose codes the prior models.
         prior: a :class:`~keras_vq.models.PixelCNNPrior` or
             :class:`~keras_vq.models.TransformerPrior` with the same ``num_embeddings`` and
-            ``latent_shape``.
+            ``latent_shape`` (any single-index quantizer: VQ, FSQ, LFQ; a prior over a
+            ``ResidualVectorQuantizer``'s stacked codes is not supported).
         export_dir, version: as in :func:`export_saved_model`.
         temperature: T ≥ 0 fixed into the artifact; 0 is the greedy (argmax) path.
 
@@ -130,6 +134,13 @@ def export_generator(
     """
     _check_model("vqvae", vqvae, (VQVAE,))
     _check_model("prior", prior, _PRIORS)
+    if tuple(vqvae.code_shape) != tuple(vqvae.latent_shape):
+        raise ValueError(
+            f"`vqvae` has codes of shape {tuple(vqvae.code_shape)} per image (a "
+            f"{type(vqvae.quantizer).__name__}, one code per stage) but a prior models one "
+            "code per position: export_generator needs a VQVAE with a single-index quantizer "
+            "(VectorQuantizer, FiniteScalarQuantizer, LookupFreeQuantizer)."
+        )
     if prior.num_embeddings != vqvae.num_embeddings:
         raise ValueError(
             f"`prior` models num_embeddings={prior.num_embeddings} codes but `vqvae` has "
@@ -286,11 +297,11 @@ def _checked_images(images, image_shape: tuple[int, ...]):
     )
 
 
-def _checked_codes(codes, latent_shape: tuple[int, ...], num_embeddings: int):
+def _checked_codes(codes, code_shape: tuple[int, ...], num_embeddings: int):
     """Shape first: the range check of a wrongly shaped request would hide the real error."""
     import tensorflow as tf
 
-    shape = _shape_check(codes, "codes", (None, *latent_shape), _batch_shape(latent_shape))
+    shape = _shape_check(codes, "codes", (None, *code_shape), _batch_shape(code_shape))
     with tf.control_dependencies([shape]):
         in_range = _range_check(codes, "codes", num_embeddings, "num_embeddings")
     return _checked([shape, in_range], codes)
@@ -324,7 +335,7 @@ def _vae_endpoints(vae: VAE) -> list[_Endpoint]:
 
 def _vqvae_endpoints(vqvae: VQVAE) -> list[_Endpoint]:
     image_spec = _spec((None, *vqvae.image_shape), "float32", "images")
-    code_spec = _spec((None, *vqvae.latent_shape), "int32", "codes")
+    code_spec = _spec((None, *vqvae.code_shape), "int32", "codes")
 
     def reconstruct(images):
         images = _checked_images(images, vqvae.image_shape)
@@ -335,7 +346,7 @@ def _vqvae_endpoints(vqvae: VQVAE) -> list[_Endpoint]:
         return {"codes": ops.cast(codes, "int32")}
 
     def decode(codes):
-        codes = _checked_codes(codes, tuple(vqvae.latent_shape), vqvae.num_embeddings)
+        codes = _checked_codes(codes, tuple(vqvae.code_shape), vqvae.num_embeddings)
         return {"images": ops.cast(vqvae.decode(codes), "float32")}
 
     return [

@@ -16,6 +16,7 @@ DEFAULT_IMAGE_SIZE = 32
 BACKENDS = ("tensorflow", "jax", "torch")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DISTRIBUTIONS = ("none", "mirrored", "data_parallel")
+QUANTIZERS = ("vq", "rvq", "fsq", "lfq")
 
 
 class RecipeError(Exception):
@@ -100,8 +101,26 @@ def add_train_args(
 
 def add_vqvae_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("VQ-VAE")
-    group.add_argument("--num-embeddings", type=positive_int, default=128, help="codebook size K")
-    group.add_argument("--embedding-dim", type=positive_int, default=16, help="code size D")
+    group.add_argument(
+        "--quantizer",
+        choices=QUANTIZERS,
+        default="vq",
+        help="vq: VectorQuantizer; rvq: ResidualVectorQuantizer; fsq: FiniteScalarQuantizer; "
+        "lfq: LookupFreeQuantizer (default: %(default)s)",
+    )
+    group.add_argument(
+        "--num-embeddings",
+        type=positive_int,
+        default=128,
+        help="codebook size K (vq; rvq: per stage)",
+    )
+    group.add_argument(
+        "--embedding-dim",
+        type=positive_int,
+        default=None,
+        help="code size D, the encoder's output channels (vq, rvq: default 16; fsq, lfq: "
+        "default len(--levels) or --num-bits, another value adds a projection)",
+    )
     group.add_argument(
         "--filters",
         type=positive_int,
@@ -121,6 +140,30 @@ def add_vqvae_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=1.0,
         help="restart codes assigned fewer than this many vectors per batch (EMA); 0 disables",
+    )
+    add_quantizer_args(parser)
+
+
+def add_quantizer_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of the quantizers other than the default ``vq`` (see ``--quantizer``)."""
+    group = parser.add_argument_group("quantizer (--quantizer rvq, fsq, lfq)")
+    group.add_argument(
+        "--num-quantizers", type=positive_int, default=4, help="rvq: stages (codes per position)"
+    )
+    group.add_argument(
+        "--quantize-dropout",
+        action="store_true",
+        help="rvq: train with a random number of stages",
+    )
+    group.add_argument(
+        "--levels",
+        type=positive_int,
+        nargs="+",
+        default=[8, 5, 5, 5],
+        help="fsq: levels per channel, each >= 3 (their product is the codebook size)",
+    )
+    group.add_argument(
+        "--num-bits", type=positive_int, default=10, help="lfq: bits per code (2**bits codes)"
     )
 
 

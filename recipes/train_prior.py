@@ -40,6 +40,12 @@ def setup(args, run: Run) -> dict:
     """Load the VQ-VAE, check the data and the sampling flags and build the prior (each a
     usage error if it fails); writes nothing."""
     vqvae = _inputs.load_model(args.vqvae, ("VQVAE",), "--vqvae")
+    if tuple(vqvae.code_shape) != tuple(vqvae.latent_shape):
+        raise _flags.RecipeError(
+            f"--vqvae {args.vqvae} codes each position with {vqvae.code_shape[-1]} residual "
+            "stages (a ResidualVectorQuantizer); a prior models one code per position: train "
+            "the VQ-VAE with --quantizer vq, fsq or lfq."
+        )
     info = _inputs.dataset_info(args)
     if info.image_shape[-1] != vqvae.image_shape[-1]:
         raise _flags.RecipeError(

@@ -260,7 +260,8 @@ def generate(
 
     Args:
         vqvae: a model with ``decode(codes)`` (a :class:`VQVAE`), whose codebook size equals
-            ``prior.num_embeddings``.
+            ``prior.num_embeddings``: one code per position (a VectorQuantizer,
+            FiniteScalarQuantizer or LookupFreeQuantizer; not a ResidualVectorQuantizer).
         prior: the prior trained on ``vqvae``'s codes: a :class:`PixelCNNPrior` or a
             :class:`~keras_vq.models.TransformerPrior` (any model with ``sample`` and
             ``num_embeddings``).
@@ -280,6 +281,21 @@ def generate(
         )
     if not callable(getattr(vqvae, "decode", None)):
         raise TypeError(f"`vqvae` must have a `decode(codes)` method, got {type(vqvae).__name__}.")
+    code_shape = getattr(vqvae, "code_shape", None)
+    latent_shape = getattr(vqvae, "latent_shape", None)
+    if code_shape is not None and tuple(code_shape) != tuple(latent_shape):
+        raise ValueError(
+            f"`vqvae` has codes of shape {tuple(code_shape)} per image (one per residual "
+            "stage) but `prior` samples one code per position: generate needs a VQVAE with a "
+            "single-index quantizer (VectorQuantizer, FiniteScalarQuantizer, LookupFreeQuantizer)."
+        )
+    prior_shape = getattr(prior, "latent_shape", None)
+    if latent_shape is not None and prior_shape is not None:
+        if tuple(prior_shape) != tuple(latent_shape):
+            raise ValueError(
+                f"`prior` has latent_shape={tuple(prior_shape)} but `vqvae` encodes to "
+                f"latent_shape={tuple(latent_shape)}."
+            )
     codebook_size = getattr(vqvae, "num_embeddings", None)
     if isinstance(codebook_size, int) and codebook_size != prior.num_embeddings:
         raise ValueError(

@@ -1,0 +1,132 @@
+"""The quantizer family on two simulated devices: MirroredStrategy (TF), DataParallel (JAX).
+
+A VQVAE around a ``ResidualVectorQuantizer`` with EMA codebooks (and ``quantize_dropout``)
+trains on two replicas exactly as on one. With k-means initialisation and dead-code
+restarts (``ResidualVectorQuantizer`` and ``VectorQuantizer(kmeans_init=True)``), whose
+random choices are made on the first replica and broadcast, every replica ends with the same
+codebooks and EMA statistics. Devices must be configured before the backend initialises, so
+each check runs in a fresh interpreter (see tests/test_distribute.py).
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from tests.test_distribute import PRELUDE_TF, run_script
+
+TRAIN = """
+import keras, numpy as np
+from sklearn.datasets import load_digits
+from keras_vq.layers import ResidualVectorQuantizer, VectorQuantizer
+from keras_vq.models import VQVAE
+
+images = (load_digits().images[:128] / 16.0).astype("float32")[..., None]
+
+def quantizer(kind):
+    if kind == "rvq_ema":
+        return ResidualVectorQuantizer(3, 16, 4, ema_decay=0.9, quantize_dropout=True, seed=0)
+    if kind == "rvq_kmeans_restart":
+        return ResidualVectorQuantizer(3, 16, 4, ema_decay=0.9, quantize_dropout=True, seed=0,
+                                       kmeans_init=True, dead_code_threshold=0.5)
+    return VectorQuantizer(16, 4, ema_decay=0.9, kmeans_init=True, dead_code_threshold=0.5,
+                           seed=0)
+
+def train(kind, scope=None):
+    keras.utils.set_random_seed(0)
+    def build():
+        model = VQVAE(input_shape=(8, 8, 1), filters=(8, 8), quantizer=quantizer(kind))
+        model.compile(optimizer=keras.optimizers.SGD(0.05))
+        return model
+    if scope is None:
+        model = build()
+    else:
+        with scope:
+            model = build()
+    history = model.fit(images, epochs=2, batch_size=32, shuffle=False, verbose=0).history
+    return model, history
+
+def quantizer_state(model):
+    return [v for v in model.quantizer.weights if "float" in str(v.dtype)]
+"""
+
+MIRRORED = (
+    TRAIN
+    + """
+import json, tensorflow as tf
+one = tf.distribute.OneDeviceStrategy("/cpu:0")
+two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+result = {"replicas": two.num_replicas_in_sync}
+m1, h1 = train("rvq_ema", one.scope())
+m2, h2 = train("rvq_ema", two.scope())
+result["max_weight_diff"] = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                                for a, b in zip(m1.weights, m2.weights))
+result["loss"] = [h1["loss"][-1], h2["loss"][-1]]
+
+for kind in ("rvq_kmeans_restart", "vq_kmeans_restart"):
+    m, h = train(kind, two.scope())
+    diffs = []
+    for v in quantizer_state(m):
+        copies = [np.asarray(c) for c in two.experimental_local_results(v.value)]
+        diffs.append(float(np.abs(copies[0] - copies[1]).max()))
+        result[f"{kind}_copies"] = len(copies)
+    result[f"{kind}_replica_diff"] = max(diffs)
+    result[f"{kind}_state_variables"] = len(diffs)
+    result[f"{kind}_loss_finite"] = bool(np.isfinite(h["loss"][-1]))
+print("RESULT", json.dumps(result))
+"""
+)
+
+DATA_PARALLEL = (
+    TRAIN
+    + """
+import json, jax
+result = {"devices": len(jax.devices())}
+keras.distribution.set_distribution(None)
+m1, h1 = train("rvq_ema")
+keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+m2, h2 = train("rvq_ema")
+result["max_weight_diff"] = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                                for a, b in zip(m1.weights, m2.weights))
+result["loss"] = [h1["loss"][-1], h2["loss"][-1]]
+
+for kind in ("rvq_kmeans_restart", "vq_kmeans_restart"):
+    m, h = train(kind)
+    diffs, copies = [], 0
+    for v in quantizer_state(m):
+        shards = [np.asarray(s.data) for s in v.value.addressable_shards]
+        copies = len(shards)
+        diffs.append(max(float(np.abs(s - shards[0]).max()) for s in shards))
+    result[f"{kind}_copies"] = copies
+    result[f"{kind}_replica_diff"] = max(diffs)
+    result[f"{kind}_state_variables"] = len(diffs)
+    result[f"{kind}_loss_finite"] = bool(np.isfinite(h["loss"][-1]))
+print("RESULT", json.dumps(result))
+"""
+)
+
+
+def check(result: dict, replicas_key: str) -> None:
+    assert result[replicas_key] == 2
+    assert result["max_weight_diff"] < 1e-5, result
+    np.testing.assert_allclose(*result["loss"], rtol=1e-5)
+    for kind in ("rvq_kmeans_restart", "vq_kmeans_restart"):
+        assert result[f"{kind}_copies"] == 2, result
+        assert result[f"{kind}_state_variables"] >= 2, result  # codebook + EMA statistics
+        assert result[f"{kind}_replica_diff"] == 0.0, result
+        assert result[f"{kind}_loss_finite"], result
+
+
+@pytest.mark.subprocess
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="MirroredStrategy is TF's")
+def test_quantizers_under_mirrored_strategy():
+    check(run_script(PRELUDE_TF + MIRRORED, {"KERAS_BACKEND": "tensorflow"}), "replicas")
+
+
+@pytest.mark.subprocess
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution is JAX's")
+def test_quantizers_under_jax_data_parallel():
+    result = run_script(
+        DATA_PARALLEL,
+        {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+    )
+    check(result, "devices")
