@@ -85,7 +85,7 @@ def fit(
         verbose=args.verbose,
     )
     logs = {k: float(v[-1]) for k, v in history.history.items() if v}
-    reference = first_examples(validation_data or train_data, model)
+    reference = first_examples(train_data if validation_data is None else validation_data, model)
     run.write_preset = lambda metrics: write_preset(run, model, metrics, reference)
     return {
         "epochs": args.epochs,

@@ -36,8 +36,8 @@ PRESETS = {
     "pixelcnn_digits": (
         "Class-conditional gated PixelCNN prior over the codes of vqvae_digits (10 classes)",
         "recipes/train_prior.py --vqvae {work}/vqvae_digits/vqvae.keras "
-        "--out {work}/pixelcnn_digits --conditional --num-layers 4 --prior-filters 32 "
-        "--kernel-size 3 --epochs 15 --num-samples 20 " + COMMON,
+        "--out {work}/pixelcnn_digits --conditional --num-layers 4 --prior-filters 48 "
+        "--kernel-size 3 --epochs 40 --num-samples 20 " + COMMON,
     ),
     "vae_digits": (
         "VAE on the 32x32 offline digits: 16 latent dimensions, Bernoulli likelihood",
