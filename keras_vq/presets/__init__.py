@@ -406,15 +406,26 @@ def _reference_arrays(model: keras.Model, inputs: Any) -> dict[str, np.ndarray]:
 
 
 def _reference_outputs(model: keras.Model, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    """``output`` = ``model(inputs)`` (and ``codes`` = ``encode(images)`` for a VQ-VAE)."""
+    """``output`` = ``model(inputs)``; and ``codes`` = ``encode(images)`` for a VQ-VAE, or
+    ``probabilities`` = softmax of a prior's logits (what its sampler draws from)."""
     from keras_vq.backend import to_numpy
 
     parts = [arrays[f"input_{i}"] for i in range(sum(k.startswith("input_") for k in arrays))]
     inputs = parts if len(parts) > 1 else parts[0]
-    outputs = {"output": np.asarray(to_numpy(model(inputs, training=False)))}
+    output = np.asarray(to_numpy(model(inputs, training=False)))
+    outputs = {"output": output}
     if hasattr(model, "quantizer") and hasattr(model, "encode"):
         outputs["codes"] = np.asarray(to_numpy(model.encode(inputs)))
+    if hasattr(model, "latent_shape") and hasattr(model, "sample"):
+        outputs["probabilities"] = softmax(output)
     return outputs
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis in float64 (NumPy), as float32."""
+    shifted = logits.astype("float64") - logits.max(axis=-1, keepdims=True)
+    weights = np.exp(shifted)
+    return (weights / weights.sum(axis=-1, keepdims=True)).astype("float32")
 
 
 def verify(preset: str | os.PathLike, model: keras.Model | None = None) -> dict[str, float]:
