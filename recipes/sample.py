@@ -56,7 +56,7 @@ def check_models(parser, args) -> None:
     if args.vae and (args.vqvae or args.prior):
         parser.error("pass either --vae or --vqvae with --prior, not both")
     if not args.vae and not (args.vqvae and args.prior):
-        parser.error("pass --vae, or both --vqvae and --prior")
+        parser.error("pass --preset, --vae, or both --vqvae and --prior")
     if args.num_samples < 1:
         parser.error("--num-samples must be >= 1")
     if args.vae and args.labels is not None:

@@ -17,10 +17,13 @@ from tests.test_recipes import RECIPES, check_run_dir, png_size, run
 
 ROOT = RECIPES.parent
 
-pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow",
-    reason="the recipes run under KERAS_BACKEND=tensorflow; once per suite is enough",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        keras.backend.backend() != "tensorflow",
+        reason="the recipes run under KERAS_BACKEND=tensorflow; once per suite is enough",
+    ),
+    pytest.mark.subprocess,
+]
 
 QUICK = "--epochs 1 --steps-per-epoch 2 --batch-size 16".split()
 
