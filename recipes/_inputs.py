@@ -147,6 +147,42 @@ def load_model(path: str, expected: tuple[str, ...], flag: str):
     return model
 
 
+def load_preset(name: str, expected: tuple[str, ...], flag: str = "--preset"):
+    """``keras_vq.presets.load`` of ``name`` (a bundled name, a preset directory or a remote
+    handle), checked to be one of the ``expected`` classes; any failure is a usage error."""
+    import keras_vq.presets
+
+    try:
+        model = keras_vq.presets.load(name)
+    except (FileNotFoundError, ImportError, ValueError, TypeError) as error:
+        raise RecipeError(f"{flag} {name}: {error}") from None
+    if type(model).__name__ not in expected:
+        raise RecipeError(
+            f"{flag} {name} holds a {type(model).__name__}, expected {' or '.join(expected)}"
+            f"{preset_hint(expected)}."
+        )
+    return model
+
+
+def load_preset_pair(name: str, flag: str = "--preset"):
+    """``(vqvae, prior)`` of a prior preset (its metadata names its VQ-VAE preset); a usage
+    error if that fails."""
+    import keras_vq.presets
+
+    try:
+        return keras_vq.presets.load_pair(name)
+    except (FileNotFoundError, ImportError, ValueError, TypeError) as error:
+        raise RecipeError(f"{flag} {name}: {error}") from None
+
+
+def preset_hint(expected: tuple[str, ...]) -> str:
+    """``" (bundled: a, b)"``: the bundled presets of the ``expected`` classes."""
+    import keras_vq.presets
+
+    names = [n for n, c in keras_vq.presets.list().items() if c in expected]
+    return f" (bundled: {', '.join(names)})" if names else ""
+
+
 def class_labels(spec: str | None, num_samples: int, num_classes: int | None):
     """``--labels`` → int32 ``(num_samples,)`` for a conditional prior, ``None`` otherwise."""
     import numpy as np

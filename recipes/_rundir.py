@@ -6,6 +6,8 @@ An output directory holds one run::
     backup/         BackupAndRestore checkpoint (every epoch end; removed when fit ends)
     logs/           TensorBoard event files
     *.keras *.png   models and image grids
+    preset/         the trained model as a keras_vq preset (training recipes; see
+                    keras_vq.presets), with the held-out metrics and the command
     metrics.json    final numbers
     DONE            written last: the run finished
 
@@ -34,10 +36,11 @@ METRICS_FILE = "metrics.json"
 DONE_FILE = "DONE"
 BACKUP_DIR = "backup"
 LOG_DIR = "logs"
+PRESET_DIR = "preset"
 # Arguments that do not change what a run computes: a rerun may differ in them.
 _NOT_COMPARED = ("overwrite", "verbose", "backend", "download")
 # What --overwrite removes from --out (never anything else the user may keep there).
-_RUN_FILES = (CONFIG_FILE, METRICS_FILE, DONE_FILE, BACKUP_DIR, LOG_DIR, "export")
+_RUN_FILES = (CONFIG_FILE, METRICS_FILE, DONE_FILE, BACKUP_DIR, LOG_DIR, PRESET_DIR, "export")
 _RUN_SUFFIXES = (".keras", ".png")
 
 
@@ -140,6 +143,8 @@ class Run:
         self.args = args
         self.strategy = strategy
         self.resumed = False
+        # Set by a training recipe: writes preset/ from the final metrics (before DONE).
+        self.write_preset: Callable[[dict[str, Any]], None] | None = None
 
     def scope(self) -> contextlib.AbstractContextManager:
         """Where to create and compile models: the strategy's scope, or nothing."""
@@ -217,6 +222,8 @@ class Run:
             )
 
     def finish(self, metrics: dict[str, Any]) -> None:
+        if self.write_preset is not None:
+            self.write_preset(metrics)
         write_json(self.path(METRICS_FILE), metrics)
         self.path(DONE_FILE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
 

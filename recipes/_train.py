@@ -4,6 +4,7 @@ resume from, and what the training recipes write (metric names, reconstruction g
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -84,11 +85,53 @@ def fit(
         verbose=args.verbose,
     )
     logs = {k: float(v[-1]) for k, v in history.history.items() if v}
+    reference = first_examples(train_data if validation_data is None else validation_data, model)
+    run.write_preset = lambda metrics: write_preset(run, model, metrics, reference)
     return {
         "epochs": args.epochs,
         "resumed_from_epoch": history.epoch[0] if history.epoch else start_epoch,
         "final_epoch_logs": logs,
     }
+
+
+def first_examples(data, model, count: int = 4):
+    """The first ``count`` inputs of ``model`` in a dataset of ``x`` or ``(x, y)`` batches
+    (NumPy; ``[codes, labels]`` for a class-conditional prior): the reference inputs stored
+    with a preset."""
+    batch = next(iter(data.take(1)))
+    parts = [x.numpy()[:count] for x in (batch if isinstance(batch, tuple | list) else [batch])]
+    return parts[:2] if getattr(model, "num_classes", None) is not None else parts[0]
+
+
+def write_preset(run: Run, model, metrics: dict[str, Any], reference) -> None:
+    """Save the trained ``model`` as a keras_vq preset in ``<out>/preset/`` whose metadata holds
+    the held-out metrics (``test_*``), the command that trained it and, for a prior, the
+    VQ-VAE preset (``<dir of --vqvae>/preset``, relative to this one) it was trained on."""
+    import os
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from _rundir import PRESET_DIR, json_default
+
+    args = run.args
+    script = os.path.relpath(os.path.abspath(sys.argv[0])) if sys.argv and sys.argv[0] else ""
+    metadata = {
+        "recipe": run.config["recipe"],
+        "recipe_command": shlex.join(["python", script, *sys.argv[1:]]),
+        "recipe_args": run.config["args"],
+        "dataset": getattr(args, "dataset", None),
+        "eval_split": getattr(args, "eval_split", None),
+        "metrics": {k: v for k, v in metrics.items() if k.startswith("test_")},
+    }
+    metadata = json.loads(json.dumps(metadata, default=json_default))  # NumPy scalars too
+    preset_dir = run.path(PRESET_DIR)
+    vqvae_file = getattr(args, "vqvae", None)
+    if vqvae_file:
+        vqvae_preset = Path(vqvae_file).resolve().parent / PRESET_DIR
+        if vqvae_preset.is_dir():
+            metadata["vqvae_preset"] = os.path.relpath(vqvae_preset, preset_dir.resolve())
+    model.save_to_preset(preset_dir, metadata=metadata, reference_inputs=reference, overwrite=True)
 
 
 def fit_autoencoder(

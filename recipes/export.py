@@ -2,11 +2,14 @@
 
     python recipes/export.py --model runs/vqvae.keras --out exports/vqvae
     python recipes/export.py --vqvae runs/vqvae.keras --prior runs/prior.keras --out exports/gen
+    python recipes/export.py --preset pixelcnn_digits --out exports/digits_generator
 
 Writes ``<out>/<version>/`` (the next free version unless ``--version``) and prints its path.
-Signatures: see ``keras_vq.export``. ``.keras`` files do not depend on the backend that
-trained them, so this script always loads them with TensorFlow: the direct export path, and
-a SavedModel of plain TensorFlow ops that any TF Serving build runs.
+--preset takes a VAE or VQ-VAE preset (exported like --model) or a prior preset (exported as
+a generator with the VQ-VAE preset its metadata names). Signatures: see ``keras_vq.export``.
+``.keras`` files and presets do not depend on the backend that trained them, so this script
+always loads them with TensorFlow: the direct export path, and a SavedModel of plain
+TensorFlow ops that any TF Serving build runs.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--vqvae", help="with --prior: the VQVAE (.keras) of a generator")
     parser.add_argument("--prior", help="with --vqvae: the PixelCNNPrior (.keras) of a generator")
     parser.add_argument(
+        "--preset",
+        help="a VAE/VQVAE preset, or a prior preset (a generator with its VQ-VAE preset): "
+        "bundled name, preset directory, hf:// or kaggle:// handle",
+    )
+    parser.add_argument(
         "--out",
         default=None,
         help="model base directory that receives the version folders "
@@ -44,6 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="generator sampling temperature; 0 = greedy (default: 1.0)",
     )
     args = parser.parse_args(argv)
+    if args.preset is not None:
+        if args.model or args.vqvae or args.prior:
+            parser.error("pass either --preset, or model files (--model, or --vqvae with --prior)")
+        if args.out is None:
+            args.out = str(Path("exports", Path(args.preset.rstrip("/")).name or "preset"))
+        return args
     if (args.vqvae is None) != (args.prior is None):
         parser.error("--prior and --vqvae go together (a generator needs both)")
     if (args.model is None) == (args.prior is None):
@@ -71,7 +85,9 @@ def main(argv=None) -> str:
             fail(f"{flag}: {error}")
 
     try:
-        if args.model:
+        if args.preset:
+            path = export_preset(args, export_saved_model, export_generator)
+        elif args.model:
             model = load("--model", args.model)
             path = export_saved_model(model, args.out, version=args.version)
         else:
@@ -83,6 +99,27 @@ def main(argv=None) -> str:
         fail(str(error))
     print(path)
     return path
+
+
+def export_preset(args, export_saved_model, export_generator) -> str:
+    """Export ``--preset``: a VAE/VQVAE as ``--model``, a prior as a generator with its VQ-VAE
+    preset; a missing or corrupted preset is a usage error."""
+    import keras_vq.presets
+
+    try:
+        kind = keras_vq.presets.metadata(args.preset).get("class_name")
+        if kind in ("VAE", "VQVAE"):
+            return export_saved_model(
+                keras_vq.presets.load(args.preset), args.out, version=args.version
+            )
+        vqvae, prior = keras_vq.presets.load_pair(args.preset)
+    except (FileNotFoundError, ImportError) as error:
+        fail(f"--preset {args.preset}: {error}")
+    except ValueError as error:
+        fail(f"--preset {args.preset}: {error}")
+    return export_generator(
+        vqvae, prior, args.out, version=args.version, temperature=args.temperature
+    )
 
 
 def fail(message: str) -> NoReturn:

@@ -4,8 +4,9 @@ reconstructions.png holds rows of --num-images inputs, each row followed by the 
 reconstructions. metrics.json holds the reconstruction MSE over the whole --split (and, for a
 VQ-VAE, its perplexity and codes used).
 
-Example:
+Examples:
     python recipes/reconstruct.py --model runs/train_vqvae/vqvae.keras --out runs/reconstruct
+    python recipes/reconstruct.py --preset vqvae_digits --out runs/reconstruct_preset
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ RECIPE = "reconstruct"
 def build_parser():
     parser = _flags.new_parser(__doc__)
     _flags.add_model_data_args(parser, "--model", "trained VAE or VQ-VAE (.keras)")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="a VAE or VQ-VAE preset instead of --model: bundled name (vqvae_digits, "
+        "vae_digits), preset directory, hf:// or kaggle:// handle",
+    )
     parser.add_argument("--split", default=None, help="split (unset: --eval-split)")
     parser.add_argument("--num-images", type=_flags.positive_int, default=32)
     parser.add_argument("--ncols", type=_flags.positive_int, default=8, help="images per row")
@@ -35,7 +42,10 @@ def build_parser():
 
 def setup(args, run: Run) -> dict:
     """Load the model and check the data against it; writes nothing."""
-    model = _inputs.load_model(args.model, ("VAE", "VQVAE"), "--model")
+    if args.preset:
+        model = _inputs.load_preset(args.preset, ("VAE", "VQVAE"))
+    else:
+        model = _inputs.load_model(args.model, ("VAE", "VQVAE"), "--model")
     channels = _inputs.dataset_info(args).image_shape[-1]
     if channels != model.image_shape[-1]:
         raise _flags.RecipeError(

@@ -1,12 +1,16 @@
-"""Sample a PNG grid of new images from a trained model.
+"""Sample a PNG grid of new images from a trained model or a preset.
 
-VAE (--vae vae.keras): decode z ~ N(0, I). VQ-VAE (--vqvae vqvae.keras --prior prior.keras):
-draw code maps from the PixelCNN prior and decode them; --labels picks the classes of a
-class-conditional prior (default: cycle through all classes, one per column).
+--preset NAME_OR_DIR: a VAE preset, or a prior preset together with the VQ-VAE preset its
+metadata names (python -c "import keras_vq; print(keras_vq.presets.list())" lists the
+bundled ones). VAE (--vae vae.keras): decode z ~ N(0, I). VQ-VAE (--vqvae vqvae.keras
+--prior prior.keras): draw code maps from the PixelCNN prior and decode them; --labels
+picks the classes of a class-conditional prior (default: cycle through all classes, one per
+column).
 Writes to --out: config.json, samples.png, logs/ (the grid as a TensorBoard image) and
 metrics.json.
 
 Examples:
+    python recipes/sample.py --preset pixelcnn_digits --out runs/sample_preset
     python recipes/sample.py --vae runs/train_vae/vae.keras --out runs/sample_vae
     python recipes/sample.py --vqvae runs/train_vqvae/vqvae.keras \\
         --prior runs/train_prior/prior.keras --temperature 0.8 --out runs/sample_vqvae
@@ -27,7 +31,13 @@ RECIPE = "sample"
 
 def build_parser():
     parser = _flags.new_parser(__doc__)
-    group = parser.add_argument_group("models (--vae, or --vqvae with --prior)")
+    group = parser.add_argument_group("models (--preset, --vae, or --vqvae with --prior)")
+    group.add_argument(
+        "--preset",
+        default=None,
+        help="a VAE or prior preset: bundled name (pixelcnn_digits, vae_digits), preset "
+        "directory, hf:// or kaggle:// handle",
+    )
     group.add_argument("--vae", default=None, help="trained VAE (.keras)")
     group.add_argument("--vqvae", default=None, help="trained VQ-VAE (.keras)")
     group.add_argument("--prior", default=None, help="PixelCNN prior of --vqvae (.keras)")
@@ -37,10 +47,16 @@ def build_parser():
 
 
 def check_models(parser, args) -> None:
+    if args.preset and (args.vae or args.vqvae or args.prior):
+        parser.error("pass either --preset, or model files (--vae, --vqvae with --prior)")
+    if args.preset:
+        if args.num_samples < 1:
+            parser.error("--num-samples must be >= 1")
+        return
     if args.vae and (args.vqvae or args.prior):
         parser.error("pass either --vae or --vqvae with --prior, not both")
     if not args.vae and not (args.vqvae and args.prior):
-        parser.error("pass --vae, or both --vqvae and --prior")
+        parser.error("pass --preset, --vae, or both --vqvae and --prior")
     if args.num_samples < 1:
         parser.error("--num-samples must be >= 1")
     if args.vae and args.labels is not None:
@@ -49,6 +65,8 @@ def check_models(parser, args) -> None:
 
 def setup(args, run: Run) -> dict:
     """Load the models and check they fit together and --labels; writes nothing."""
+    if args.preset:
+        return setup_preset(args)
     if args.vae:
         return {"vae": _inputs.load_model(args.vae, ("VAE",), "--vae")}
     vqvae = _inputs.load_model(args.vqvae, ("VQVAE",), "--vqvae")
@@ -64,12 +82,35 @@ def setup(args, run: Run) -> dict:
     return {"vqvae": vqvae, "prior": prior}
 
 
+def setup_preset(args) -> dict:
+    """The models of ``--preset``: a VAE, or a prior and the VQ-VAE preset it names."""
+    import keras_vq.presets
+
+    kinds = ("VAE", "PixelCNNPrior", "TransformerPrior")
+    try:
+        kind = keras_vq.presets.metadata(args.preset).get("class_name")
+    except (FileNotFoundError, ImportError, ValueError, TypeError) as error:
+        raise _flags.RecipeError(f"--preset {args.preset}: {error}") from None
+    if kind == "VAE":
+        if args.labels is not None:
+            raise _flags.RecipeError("--labels needs a class-conditional prior preset.")
+        return {"vae": _inputs.load_preset(args.preset, ("VAE",))}
+    if kind not in kinds:
+        raise _flags.RecipeError(
+            f"--preset {args.preset} holds a {kind}, which cannot sample on its own; pass a "
+            f"VAE or prior preset{_inputs.preset_hint(kinds)}."
+        )
+    vqvae, prior = _inputs.load_preset_pair(args.preset)
+    _inputs.class_labels(args.labels, args.num_samples, prior.num_classes)
+    return {"vqvae": vqvae, "prior": prior}
+
+
 def sample(args, run: Run, *, vae=None, vqvae=None, prior=None) -> dict:
     """Draw the samples with the models :func:`setup` loaded; returns the metrics."""
     from keras_vq import visualization
     from keras_vq.backend import to_numpy
 
-    if args.vae:
+    if vae is not None:
         images = to_numpy(vae.sample(args.num_samples, seed=args.seed))
         visualization.save_image_grid(run.path("samples.png"), images)
         visualization.write_tensorboard_images(run.log_dir / "images", "samples", images[:16])

@@ -16,10 +16,11 @@ from keras_vq.models._prior import (  # _TINY: tests import the noise floor from
     PriorMixin,
     join_chunks,
 )
+from keras_vq.presets import PresetMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
-class PixelCNNPrior(PriorMixin, TrainStepMixin, keras.Model):
+class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, keras.Model):
     """Autoregressive prior ``p(c) = Π_i p(c_i | c_<i)`` over ``(h, w)`` maps of K codes.
 
     Codes are embedded (``Embedding(K, filters)``), passed through ``num_layers`` gated

@@ -1,0 +1,101 @@
+"""The recipes with presets: ``--preset`` in sample/reconstruct/export, the preset every
+training run writes, and the recorded command of a bundled preset still running."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from keras_vq import presets
+from tests.test_recipes import RECIPES, check_run_dir, png_size, run
+
+ROOT = RECIPES.parent
+
+pytestmark = [
+    pytest.mark.skipif(
+        keras.backend.backend() != "tensorflow",
+        reason="the recipes run under KERAS_BACKEND=tensorflow; once per suite is enough",
+    ),
+    pytest.mark.subprocess,
+]
+
+QUICK = "--epochs 1 --steps-per-epoch 2 --batch-size 16".split()
+
+
+@pytest.mark.parametrize(("preset", "num_samples"), [("pixelcnn_digits", 10), ("vae_digits", 6)])
+def test_sample_preset_writes_a_png_grid(preset, num_samples, tmp_path):
+    out = tmp_path / "sample"
+    run("sample", "--preset", preset, "--num-samples", str(num_samples), "--out", str(out))
+    metrics = check_run_dir(out, "sample")
+    assert metrics["num_samples"] == num_samples
+    assert metrics["image_shape"] == [32, 32, 1]
+    width, height = png_size(out / "samples.png")
+    assert width > 32 and height > 32
+    assert 0.0 < metrics["pixel_mean"] < 1.0
+
+
+def test_sample_rejects_a_preset_that_cannot_sample_alone(tmp_path):
+    result = run("sample", "--preset", "vqvae_digits", "--out", str(tmp_path / "s"), check=False)
+    assert result.returncode == 2
+    assert "holds a VQVAE" in result.stderr and "pixelcnn_digits" in result.stderr
+    assert not (tmp_path / "s").exists()  # a failed input check writes nothing
+
+
+def test_reconstruct_preset_reports_the_held_out_error_recorded_in_its_metadata(tmp_path):
+    out = tmp_path / "recon"
+    run("reconstruct", "--preset", "vqvae_digits", "--num-images", "8", "--out", str(out))
+    metrics = check_run_dir(out, "reconstruct")
+    recorded = presets.metadata("vqvae_digits")["metrics"]
+    assert metrics["model"] == "VQVAE"
+    np.testing.assert_allclose(
+        metrics["test_reconstruction_mse"], recorded["test_reconstruction_mse"], rtol=1e-4
+    )
+    assert (out / "reconstructions.png").is_file()
+
+
+def test_export_preset_writes_a_saved_model(tmp_path):
+    out = tmp_path / "export"
+    result = run("export", "--preset", "vae_digits", "--out", str(out))
+    assert (out / "1" / "saved_model.pb").is_file()
+    assert result.stdout.strip().endswith(str(out / "1"))
+
+
+def recorded_command(name: str, work_dir: Path) -> list[str]:
+    """The command in the preset's metadata, writing under ``work_dir``, shortened."""
+    argv = shlex.split(presets.metadata(name)["recipe_command"])
+    assert argv[0] == "python" and argv[1].startswith("recipes/")
+    argv = [a.replace("runs/presets", str(work_dir)) for a in argv[1:]]
+    return [sys.executable, str(ROOT / argv[0]), *argv[1:], *QUICK]
+
+
+def test_recorded_commands_of_the_bundled_pair_still_run_and_write_presets(tmp_path):
+    """vqvae_digits' and pixelcnn_digits' recorded commands (shortened to two steps) run and
+    write presets whose metadata holds their metrics, their command and the pair's link."""
+    import subprocess
+
+    from tests.test_recipes import env
+
+    for name, extra in (
+        ("vqvae_digits", ["--num-images", "0"]),
+        ("pixelcnn_digits", ["--num-samples", "0"]),
+    ):
+        argv = recorded_command(name, tmp_path) + extra
+        result = subprocess.run(
+            argv, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=400
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        preset_dir = tmp_path / name / "preset"
+        meta = json.loads((preset_dir / "metadata.json").read_text())
+        assert meta["recipe"] == argv[1].split("/")[-1].removesuffix(".py")
+        assert meta["metrics"] and meta["backend"] == "tensorflow"
+        assert shlex.split(meta["recipe_command"])[2:] == argv[2:]
+        assert max(presets.verify(preset_dir).values()) <= 1e-5  # the same backend
+    assert meta["vqvae_preset"] == "../../vqvae_digits/preset"
+    vqvae, prior = presets.load_pair(tmp_path / "pixelcnn_digits" / "preset")
+    assert prior.num_classes == 10 and vqvae.num_embeddings == prior.num_embeddings
