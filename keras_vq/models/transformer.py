@@ -11,6 +11,7 @@ from keras import ops
 
 from keras_vq import _validation
 from keras_vq.backend import TrainStepMixin, inference
+from keras_vq.models._export import ExportMixin
 from keras_vq.models._prior import PriorMixin
 
 # Masked attention scores: exp underflows to exactly 0 in float32, and no inf - inf NaNs.
@@ -101,7 +102,7 @@ class _Block(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
-class TransformerPrior(PriorMixin, TrainStepMixin, keras.Model):
+class TransformerPrior(PriorMixin, TrainStepMixin, ExportMixin, keras.Model):
     """Autoregressive prior ``p(c) = Π_t p(c_t | c_<t)`` over ``(h, w)`` maps of K codes.
 
     A decoder-only transformer over the raster order ``t = i·w + j``: the input at position

@@ -9,10 +9,11 @@ from keras_vq import metrics as vq_metrics
 from keras_vq.backend import TrainStepMixin, inference
 from keras_vq.layers.vector_quantizer import VectorQuantizer
 from keras_vq.models import _common, networks
+from keras_vq.models._export import ExportMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
-class VQVAE(_common.ConfigFromAttributes, TrainStepMixin, keras.Model):
+class VQVAE(_common.ConfigFromAttributes, TrainStepMixin, ExportMixin, keras.Model):
     """Vector-quantised autoencoder with its own ``train_step``/``test_step``.
 
     ``z_e = enc(x)``, ``z_q = e_k`` with ``k = argmin_j ||z_e - e_j||²``, ``x̂ = dec(z_q)`` and
