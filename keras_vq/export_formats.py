@@ -10,9 +10,10 @@ format                VAE / VQVAE                                 PixelCNNPrior 
                       ``encode``, ``decode``: the signatures of   (``codes`` [, ``labels``]
                       :func:`keras_vq.export.export_saved_model`  → ``logits``)
 ``onnx``              one endpoint per ``.onnx`` file             —
-                      (``endpoint=``, default ``serving_default``)
+                      (``endpoint=``, default ``serving_default``;
+                      a list: a directory of ``<endpoint>.onnx``)
 ``litert``            one ``.tflite`` with the three signatures   —
-                      (or ``endpoint=`` alone)
+                      (or those ``endpoint=`` names)
 ====================  ==========================================  ===========================
 
 All artifacts come from TensorFlow graphs, built as :mod:`keras_vq.export` builds its
@@ -36,6 +37,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +67,7 @@ def export_model(
     *,
     verbose: bool | None = None,
     input_signature: Any = None,
-    endpoint: str | None = None,
+    endpoint: str | Sequence[str] | None = None,
     overwrite: bool = False,
     opset_version: int | None = None,
 ) -> str:
@@ -78,8 +80,10 @@ def export_model(
         verbose: print where the artifact went.
         input_signature: must be ``None``: the model fixes its signatures.
         endpoint: ONNX: the one endpoint in the file (``"serving_default"`` by default,
-            ``"encode"``, ``"decode"``); LiteRT: write only this signature (default: all
-            three); ``tf_saved_model``: must be ``None`` (all signatures).
+            ``"encode"``, ``"decode"``), or a list of them: ``filepath`` is then a directory
+            holding ``<endpoint>.onnx`` for each; LiteRT: the signatures in the file (a name
+            or a list; default: all three); ``tf_saved_model``: must be ``None`` (all
+            signatures).
         overwrite: replace an existing ``filepath`` (the new artifact is written aside first
             and moved into place when complete).
         opset_version: ONNX opset, ``None`` for tf2onnx's default; ONNX only.
@@ -119,6 +123,7 @@ def export_model(
             f"(images, codes, latents) with a dynamic batch; got {input_signature!r}."
         )
     endpoints = _check_endpoint(format, endpoint)
+    onnx_directory = format == "onnx" and not isinstance(endpoint, str | None)
     if not isinstance(overwrite, bool):
         raise TypeError(f"`overwrite` must be a bool, got {overwrite!r}.")
     if opset_version is not None:
@@ -141,7 +146,7 @@ def export_model(
         if format == "tf_saved_model":
             _write_saved_model(model, str(staging))
         elif format == "onnx":
-            _write_onnx(model, str(staging), endpoints[0], opset_version)
+            _write_onnx(model, str(staging), list(endpoints), opset_version, onnx_directory)
         else:
             _write_litert(model, str(staging), list(endpoints))
         _move_into_place(staging, target, overwrite)
@@ -154,10 +159,17 @@ def export_model(
 
 # --- checks and layout ------------------------------------------------------------------
 def _check_endpoint(format: str, endpoint: Any) -> tuple[str, ...]:
-    if endpoint is not None and (not isinstance(endpoint, str) or endpoint not in ENDPOINTS):
+    names = [endpoint] if isinstance(endpoint, str) else endpoint
+    valid = endpoint is None or (
+        isinstance(names, list | tuple)
+        and len(names) > 0
+        and len(set(names)) == len(names)
+        and all(isinstance(name, str) and name in ENDPOINTS for name in names)
+    )
+    if not valid:
         raise ValueError(
-            f"`endpoint` must be None or one of {', '.join(map(repr, ENDPOINTS))}, got "
-            f"{endpoint!r}."
+            f"`endpoint` must be None, one of {', '.join(map(repr, ENDPOINTS))} or a list of "
+            f"distinct ones, got {endpoint!r}."
         )
     if format == "tf_saved_model":
         if endpoint is not None:
@@ -167,7 +179,7 @@ def _check_endpoint(format: str, endpoint: Any) -> tuple[str, ...]:
             )
         return ()
     if endpoint is not None:
-        return (endpoint,)
+        return tuple(names)
     return ("serving_default",) if format == "onnx" else ENDPOINTS
 
 
@@ -229,11 +241,23 @@ def _write_saved_model(model, target: str) -> str:
 
 
 @runs_in_tensorflow("model")
-def _write_onnx(model, target: str, endpoint: str, opset_version: int | None) -> str:
+def _write_onnx(
+    model, target: str, endpoints: list[str], opset_version: int | None, directory: bool
+) -> str:
+    graphs = _graph_endpoints(model)
+    if not directory:
+        return _convert_to_onnx(graphs[endpoints[0]], target, opset_version)
+    os.mkdir(target)
+    for name in endpoints:
+        _convert_to_onnx(graphs[name], os.path.join(target, f"{name}.onnx"), opset_version)
+    return target
+
+
+def _convert_to_onnx(graph: tuple, target: str, opset_version: int | None) -> str:
     import tensorflow as tf
     import tf2onnx
 
-    _, fn, input_signature = _graph_endpoints(model)[endpoint]
+    _, fn, input_signature = graph
     inputs = {spec.name for spec in input_signature}
 
     def renamed(*args):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from keras_vq.export import export_saved_model
+from keras_vq.export_formats import ENDPOINTS
 from keras_vq.models import VAE, VQVAE, PixelCNNPrior, TransformerPrior
 from tests.test_case import to_numpy
 
@@ -198,24 +199,54 @@ def test_saved_model_of_a_prior_serves_its_logits(make_prior, tmp_path):
 
 
 # --- ONNX and LiteRT --------------------------------------------------------------------
-def test_onnx_encode_and_decode_run_in_onnxruntime(autoencoder, tmp_path):
+def run_onnx(path, inputs: dict) -> dict:
+    """Run one ``.onnx`` file on ``inputs`` (checking its named inputs) and on their first
+    example alone (a dynamic batch: the same first row); outputs by name."""
     onnxruntime = pytest.importorskip("onnxruntime", reason=EXTRA)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == list(inputs)
+    first_input = next(iter(inputs.values()))
+    assert session.get_inputs()[0].shape[1:] == list(first_input.shape[1:])
+    names = [output.name for output in session.get_outputs()]
+    outputs = dict(zip(names, session.run(None, inputs)))
+    first = session.run(None, {key: value[:1] for key, value in inputs.items()})
+    for name, value in zip(names, first):
+        np.testing.assert_allclose(value, outputs[name][:1], rtol=0, atol=1e-5)
+    return outputs
+
+
+def test_onnx_directory_of_vqvae_endpoints_runs_in_onnxruntime(
+    vqvae, images, keras_codes, tmp_path
+):
     pytest.importorskip("tf2onnx", reason=EXTRA)
-    _, model, inputs, expected = autoencoder
-    for endpoint in ("encode", "decode"):
-        path = model.export(tmp_path / f"{endpoint}.onnx", format="onnx", endpoint=endpoint)
-        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        assert [i.name for i in session.get_inputs()] == list(inputs[endpoint])
-        assert session.get_inputs()[0].shape[1:] == list(
-            next(iter(inputs[endpoint].values())).shape[1:]
-        )
-        names = [output.name for output in session.get_outputs()]
-        outputs = dict(zip(names, session.run(None, inputs[endpoint])))
+    directory = vqvae.export(tmp_path / "vqvae_onnx", format="onnx", endpoint=list(ENDPOINTS))
+    assert sorted(p.name for p in (tmp_path / "vqvae_onnx").iterdir()) == [
+        "decode.onnx",
+        "encode.onnx",
+        "serving_default.onnx",
+    ]
+    inputs = endpoint_inputs(vqvae, images, keras_codes)
+    expected = reference_outputs(vqvae, images, keras_codes)
+    # An ONNX graph's names are unique: the reconstruction is not `images` as its input is.
+    expected["serving_default"] = {"reconstruction": expected["serving_default"]["images"]}
+    for endpoint in ENDPOINTS:
+        outputs = run_onnx(f"{directory}/{endpoint}.onnx", inputs[endpoint])
         assert_matches(outputs, expected[endpoint])
-        # Dynamic batch: one example gives that example's row.
-        one = {key: value[:1] for key, value in inputs[endpoint].items()}
-        first = dict(zip(names, session.run(None, one)))
-        assert_matches(first, {key: value[:1] for key, value in expected[endpoint].items()})
+
+
+def test_onnx_vae_file_is_the_reconstruction_unless_endpoints_are_named(
+    vae, images, latents, tmp_path
+):
+    pytest.importorskip("tf2onnx", reason=EXTRA)
+    inputs = endpoint_inputs(vae, images, latents)
+    expected = reference_outputs(vae, images, latents)
+    path = vae.export(tmp_path / "vae.onnx", format="onnx")  # Keras' call: serving_default
+    reconstruction = run_onnx(path, inputs["serving_default"])
+    assert_matches(reconstruction, {"reconstruction": expected["serving_default"]["images"]})
+    directory = vae.export(tmp_path / "vae_onnx", format="onnx", endpoint=("encode", "decode"))
+    for endpoint in ("encode", "decode"):
+        outputs = run_onnx(f"{directory}/{endpoint}.onnx", inputs[endpoint])
+        assert_matches(outputs, expected[endpoint])
 
 
 def test_litert_file_holds_every_signature(autoencoder, tmp_path):
@@ -247,6 +278,8 @@ def test_prior_refuses_onnx_and_points_to_export_generator(tmp_path):
     "kwargs, error, match",
     [
         ({"format": "onnx", "endpoint": "sample"}, ValueError, r"`endpoint` must be.*'sample'"),
+        ({"format": "onnx", "endpoint": ["encode", "encode"]}, ValueError, r"distinct ones"),
+        ({"format": "litert", "endpoint": []}, ValueError, r"`endpoint` must be.*got \[\]"),
         ({"endpoint": "encode"}, ValueError, r"`endpoint` must be None with format="),
         ({"input_signature": [None]}, ValueError, r"`input_signature` must be None"),
         ({"format": "litert", "opset_version": 17}, ValueError, r"`opset_version` applies"),

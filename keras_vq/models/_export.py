@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 
 class ExportMixin:
@@ -20,7 +21,7 @@ class ExportMixin:
         verbose: bool | None = None,
         input_signature=None,
         *,
-        endpoint: str | None = None,
+        endpoint: str | Sequence[str] | None = None,
         overwrite: bool = False,
         opset_version: int | None = None,
     ) -> str:
@@ -32,10 +33,12 @@ class ExportMixin:
           ``serving_default`` (``codes`` [, ``labels``]) → ``logits``. Image generation from a
           prior is :func:`keras_vq.export.export_generator`.
         - ``"onnx"`` (VAE, VQVAE): one ``.onnx`` graph, the endpoint named by ``endpoint``
-          (``"serving_default"``, ``"encode"`` or ``"decode"``; default ``serving_default``).
+          (``"serving_default"``, ``"encode"`` or ``"decode"``; default ``serving_default``,
+          whose output is named ``reconstruction``: ONNX names are unique); a list of
+          endpoints writes the directory ``filepath`` with one ``<endpoint>.onnx`` each.
         - ``"litert"`` (VAE, VQVAE): one ``.tflite`` file with the signatures
-          ``serving_default``, ``encode`` and ``decode`` (or only ``endpoint``), run with
-          ``Interpreter(...).get_signature_runner("encode")(images=x)``.
+          ``serving_default``, ``encode`` and ``decode`` (or those named by ``endpoint``), run
+          with ``Interpreter(...).get_signature_runner("encode")(images=x)``.
 
         Every endpoint has named inputs and outputs (``images``, ``codes``, ``latents``,
         ``z_mean``, ``z_log_var``, ``logits``) and a dynamic batch. ONNX and LiteRT need the
@@ -46,7 +49,8 @@ class ExportMixin:
             format: ``"tf_saved_model"``, ``"onnx"`` or ``"litert"``.
             verbose: print where the artifact went.
             input_signature: must be ``None``; the signatures are fixed by the model.
-            endpoint: the endpoint to write (ONNX, LiteRT); ``None`` for the default.
+            endpoint: the endpoint(s) to write (ONNX, LiteRT): a name or a list of names;
+                ``None`` for the default.
             overwrite: replace an existing ``filepath``; otherwise it raises
                 ``FileExistsError``.
             opset_version: ONNX opset (``None``: the converter's default).
@@ -63,6 +67,7 @@ class ExportMixin:
         Example:
             >>> vqvae.export("vqvae_savedmodel")                          # 3 signatures
             >>> vqvae.export("encode.onnx", format="onnx", endpoint="encode")
+            >>> vqvae.export("vqvae_onnx", format="onnx", endpoint=["encode", "decode"])
             >>> vqvae.export("vqvae.tflite", format="litert")
         """
         from keras_vq import export_formats
