@@ -28,7 +28,9 @@ as a plain ``argmin`` over all codes: Keras' ``ops.argmin`` lowers to ``Bitcast`
 ops (its -0.0 handling) that neither converter takes, and its chunked path for an unknown batch
 becomes a loop. Same distances, same codes. A VQVAE's ``serving_default`` there is
 ``decode(encode(images))``: the reconstruction ``__call__`` gives in inference, up to float
-round-off of the straight-through estimator.
+round-off of the straight-through estimator. An ONNX graph's names are unique, so its
+``serving_default`` output is ``reconstruction`` (its input is ``images``). Codes outside
+``[0, num_embeddings)`` fail the runtimes' own bounds check of the codebook look-up.
 """
 
 from __future__ import annotations
@@ -332,6 +334,8 @@ def _prior_endpoints(prior: PixelCNNPrior | TransformerPrior) -> list:
 
 def _graph_endpoints(model: VAE | VQVAE) -> dict[str, tuple]:
     """The ONNX/LiteRT endpoints by name: no ``Assert`` ops, a convertible argmin."""
+    import tensorflow as tf
+
     if isinstance(model, VAE):
         image_spec = _saved_model._spec((None, *model.image_shape), "float32", "images")
         latent_spec = _saved_model._spec((None, model.latent_dim), "float32", "latents")
@@ -363,6 +367,9 @@ def _graph_endpoints(model: VAE | VQVAE) -> dict[str, tuple]:
             return {"codes": _nearest_codes(model, images)}
 
         def vqvae_decode(codes):
+            # ONNX's Gather wraps negative indices (code -1 would read code K-1); sent to K,
+            # every code outside [0, K) fails the runtimes' bounds check instead.
+            codes = tf.where(codes < 0, tf.constant(model.num_embeddings, codes.dtype), codes)
             return {"images": ops.cast(model.decode(codes), "float32")}
 
         endpoints = [

@@ -118,6 +118,12 @@ def autoencoder(request, vqvae, vae, images, keras_codes, latents):
     )
 
 
+def with_code(codes, value):
+    codes = codes.copy()
+    codes[-1, 1, 2] = value
+    return codes
+
+
 def run_saved_model(path, signature, inputs):
     import tensorflow as tf
 
@@ -232,6 +238,12 @@ def test_onnx_directory_of_vqvae_endpoints_runs_in_onnxruntime(
     for endpoint in ENDPOINTS:
         outputs = run_onnx(f"{directory}/{endpoint}.onnx", inputs[endpoint])
         assert_matches(outputs, expected[endpoint])
+    onnxruntime = pytest.importorskip("onnxruntime", reason=EXTRA)
+    session = onnxruntime.InferenceSession(f"{directory}/decode.onnx")
+    for bad in (-1, K):  # ONNX's Gather alone would read code K-1 for -1
+        codes = with_code(keras_codes, bad)
+        with pytest.raises(Exception, match="out of data bounds"):
+            session.run(None, {"codes": codes})
 
 
 def test_onnx_vae_file_is_the_reconstruction_unless_endpoints_are_named(
@@ -260,6 +272,11 @@ def test_litert_file_holds_every_signature(autoencoder, tmp_path):
         assert signatures[endpoint]["inputs"] == list(named)
         outputs = runtime.get_signature_runner(endpoint)(**named)
         assert_matches(outputs, expected[endpoint])
+    if name == "vqvae":
+        for bad in (-1, K):
+            codes = with_code(inputs["decode"]["codes"], bad)
+            with pytest.raises(RuntimeError, match="out of bounds"):
+                runtime.get_signature_runner("decode")(codes=codes)
 
 
 # --- refused requests (no export runs) ----------------------------------------------------
