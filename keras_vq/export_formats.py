@@ -58,8 +58,12 @@ ENDPOINTS = ("serving_default", "encode", "decode")
 _AUTOENCODERS = (VAE, VQVAE)
 _PRIORS = (PixelCNNPrior, TransformerPrior)
 # The formats each model writes; ONNX and LiteRT hold the autoencoders' encode/decode.
-_MODEL_FORMATS = {VAE: FORMATS, VQVAE: FORMATS, PixelCNNPrior: FORMATS[:1]}
-_MODEL_FORMATS[TransformerPrior] = FORMATS[:1]
+_MODEL_FORMATS = {
+    VAE: FORMATS,
+    VQVAE: FORMATS,
+    PixelCNNPrior: ("tf_saved_model",),
+    TransformerPrior: ("tf_saved_model",),
+}
 
 
 def export_model(
@@ -165,8 +169,8 @@ def _check_endpoint(format: str, endpoint: Any) -> tuple[str, ...]:
     valid = endpoint is None or (
         isinstance(names, list | tuple)
         and len(names) > 0
-        and len(set(names)) == len(names)
         and all(isinstance(name, str) and name in ENDPOINTS for name in names)
+        and len(set(names)) == len(names)
     )
     if not valid:
         raise ValueError(
@@ -219,8 +223,10 @@ def _move_into_place(staging: Path, target: Path, overwrite: bool) -> None:
     target.rename(old)
     try:
         staging.rename(target)
-    finally:
-        _remove(old)
+    except BaseException:
+        old.rename(target)  # the previous artifact stays when the new one cannot go in
+        raise
+    _remove(old)
 
 
 def _remove(path: Path) -> None:
