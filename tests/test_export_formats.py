@@ -8,6 +8,7 @@ outputs are compared with the Keras models' own. ONNX and LiteRT tests skip only
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import keras
@@ -124,18 +125,21 @@ def with_code(codes, value):
     return codes
 
 
-def run_saved_model(path, signature, inputs):
+@functools.cache
+def load_saved_model(path: str):
     import tensorflow as tf
 
-    fn = tf.saved_model.load(str(path)).signatures[signature]
+    return tf.saved_model.load(path)
+
+
+def run_saved_model(path, signature, inputs):
+    fn = load_saved_model(str(path)).signatures[signature]
     return {name: value.numpy() for name, value in fn(**inputs).items()}
 
 
 def signature_specs(path):
     """Every signature's named input and output specs, as comparable tuples."""
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(str(path))
+    loaded = load_saved_model(str(path))
 
     def describe(specs):
         return sorted((k, tuple(s.shape.as_list()), s.dtype.name) for k, s in specs.items())
