@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 
 import keras
 import numpy as np
@@ -325,3 +326,10 @@ def test_existing_target_is_refused_before_exporting(vae, tmp_path):
 def test_every_model_overrides_keras_export(cls):
     assert cls.export is not keras.Model.export
     assert "endpoint" in inspect.signature(cls.export).parameters
+
+
+def test_onnx_without_the_extra_says_how_to_install_it(vae, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # `import tf2onnx` now fails
+    with pytest.raises(ImportError, match=r"pip install 'keras-vq\[export\]'"):
+        vae.export(tmp_path / "vae.onnx", format="onnx")
+    assert list(tmp_path.iterdir()) == []
