@@ -11,6 +11,7 @@ from keras import ops
 from keras_vq import _validation
 from keras_vq.backend import TrainStepMixin, inference
 from keras_vq.layers.pixelcnn import GatedPixelCNNBlock, dense_weights
+from keras_vq.models._export import ExportMixin
 from keras_vq.models._prior import (  # _TINY: tests import the noise floor from here
     _TINY,  # noqa: F401
     PriorMixin,
@@ -20,7 +21,7 @@ from keras_vq.presets import PresetMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
-class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, keras.Model):
+class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.Model):
     """Autoregressive prior ``p(c) = Π_i p(c_i | c_<i)`` over ``(h, w)`` maps of K codes.
 
     Codes are embedded (``Embedding(K, filters)``), passed through ``num_layers`` gated

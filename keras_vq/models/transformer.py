@@ -11,6 +11,7 @@ from keras import ops
 
 from keras_vq import _validation
 from keras_vq.backend import TrainStepMixin, inference
+from keras_vq.models._export import ExportMixin
 from keras_vq.models._prior import PriorMixin
 from keras_vq.presets import PresetMixin
 
@@ -102,7 +103,7 @@ class _Block(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
-class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, keras.Model):
+class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.Model):
     """Autoregressive prior ``p(c) = Π_t p(c_t | c_<t)`` over ``(h, w)`` maps of K codes.
 
     A decoder-only transformer over the raster order ``t = i·w + j``: the input at position

@@ -13,6 +13,7 @@ from keras_vq import metrics as vq_metrics
 from keras_vq.backend import TrainStepMixin, inference
 from keras_vq.layers.sampling import Sampling
 from keras_vq.models import _common, networks
+from keras_vq.models._export import ExportMixin
 from keras_vq.presets import PresetMixin
 
 LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
@@ -21,7 +22,7 @@ _SCALED = ("gaussian", "discretized_logistic")
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
-class VAE(_common.ConfigFromAttributes, PresetMixin, TrainStepMixin, keras.Model):
+class VAE(_common.ConfigFromAttributes, PresetMixin, TrainStepMixin, ExportMixin, keras.Model):
     """VAE trained by maximising the ELBO, with its own ``train_step``/``test_step``.
 
         log p(x) ≥ ELBO = E_q(z|x)[log p(x|z)] - KL(q(z|x) || N(0, I))

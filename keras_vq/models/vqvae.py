@@ -11,6 +11,7 @@ from keras_vq.backend import TrainStepMixin, inference
 from keras_vq.layers.residual_vector_quantizer import ResidualVectorQuantizer
 from keras_vq.layers.vector_quantizer import VectorQuantizer
 from keras_vq.models import _common, networks
+from keras_vq.models._export import ExportMixin
 from keras_vq.presets import PresetMixin
 
 # Defaults of the VectorQuantizer options built when no `quantizer` is passed.
@@ -28,7 +29,7 @@ QUANTIZER_OPTIONS = (
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
-class VQVAE(_common.ConfigFromAttributes, PresetMixin, TrainStepMixin, keras.Model):
+class VQVAE(_common.ConfigFromAttributes, PresetMixin, TrainStepMixin, ExportMixin, keras.Model):
     """Vector-quantised autoencoder with its own ``train_step``/``test_step``.
 
     ``z_e = enc(x)``, ``z_q = e_k`` with ``k = argmin_j ||z_e - e_j||²``, ``x̂ = dec(z_q)`` and

@@ -1,0 +1,335 @@
+"""``model.export(path, format=...)``: SavedModel, ONNX and LiteRT artifacts run outside Keras.
+
+Each artifact is written once per module (on JAX and torch every export is a TensorFlow
+subprocess, seconds each) and run with TensorFlow, ONNX Runtime or the LiteRT interpreter; the
+outputs are compared with the Keras models' own. ONNX and LiteRT tests skip only when the
+``export`` extra is not installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_vq.export import export_saved_model
+from keras_vq.export_formats import ENDPOINTS
+from keras_vq.models import VAE, VQVAE, PixelCNNPrior, TransformerPrior
+from tests.test_case import to_numpy
+
+IMAGE_SHAPE = (8, 8, 1)
+LATENT_SHAPE = (4, 4)
+K = 8
+NUM_CLASSES = 3
+BATCH = 6
+IMAGE_ATOL = 1e-4  # the issue's bound for decoded images
+EXTRA = "needs keras_vq's `export` extra: pip install 'keras-vq[export]'"
+
+
+def randomize(model, seed):
+    """Every weight random and non-zero, biases included; O(1) activations, so an absolute
+    1e-4 bound on images is a real check. NumPy, so the weights match on every backend."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        scale = 0.2 if len(variable.shape) <= 1 else 0.6
+        value = rng.normal(scale=scale, size=tuple(variable.shape)).astype(variable.dtype)
+        variable.assign(np.where(value == 0, 0.1, value).astype(variable.dtype))
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).uniform(size=(BATCH, *IMAGE_SHAPE)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def vqvae():
+    model = VQVAE(input_shape=IMAGE_SHAPE, num_embeddings=K, embedding_dim=4, filters=(4,))
+    randomize(model, 1)
+    return model
+
+
+@pytest.fixture(scope="module")
+def vae():
+    model = VAE(input_shape=IMAGE_SHAPE, latent_dim=3, filters=(4,))
+    randomize(model, 2)
+    return model
+
+
+@pytest.fixture(scope="module")
+def keras_codes(vqvae, images):
+    codes = to_numpy(vqvae.encode(images))
+    # Several codes in use: one constant code would hide a wrong nearest-code search.
+    assert len(np.unique(codes)) >= 3
+    return codes
+
+
+@pytest.fixture(scope="module")
+def latents():
+    return np.random.default_rng(3).normal(size=(BATCH, 3)).astype("float32")
+
+
+def reference_outputs(model, images, codes_or_latents):
+    """What each endpoint must return, from the Keras model."""
+    if isinstance(model, VQVAE):
+        return {
+            "encode": {"codes": to_numpy(model.encode(images))},
+            "decode": {"images": to_numpy(model.decode(codes_or_latents))},
+            "serving_default": {"images": to_numpy(model(images, training=False))},
+        }
+    z_mean, z_log_var = model.encode(images)
+    return {
+        "encode": {"z_mean": to_numpy(z_mean), "z_log_var": to_numpy(z_log_var)},
+        "decode": {"images": to_numpy(model.decode(codes_or_latents))},
+        "serving_default": {"images": to_numpy(model(images, training=False))},
+    }
+
+
+def endpoint_inputs(model, images, codes_or_latents):
+    second = "codes" if isinstance(model, VQVAE) else "latents"
+    return {
+        "encode": {"images": images},
+        "decode": {second: codes_or_latents},
+        "serving_default": {"images": images},
+    }
+
+
+def assert_matches(actual: dict, expected: dict):
+    assert sorted(actual) == sorted(expected)
+    for name, value in expected.items():
+        if value.dtype.kind == "i":  # codes: equal, and int32 as the Keras model gives them
+            assert actual[name].dtype == np.int32
+            np.testing.assert_array_equal(actual[name], value)
+        else:
+            np.testing.assert_allclose(actual[name], value, rtol=0, atol=IMAGE_ATOL)
+
+
+@pytest.fixture(params=["vqvae", "vae"])
+def autoencoder(request, vqvae, vae, images, keras_codes, latents):
+    """(name, model, endpoint inputs, expected outputs) of one autoencoder."""
+    model = {"vqvae": vqvae, "vae": vae}[request.param]
+    second = keras_codes if request.param == "vqvae" else latents
+    return (
+        request.param,
+        model,
+        endpoint_inputs(model, images, second),
+        reference_outputs(model, images, second),
+    )
+
+
+def with_code(codes, value):
+    codes = codes.copy()
+    codes[-1, 1, 2] = value
+    return codes
+
+
+@functools.cache
+def load_saved_model(path: str):
+    import tensorflow as tf
+
+    return tf.saved_model.load(path)
+
+
+def run_saved_model(path, signature, inputs):
+    fn = load_saved_model(str(path)).signatures[signature]
+    return {name: value.numpy() for name, value in fn(**inputs).items()}
+
+
+def signature_specs(path):
+    """Every signature's named input and output specs, as comparable tuples."""
+    loaded = load_saved_model(str(path))
+
+    def describe(specs):
+        return sorted((k, tuple(s.shape.as_list()), s.dtype.name) for k, s in specs.items())
+
+    return {
+        key: (describe(fn.structured_input_signature[1]), describe(fn.structured_outputs))
+        for key, fn in loaded.signatures.items()
+    }
+
+
+# --- tf_saved_model ---------------------------------------------------------------------
+def test_saved_model_matches_export_saved_model(vqvae, images, keras_codes, tmp_path):
+    path = tmp_path / "vqvae"
+    assert vqvae.export(path) == str(path)
+    assert (path / "saved_model.pb").is_file()  # exactly there, no version directory
+    reference = export_saved_model(vqvae, tmp_path / "serving", version=1)
+    specs = signature_specs(path)
+    assert specs == signature_specs(reference)
+    assert sorted(specs) == ["decode", "encode", "serving_default"]
+    inputs = endpoint_inputs(vqvae, images, keras_codes)
+    expected = reference_outputs(vqvae, images, keras_codes)
+    for signature, named in inputs.items():
+        outputs = run_saved_model(path, signature, named)
+        assert_matches(outputs, run_saved_model(reference, signature, named))
+        assert_matches(outputs, expected[signature])
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        vqvae.export(path)
+
+
+def test_saved_model_of_a_vae_overwrites_only_when_asked(vae, images, latents, tmp_path):
+    path = tmp_path / "vae"
+    path.mkdir()
+    (path / "stale.txt").write_text("an older export")
+    vae.export(path, format="tf_saved_model", overwrite=True)
+    assert not (path / "stale.txt").exists()
+    assert sorted(signature_specs(path)) == ["decode", "encode", "serving_default"]
+    expected = reference_outputs(vae, images, latents)
+    for signature, named in endpoint_inputs(vae, images, latents).items():
+        assert_matches(run_saved_model(path, signature, named), expected[signature])
+
+
+@pytest.mark.parametrize(
+    "make_prior",
+    [
+        lambda: PixelCNNPrior(
+            K, LATENT_SHAPE, num_layers=2, filters=4, kernel_size=3, num_classes=NUM_CLASSES
+        ),
+        lambda: TransformerPrior(K, LATENT_SHAPE, num_layers=1, num_heads=2, hidden_dim=8),
+    ],
+    ids=["pixelcnn_conditional", "transformer"],
+)
+def test_saved_model_of_a_prior_serves_its_logits(make_prior, tmp_path):
+    prior = make_prior()
+    randomize(prior, 4)
+    rng = np.random.default_rng(5)
+    inputs = {"codes": rng.integers(0, K, size=(BATCH, *LATENT_SHAPE)).astype("int32")}
+    if prior.num_classes is not None:
+        inputs["labels"] = rng.integers(0, NUM_CLASSES, size=(BATCH,)).astype("int32")
+    expected = to_numpy(prior(inputs["codes"] if len(inputs) == 1 else list(inputs.values())))
+    prior.export(tmp_path / "prior")
+    specs = signature_specs(tmp_path / "prior")
+    assert sorted(specs) == ["serving_default"]
+    assert [name for name, *_ in specs["serving_default"][0]] == sorted(inputs)
+    outputs = run_saved_model(tmp_path / "prior", "serving_default", inputs)
+    assert sorted(outputs) == ["logits"]
+    np.testing.assert_allclose(outputs["logits"], expected, rtol=0, atol=1e-4)
+
+
+# --- ONNX and LiteRT --------------------------------------------------------------------
+def run_onnx(path, inputs: dict) -> dict:
+    """Run one ``.onnx`` file on ``inputs`` (checking its named inputs) and on their first
+    example alone (a dynamic batch: the same first row); outputs by name."""
+    onnxruntime = pytest.importorskip("onnxruntime", reason=EXTRA)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == list(inputs)
+    first_input = next(iter(inputs.values()))
+    assert session.get_inputs()[0].shape[1:] == list(first_input.shape[1:])
+    names = [output.name for output in session.get_outputs()]
+    outputs = dict(zip(names, session.run(None, inputs)))
+    first = session.run(None, {key: value[:1] for key, value in inputs.items()})
+    for name, value in zip(names, first):
+        np.testing.assert_allclose(value, outputs[name][:1], rtol=0, atol=1e-5)
+    return outputs
+
+
+def test_onnx_directory_of_vqvae_endpoints_runs_in_onnxruntime(
+    vqvae, images, keras_codes, tmp_path
+):
+    pytest.importorskip("tf2onnx", reason=EXTRA)
+    directory = vqvae.export(tmp_path / "vqvae_onnx", format="onnx", endpoint=list(ENDPOINTS))
+    assert sorted(p.name for p in (tmp_path / "vqvae_onnx").iterdir()) == [
+        "decode.onnx",
+        "encode.onnx",
+        "serving_default.onnx",
+    ]
+    inputs = endpoint_inputs(vqvae, images, keras_codes)
+    expected = reference_outputs(vqvae, images, keras_codes)
+    # An ONNX graph's names are unique: the reconstruction is not `images` as its input is.
+    expected["serving_default"] = {"reconstruction": expected["serving_default"]["images"]}
+    for endpoint in ENDPOINTS:
+        outputs = run_onnx(f"{directory}/{endpoint}.onnx", inputs[endpoint])
+        assert_matches(outputs, expected[endpoint])
+    onnxruntime = pytest.importorskip("onnxruntime", reason=EXTRA)
+    session = onnxruntime.InferenceSession(f"{directory}/decode.onnx")
+    for bad in (-1, K):  # ONNX's Gather alone would read code K-1 for -1
+        codes = with_code(keras_codes, bad)
+        with pytest.raises(Exception, match="out of data bounds"):
+            session.run(None, {"codes": codes})
+
+
+def test_onnx_vae_file_is_the_reconstruction_unless_endpoints_are_named(
+    vae, images, latents, tmp_path
+):
+    pytest.importorskip("tf2onnx", reason=EXTRA)
+    inputs = endpoint_inputs(vae, images, latents)
+    expected = reference_outputs(vae, images, latents)
+    path = vae.export(tmp_path / "vae.onnx", format="onnx")  # Keras' call: serving_default
+    reconstruction = run_onnx(path, inputs["serving_default"])
+    assert_matches(reconstruction, {"reconstruction": expected["serving_default"]["images"]})
+    directory = vae.export(tmp_path / "vae_onnx", format="onnx", endpoint=("encode", "decode"))
+    for endpoint in ("encode", "decode"):
+        outputs = run_onnx(f"{directory}/{endpoint}.onnx", inputs[endpoint])
+        assert_matches(outputs, expected[endpoint])
+
+
+def test_litert_file_holds_every_signature(autoencoder, tmp_path):
+    interpreter = pytest.importorskip("ai_edge_litert.interpreter", reason=EXTRA)
+    name, model, inputs, expected = autoencoder
+    path = model.export(tmp_path / f"{name}.tflite", format="litert")
+    runtime = interpreter.Interpreter(model_path=path)
+    signatures = runtime.get_signature_list()
+    assert sorted(signatures) == ["decode", "encode", "serving_default"]
+    for endpoint, named in inputs.items():
+        assert signatures[endpoint]["inputs"] == list(named)
+        outputs = runtime.get_signature_runner(endpoint)(**named)
+        assert_matches(outputs, expected[endpoint])
+    if name == "vqvae":
+        for bad in (-1, K):
+            codes = with_code(inputs["decode"]["codes"], bad)
+            with pytest.raises(RuntimeError, match="out of bounds"):
+                runtime.get_signature_runner("decode")(codes=codes)
+
+
+# --- refused requests (no export runs) ----------------------------------------------------
+def test_unknown_format_names_the_supported_ones(vqvae, tmp_path):
+    with pytest.raises(ValueError, match=r"`format` must be one of .*'onnx'.*got 'torchscript'"):
+        vqvae.export(tmp_path / "m", format="torchscript")
+
+
+def test_prior_refuses_onnx_and_points_to_export_generator(tmp_path):
+    prior = TransformerPrior(K, LATENT_SHAPE, num_layers=1, num_heads=2, hidden_dim=8)
+    with pytest.raises(ValueError, match=r"format='onnx'.*TransformerPrior.*export_generator"):
+        prior.export(tmp_path / "p.onnx", format="onnx")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"format": "onnx", "endpoint": "sample"}, ValueError, r"`endpoint` must be.*'sample'"),
+        ({"format": "onnx", "endpoint": ["encode", "encode"]}, ValueError, r"distinct ones"),
+        ({"format": "litert", "endpoint": []}, ValueError, r"`endpoint` must be.*got \[\]"),
+        ({"endpoint": "encode"}, ValueError, r"`endpoint` must be None with format="),
+        ({"input_signature": [None]}, ValueError, r"`input_signature` must be None"),
+        ({"format": "litert", "opset_version": 17}, ValueError, r"`opset_version` applies"),
+        ({"overwrite": "yes"}, TypeError, r"`overwrite` must be a bool, got 'yes'"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_them(vqvae, tmp_path, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        vqvae.export(tmp_path / "m", **kwargs)
+    assert not (tmp_path / "m").exists()
+
+
+def test_existing_target_is_refused_before_exporting(vae, tmp_path):
+    target = tmp_path / "vae.tflite"
+    target.write_bytes(b"keep me")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        vae.export(target, format="litert")
+    assert target.read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("cls", [VAE, VQVAE, PixelCNNPrior, TransformerPrior])
+def test_every_model_overrides_keras_export(cls):
+    assert cls.export is not keras.Model.export
+    assert "endpoint" in inspect.signature(cls.export).parameters
+
+
+def test_onnx_without_the_extra_says_how_to_install_it(vae, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # `import tf2onnx` now fails
+    with pytest.raises(ImportError, match=r"pip install 'keras-vq\[export\]'"):
+        vae.export(tmp_path / "vae.onnx", format="onnx")
+    assert list(tmp_path.iterdir()) == []
