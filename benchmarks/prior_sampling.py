@@ -23,6 +23,15 @@ without a cache that run one full forward pass per position: the same ``fori_loo
 compiled like the cached one (``full_pass_seconds``: the cache's own gain), and a Python loop
 of ``predict`` calls (``per_position_predict_seconds``). ``--transformer-only`` runs just
 this. One JSON line per figure.
+
+``--table`` runs only ``prior_sampling_table`` (the issue-16 table): both priors at their
+defaults, K = 512, code maps of 8×8 and 16×16 (``--table-sizes``), 10 and 100 maps
+(``--table-samples``): the warm ``prior.sample`` time against the per-position full-pass
+loop (``predict`` of the whole maps per position, timed over ``--table-passes`` positions and
+scaled to all h·w: every position costs the same). On TensorFlow also the exported generator
+(``keras_vq.export.export_generator``, loaded with ``tf.saved_model.load``): its
+``sample_seeded`` signature against in-process ``generate`` (sample + decode) on the same
+seed, codes checked equal. A VQ-VAE of the matching latent size (untrained) decodes.
 """
 
 from __future__ import annotations
