@@ -320,8 +320,9 @@ class TransformerPrior(PriorMixin, TrainStepMixin, keras.Model):
         Position t takes ``argmax_k(logits_k + T · g_k)``, ``g`` Gumbel noise drawn up front
         from ``seed``: a draw from ``softmax(logits / T)``, the same maps for the same seed;
         ``T = 0`` is the greedy path. Each block keeps the keys and values of past positions
-        (preallocated ``(B, heads, h·w, head_dim)`` caches), so a position costs one token's
-        pass, in one compiled loop (XLA on TF and JAX; eager without autograd on torch).
+        (preallocated caches of ``h·w`` positions), so a position costs one token's pass on
+        weights prepared once per call, in one compiled loop (XLA on TF and JAX; on torch
+        eagerly without autograd, on native ops: ``keras_vq.backend.ops.loop_ops``).
 
         Args:
             num_samples: number of maps B ≥ 1.
