@@ -39,6 +39,7 @@ SCRIPTS = {
     "prior_sampling": (True, None),
     "data_pipeline": (True, ["--epochs", "1", "--steps", "5"]),
     "quality": (False, None),
+    "prior_quality": (False, None),
     "precision": (False, None),
     "paper_networks": (False, None),
 }

@@ -23,6 +23,15 @@ without a cache that run one full forward pass per position: the same ``fori_loo
 compiled like the cached one (``full_pass_seconds``: the cache's own gain), and a Python loop
 of ``predict`` calls (``per_position_predict_seconds``). ``--transformer-only`` runs just
 this. One JSON line per figure.
+
+``--table`` runs only ``prior_sampling_table`` (the issue-16 table): both priors at their
+defaults, K = 512, code maps of 8×8 and 16×16 (``--table-sizes``), 10 and 100 maps
+(``--table-samples``): the warm ``prior.sample`` time against the per-position full-pass
+loop (``predict`` of the whole maps per position, timed over ``--table-passes`` positions and
+scaled to all h·w: every position costs the same). On TensorFlow also the exported generator
+(``keras_vq.export.export_generator``, loaded with ``tf.saved_model.load``): its
+``sample_seeded`` signature against in-process ``generate`` (sample + decode) on the same
+seed, codes checked equal. A VQ-VAE of the matching latent size (untrained) decodes.
 """
 
 from __future__ import annotations
@@ -50,6 +59,16 @@ def parse_args(argv=None):
     parser.add_argument("--skip-transformer", action="store_true")
     parser.add_argument("--transformer-size", type=int, default=8)
     parser.add_argument("--transformer-num-embeddings", type=int, default=512)
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="only the prior_sampling_table figures: both priors, K=512, 8×8 and 16×16, "
+        "10 and 100 maps, vs the per-position full-pass loop (and the exported sampler on TF)",
+    )
+    parser.add_argument("--table-sizes", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--table-samples", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--table-passes", type=int, default=2, help="timed full passes")
+    parser.add_argument("--skip-export", action="store_true")
     parser.add_argument(
         "--quick", action="store_true", help="7×7, K=128, 10 maps, 3 layers × 32 filters"
     )
@@ -99,6 +118,9 @@ def main(argv=None) -> None:
         )
         return {"first_call_s": round(first, 4), "seconds": round(timing["median_s"], 4)}
 
+    if args.table:
+        sampling_table(args, common)
+        return
     if not args.skip_transformer:
         transformer_vs_full_pass(args, common)
     if args.transformer_only:
@@ -234,6 +256,115 @@ def transformer_vs_full_pass(args, common: dict) -> None:
             **{key: value for key, value in common.items() if key not in PIXELCNN_KEYS},
         }
     )
+
+
+def sampling_table(args, common: dict) -> None:
+    """``prior_sampling_table``: for each prior, code-map size and number of maps, the warm
+    ``prior.sample`` time against the per-position full-pass loop; on TensorFlow also the
+    exported generator's ``sample_seeded`` against in-process ``generate`` (sample + decode).
+
+    The full-pass loop (one ``predict`` of the whole map per position, the keras.io sampler)
+    costs the same at every position, so it is timed over ``--table-passes`` positions and
+    scaled to all ``h·w`` (the whole loop would take up to hours for 100 maps of 16×16).
+    """
+    import tempfile
+
+    import keras
+    import numpy as np
+
+    from benchmarks import _harness
+    from keras_vq.backend import to_numpy
+    from keras_vq.models import VQVAE, PixelCNNPrior, TransformerPrior, generate
+
+    backend, k = keras.backend.backend(), 512
+    builders = {
+        "pixelcnn": lambda shape: PixelCNNPrior(k, shape),  # 6 gated layers × 64, kernel 5
+        "transformer": lambda shape: TransformerPrior(k, shape),  # 4 layers × 4 heads × 128
+    }
+    configs = {
+        "pixelcnn": "6 gated layers × 64 filters, kernel 5",
+        "transformer": "4 layers × 4 heads × 128 wide",
+    }
+    export = backend == "tensorflow" and not args.skip_export
+    for name, build in builders.items():
+        for size in args.table_sizes:
+            keras.utils.set_random_seed(0)
+            prior = build((size, size))
+            vqvae = VQVAE(input_shape=(4 * size, 4 * size, 1), num_embeddings=k, seed=0)
+            served = None
+            if export:
+                import tensorflow as tf
+
+                from keras_vq.export import export_generator
+
+                path = export_generator(vqvae, prior, tempfile.mkdtemp(), 1)
+                served = tf.saved_model.load(path).signatures["sample_seeded"]
+            for n in args.table_samples:
+                record = {
+                    "benchmark": "prior_sampling_table",
+                    "prior": name,
+                    "latent_shape": [size, size],
+                    "num_embeddings": k,
+                    "num_samples": n,
+                }
+                start = time.perf_counter()
+                _harness.block(prior.sample(n, seed=0))
+                record["first_call_s"] = round(time.perf_counter() - start, 3)
+                fast = _harness.time_call(
+                    lambda p=prior, n=n: _harness.block(p.sample(n, seed=1)),
+                    repeats=args.repeats,
+                    warmup=0,
+                )["median_s"]
+                per_pass = full_pass_seconds(prior, n, args.table_passes, np)
+                full_loop = per_pass * size * size
+                record.update(
+                    sample_seconds=round(fast, 4),
+                    full_pass_loop_seconds=round(full_loop, 3),
+                    speedup=round(full_loop / fast, 1),
+                )
+                if served is not None:
+                    import tensorflow as tf
+
+                    count, seed = tf.constant(n, tf.int32), tf.constant(3, tf.int32)
+
+                    def exported(fn=served, count=count, seed=seed):
+                        return _harness.block(fn(num_samples=count, seed=seed)["codes"])
+
+                    exported()  # the first call builds the graph's functions
+                    exported_s = _harness.time_call(exported, repeats=args.repeats, warmup=0)
+                    generate(vqvae, prior, n, seed=3)
+                    in_process = _harness.time_call(
+                        lambda v=vqvae, p=prior, n=n: _harness.block(generate(v, p, n, seed=3)),
+                        repeats=args.repeats,
+                        warmup=0,
+                    )["median_s"]
+                    same = np.array_equal(to_numpy(exported()), to_numpy(prior.sample(n, seed=3)))
+                    record.update(
+                        exported_seconds=round(exported_s["median_s"], 4),
+                        generate_seconds=round(in_process, 4),
+                        exported_vs_generate=round(exported_s["median_s"] / in_process, 2),
+                        exported_speedup=round(full_loop / exported_s["median_s"], 1),
+                        exported_same_codes=bool(same),
+                    )
+                config = {key: value for key, value in common.items() if key not in PIXELCNN_KEYS}
+                _harness.emit({**record, **config, "prior_config": configs[name], "goal": 20})
+
+
+def full_pass_seconds(prior, num_samples: int, passes: int, np) -> float:
+    """Median seconds of one position of the keras.io loop: ``predict`` on the full maps,
+    then a Gumbel-max draw at that position (warm)."""
+    height, width = prior.latent_shape
+    codes = np.zeros((num_samples, height, width), "int32")
+    prior.predict(codes, verbose=0, batch_size=num_samples)  # build the predict function
+    rng, times = np.random.default_rng(0), []
+    for position in range(passes):
+        row, col = divmod(position, width)
+        start = time.perf_counter()
+        logits = prior.predict(codes, verbose=0, batch_size=num_samples)[:, row, col]
+        gumbel = -np.log(-np.log(rng.uniform(1e-12, 1.0, logits.shape)))
+        codes[:, row, col] = np.argmax(logits + gumbel, axis=-1)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def per_pixel_predict_seconds(prior, num_samples: int, np) -> float:

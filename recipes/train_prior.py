@@ -1,4 +1,7 @@
-"""Train a gated PixelCNN prior (keras_vq.models.PixelCNNPrior) on a VQ-VAE's codes.
+"""Train an autoregressive prior on a VQ-VAE's codes: a gated PixelCNN
+(keras_vq.models.PixelCNNPrior, --prior pixelcnn, the default) or a decoder-only transformer
+(keras_vq.models.TransformerPrior, --prior transformer; --num-layers blocks of --hidden-dim
+wide, --num-heads heads, --dropout).
 
 The images of --dataset are encoded once by the trained VQ-VAE (--vqvae, a .keras file from
 train_vqvae.py) with keras_vq.data.encode_dataset; --conditional adds the class labels.
@@ -9,6 +12,8 @@ a conditional prior shows one class per column) and metrics.json (held-out NLL p
 Example:
     python recipes/train_vqvae.py --out runs/train_vqvae
     python recipes/train_prior.py --vqvae runs/train_vqvae/vqvae.keras --out runs/prior
+    python recipes/train_prior.py --vqvae runs/train_vqvae/vqvae.keras --out runs/tprior \
+        --prior transformer --num-layers 4 --hidden-dim 128 --num-heads 4
 """
 
 from __future__ import annotations
@@ -30,9 +35,32 @@ def build_parser():
     return _flags.training_parser(
         __doc__,
         "runs/train_prior",
-        _flags.add_prior_args,
+        add_prior_args,
         _flags.add_sampling_args,
         model_file=("--vqvae", "trained VQ-VAE (.keras)"),
+    )
+
+
+PRIORS = ("pixelcnn", "transformer")
+
+
+def add_prior_args(parser) -> None:
+    """The PixelCNN flags (``--num-layers`` counts the blocks of either prior), ``--prior``
+    and the transformer's own flags."""
+    _flags.add_prior_args(parser)
+    group = parser.add_argument_group("prior choice and transformer prior")
+    group.add_argument("--prior", choices=PRIORS, default="pixelcnn", help="prior model")
+    group.add_argument(
+        "--num-heads", type=_flags.positive_int, default=4, help="transformer attention heads"
+    )
+    group.add_argument(
+        "--hidden-dim",
+        type=_flags.positive_int,
+        default=128,
+        help="transformer width; a multiple of --num-heads",
+    )
+    group.add_argument(
+        "--dropout", type=float, default=0.0, help="transformer dropout rate, in [0, 1)"
     )
 
 
@@ -80,21 +108,27 @@ def setup(args, run: Run) -> dict:
 
 
 def build_prior(args, run: Run, vqvae, num_classes: int | None):
-    """The compiled PixelCNN prior for ``vqvae``'s codes; bad flags are a usage error."""
-    from keras_vq.models import PixelCNNPrior
+    """The compiled prior (``--prior``) for ``vqvae``'s codes; bad flags are a usage error."""
+    from keras_vq.models import PixelCNNPrior, TransformerPrior
 
-    return _train.build_model(
-        run,
-        args.learning_rate,
-        lambda: PixelCNNPrior(
-            num_embeddings=vqvae.num_embeddings,
-            latent_shape=tuple(vqvae.latent_shape),
-            num_layers=args.num_layers,
-            filters=args.prior_filters,
-            kernel_size=args.kernel_size,
-            num_classes=num_classes,
-        ),
-    )
+    common = {
+        "num_embeddings": vqvae.num_embeddings,
+        "latent_shape": tuple(vqvae.latent_shape),
+        "num_layers": args.num_layers,
+        "num_classes": num_classes,
+    }
+
+    def model():
+        if args.prior == "transformer":
+            return TransformerPrior(
+                num_heads=args.num_heads,
+                hidden_dim=args.hidden_dim,
+                dropout=args.dropout,
+                **common,
+            )
+        return PixelCNNPrior(filters=args.prior_filters, kernel_size=args.kernel_size, **common)
+
+    return _train.build_model(run, args.learning_rate, model)
 
 
 def train(args, run: Run, *, vqvae, prior, train_images, eval_images) -> dict:
@@ -133,6 +167,7 @@ def train(args, run: Run, *, vqvae, prior, train_images, eval_images) -> dict:
         "num_embeddings": vqvae.num_embeddings,
         "latent_shape": list(vqvae.latent_shape),
         "num_classes": prior.num_classes,
+        "prior": type(prior).__name__,
     }
     if args.num_samples:
         write_samples(args, run, vqvae, prior, "samples.png")

@@ -494,3 +494,32 @@ def test_recipes_are_short_scripts_over_the_installed_library():
         source = path.read_text()
         assert len(source.splitlines()) <= 300, f"{path.name} is over 300 lines"
         assert "sys.path" not in source, f"{path.name} edits sys.path"
+
+
+# --------------------------------------------------------------------------- transformer prior
+
+
+@pytest.mark.subprocess
+def test_train_prior_transformer_records_the_prior_and_checks_its_flags(vqvae_dir, tmp_path):
+    vqvae = str(vqvae_dir / "vqvae.keras")
+    out = tmp_path / "transformer"
+    flags = "--prior transformer --num-layers 1 --num-heads 2 --hidden-dim 8".split()
+    run(
+        "train_prior", "--vqvae", vqvae, "--out", str(out), *flags, "--num-samples", "4", *TINY_RUN
+    )
+    metrics = check_run_dir(out, "train_prior")
+    assert metrics["prior"] == "TransformerPrior"
+    assert math.isfinite(metrics["test_nll_nats_per_code"]) and metrics["latent_shape"] == [4, 4]
+    args = read_json(out / "config.json")["args"]
+    assert (args["prior"], args["num_heads"], args["hidden_dim"]) == ("transformer", 2, 8)
+    prior = load(out / "prior.keras")
+    assert type(prior).__name__ == "TransformerPrior" and prior.num_embeddings == 8
+    assert (prior.num_layers, prior.num_heads, prior.hidden_dim) == (1, 2, 8)
+    assert png_size(out / "samples.png") == grid_size(4, 2)  # ceil(sqrt(4)) columns
+    # A width that the heads do not divide is a usage error, before anything is written.
+    bad = tmp_path / "bad"
+    flags = "--prior transformer --num-heads 3 --hidden-dim 8".split()
+    result = run("train_prior", "--vqvae", vqvae, "--out", str(bad), *flags, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "hidden_dim" in result.stderr and "num_heads" in result.stderr
+    assert not bad.exists()

@@ -133,3 +133,26 @@ def hide_gpus_from_tensorflow() -> bool:
     except RuntimeError:  # devices already initialised
         return False
     return True
+
+
+def loop_ops() -> Any:
+    """The ``keras.ops`` for the body of a per-position sampling loop.
+
+    TensorFlow and JAX compile the loop (:func:`compile_function`), so this is ``keras.ops``
+    itself. Torch runs it eagerly, one Python call per op, and on one position's small
+    tensors ``keras.ops``' dispatch costs more than the op: there it is a namespace of the
+    same torch kernels called directly (the same numbers), for the ops the samplers use:
+    ``argmax cast conv gelu layer_normalization matmul pad relu reshape sigmoid slice
+    slice_update softmax swapaxes take tanh top_k transpose where`` (``conv``: 2-D,
+    "valid"; ``take``: rows of a 2-D table). Its ``slice_update`` writes in place:
+    the caller must not read ``inputs`` again (true of a loop carry).
+
+    Example:
+        >>> xops = loop_ops()
+        >>> cache = xops.slice_update(cache, [0, t, 0], token)
+    """
+    if keras.backend.backend() == "torch":
+        from keras_vq.backend import _torch_loop_ops
+
+        return _torch_loop_ops
+    return keras.ops

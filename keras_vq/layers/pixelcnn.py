@@ -13,6 +13,7 @@ import numpy as np
 from keras import ops
 
 from keras_vq import _validation
+from keras_vq.backend.ops import loop_ops
 
 _MASK_TYPES = ("A", "B")
 
@@ -81,10 +82,11 @@ class MaskedConv2D(keras.layers.Conv2D):
         return config
 
 
-def gate(x):
-    """Gated activation ``tanh(a) ⊙ σ(b)`` with ``[a, b]`` the two halves of the last axis."""
+def gate(x, xops=ops):
+    """Gated activation ``tanh(a) ⊙ σ(b)`` with ``[a, b]`` the two halves of the last axis;
+    ``xops``: the ops namespace (a sampler's ``loop_ops()``)."""
     half = x.shape[-1] // 2
-    return ops.tanh(x[..., :half]) * ops.sigmoid(x[..., half:])
+    return xops.tanh(x[..., :half]) * xops.sigmoid(x[..., half:])
 
 
 def shift_down(x):
@@ -208,12 +210,12 @@ class GatedPixelCNNBlock(keras.layers.Layer):
         return self.class_bias(ops.reshape(ops.cast(labels, "int32"), (-1,)))
 
     @staticmethod
-    def _gate(pre, bias):
+    def _gate(pre, bias, xops=ops):
         if bias is not None:
             # (B, 2F) bias against (B, ..., 2F) features.
             extra = (1,) * (len(pre.shape) - 2)
-            pre = pre + ops.reshape(ops.cast(bias, pre.dtype), (-1, *extra, pre.shape[-1]))
-        return gate(pre)
+            pre = pre + xops.reshape(xops.cast(bias, pre.dtype), (-1, *extra, pre.shape[-1]))
+        return gate(pre, xops)
 
     def call(self, inputs):
         inputs = self._check_inputs(inputs)
@@ -291,15 +293,16 @@ class GatedPixelCNNBlock(keras.layers.Layer):
             (link + biases + class bias), ``(B, W, 2F)``.
         """
         w = self.sampling_weights(window.dtype) if weights is None else weights
-        v_pre = ops.conv(window, w["vertical"], padding="valid") + w["vertical_bias"]
+        xops = loop_ops()  # once per row and block of a sampler: native on torch
+        v_pre = xops.conv(window, w["vertical"], padding="valid") + w["vertical_bias"]
         width, channels = v_pre.shape[2], v_pre.shape[3]
         # -1, not the batch size: that is unknown (None) in an exported graph.
-        flat = ops.reshape(v_pre, (-1, channels))
-        offset = ops.reshape(ops.matmul(flat, w["link"]), (-1, width, channels))
+        flat = xops.reshape(v_pre, (-1, channels))
+        offset = xops.reshape(xops.matmul(flat, w["link"]), (-1, width, channels))
         offset = offset + w["offset_bias"]
         if bias is not None:
-            offset = offset + ops.cast(bias, offset.dtype)[:, None, :]
-        return self._gate(v_pre, bias), offset
+            offset = offset + xops.cast(bias, offset.dtype)[:, None, :]
+        return self._gate(v_pre, bias, xops), offset
 
     def horizontal_pixel(self, window, offset, h=None, weights=None):
         """Horizontal stack at one pixel ``(i, j)``.
@@ -317,7 +320,9 @@ class GatedPixelCNNBlock(keras.layers.Layer):
         w = self.sampling_weights(window.dtype) if weights is None else weights
         # Python operators, not keras.ops, where they exist: the same native op on every
         # backend without the dispatch cost of an eager keras.ops call (torch runs this eagerly).
-        out = gate(window @ w["horizontal"] + offset) @ w["residual"] + w["residual_bias"]
+        # The gate's ops too: native on torch (``loop_ops``), one call per pixel and block.
+        pre = window @ w["horizontal"] + offset
+        out = gate(pre, loop_ops()) @ w["residual"] + w["residual_bias"]
         return out if self.first else out + h
 
     def compute_output_shape(self, input_shape):

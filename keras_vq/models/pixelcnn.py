@@ -10,6 +10,7 @@ from keras import ops
 
 from keras_vq import _validation
 from keras_vq.backend import TrainStepMixin, inference
+from keras_vq.backend.ops import loop_ops
 from keras_vq.layers.pixelcnn import GatedPixelCNNBlock, dense_weights
 from keras_vq.models._export import ExportMixin
 from keras_vq.models._prior import (  # _TINY: tests import the noise floor from here
@@ -182,32 +183,33 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
         # Per-position tensors are kept flat, (B, positions · channels), so that reading one
         # position is one slice (the cheapest op on every backend, eager torch included).
         noise = ops.reshape(temperature * -ops.log(-ops.log(uniform)), (batch, -1))  # T·Gumbel
+        xops = loop_ops()  # the per-pixel ops: native on torch, which runs the loop eagerly
 
         def pixel(i, j, codes, row_in, h_ins, offsets):
             """Sample (i, j). row_in: row i of the codes, embedded; h_ins[l]: row i of block
             l+1's horizontal input; both with n zero columns on the left, flattened to
             (B, (W+n)·F), so a window of columns is one slice."""
-            window = ops.slice(row_in, [0, j * f], [batch, n * f])
+            window = xops.slice(row_in, [0, j * f], [batch, n * f])
             h = self.blocks[0].horizontal_pixel(window, at(offsets[0], j), weights=weights[0])
             new_h_ins = []
             for layer in range(1, num_layers):
-                h_in = ops.slice_update(h_ins[layer - 1], [0, (j + n) * f], h)
+                h_in = xops.slice_update(h_ins[layer - 1], [0, (j + n) * f], h)
                 new_h_ins.append(h_in)
-                window = ops.slice(h_in, [0, j * f], [batch, (n + 1) * f])
+                window = xops.slice(h_in, [0, j * f], [batch, (n + 1) * f])
                 h = self.blocks[layer].horizontal_pixel(
                     window, at(offsets[layer], j), h, weights=weights[layer]
                 )
-            hidden = ops.relu(ops.relu(h) @ hidden_w + hidden_b)
-            logits = ops.cast(hidden @ logits_w + logits_b, "float32")
-            scores = logits + ops.slice(noise, [0, (i * width + j) * k], [batch, k])
-            code = ops.cast(ops.argmax(scores, axis=-1), "int32")
-            codes = ops.slice_update(codes, [0, i, j], ops.reshape(code, (batch, 1, 1)))
-            embedded = ops.take(embeddings, code, axis=0)
-            row_in = ops.slice_update(row_in, [0, (j + n) * f], embedded)
+            hidden = xops.relu(xops.relu(h) @ hidden_w + hidden_b)
+            logits = xops.cast(hidden @ logits_w + logits_b, "float32")
+            scores = logits + xops.slice(noise, [0, (i * width + j) * k], [batch, k])
+            code = xops.cast(xops.argmax(scores, axis=-1), "int32")
+            codes = xops.slice_update(codes, [0, i, j], xops.reshape(code, (batch, 1, 1)))
+            embedded = xops.take(embeddings, code, axis=0)
+            row_in = xops.slice_update(row_in, [0, (j + n) * f], embedded)
             return codes, row_in, new_h_ins
 
         def at(offsets, j):
-            return ops.slice(offsets, [0, j * 2 * f], [batch, 2 * f])
+            return xops.slice(offsets, [0, j * 2 * f], [batch, 2 * f])
 
         def row(i, carry):
             codes, v_ins, offsets = carry
@@ -221,15 +223,15 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
             # Row i is complete: advance every vertical stack by row i, which gives the
             # offsets of row i+1. v_ins hold each block's vertical input with n zero rows on
             # top and n zero columns on each side; rows i-n..i are padded rows i..i+n.
-            x = ops.reshape(row_in[:, n * f :], (batch, 1, width, f))
+            x = xops.reshape(row_in[:, n * f :], (batch, 1, width, f))
             new_v_ins, new_offsets = [], []
             for layer, block in enumerate(self.blocks):
-                x = ops.pad(x, [[0, 0], [0, 0], [n, n], [0, 0]])
-                v_in = ops.slice_update(v_ins[layer], [0, i + n, 0, 0], x)
-                window = ops.slice(v_in, [0, i, 0, 0], [batch, n + 1, width + 2 * n, f])
+                x = xops.pad(x, [[0, 0], [0, 0], [n, n], [0, 0]])
+                v_in = xops.slice_update(v_ins[layer], [0, i + n, 0, 0], x)
+                window = xops.slice(v_in, [0, i, 0, 0], [batch, n + 1, width + 2 * n, f])
                 x, offset = block.vertical_row(window, biases[layer], weights=weights[layer])
                 new_v_ins.append(v_in)
-                new_offsets.append(ops.reshape(offset, (batch, width * 2 * f)))
+                new_offsets.append(xops.reshape(offset, (batch, width * 2 * f)))
             return codes, new_v_ins, new_offsets
 
         codes = ops.zeros((batch, height, width), "int32")

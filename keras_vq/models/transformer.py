@@ -11,12 +11,19 @@ from keras import ops
 
 from keras_vq import _validation
 from keras_vq.backend import TrainStepMixin, inference
+from keras_vq.backend.ops import loop_ops
 from keras_vq.models._export import ExportMixin
 from keras_vq.models._prior import PriorMixin
 from keras_vq.presets import PresetMixin
 
 # Masked attention scores: exp underflows to exactly 0 in float32, and no inf - inf NaNs.
 _MASKED = -1e9
+
+
+def _norm_params(layer) -> tuple:
+    """A LayerNormalization's ``(gamma, beta)`` as tensors, float32 as stored (the layer does
+    not autocast them)."""
+    return ops.convert_to_tensor(layer.gamma), ops.convert_to_tensor(layer.beta)
 
 
 class _Block(keras.layers.Layer):
@@ -62,14 +69,16 @@ class _Block(keras.layers.Layer):
         x = ops.reshape(x, (ops.shape(x)[0], -1, self.num_heads, self.head_dim))
         return ops.transpose(x, (0, 2, 1, 3))
 
-    def _attend(self, q, k, v, mask):
-        """Softmax attention in float32 (bf16/fp16 scores lose the small differences)."""
-        scores = ops.matmul(ops.cast(q, "float32"), ops.cast(ops.swapaxes(k, -1, -2), "float32"))
-        scores = ops.where(mask, scores / math.sqrt(self.head_dim), _MASKED)
-        weights = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
-        out = ops.matmul(weights, ops.cast(v, self.compute_dtype))  # (B, heads, L, head_dim)
-        out = ops.transpose(out, (0, 2, 1, 3))
-        return ops.reshape(out, (ops.shape(out)[0], -1, self.hidden_dim))
+    def _attend(self, q, keys_t, v, mask, xops=ops):
+        """Softmax attention in float32 (bf16/fp16 scores lose the small differences); the
+        keys come transposed, ``(B, heads, head_dim, L)``."""
+        scores = xops.cast(q, "float32") @ xops.cast(keys_t, "float32")
+        scores = xops.where(mask, scores / math.sqrt(self.head_dim), _MASKED)
+        weights = xops.cast(xops.softmax(scores, axis=-1), self.compute_dtype)
+        out = weights @ xops.cast(v, self.compute_dtype)  # (B, heads, L, head_dim)
+        out = xops.transpose(out, (0, 2, 1, 3))
+        # -1 for the batch: unknown (None) in an exported graph; the length is static.
+        return xops.reshape(out, (-1, out.shape[1], self.hidden_dim))
 
     def _finish(self, x, attended, training=None):
         x = x + self.dropout(self.attention_output(attended), training=training)
@@ -83,23 +92,81 @@ class _Block(keras.layers.Layer):
         causal = positions[None, :] <= positions[:, None]  # (L, L): query row, key column
         attended = self._attend(
             self._heads(self.query(h)),
-            self._heads(self.key(h)),
+            ops.swapaxes(self._heads(self.key(h)), -1, -2),
             self._heads(self.value(h)),
             causal,
         )
         return self._finish(x, attended, training)
 
-    def step(self, x, t, keys, values):
-        """Position ``t`` of ``x`` ``(B, 1, D)`` given the caches ``(B, heads, T, head_dim)``
-        holding positions ``< t``; returns the output and the caches with position ``t``."""
-        h = self.attention_norm(x)
-        keys = ops.slice_update(keys, [0, 0, t, 0], ops.cast(self._heads(self.key(h)), keys.dtype))
-        values = ops.slice_update(
-            values, [0, 0, t, 0], ops.cast(self._heads(self.value(h)), values.dtype)
-        )
-        visible = ops.arange(ops.shape(keys)[2]) <= t  # later entries are stale zeros
-        attended = self._attend(self._heads(self.query(h)), keys, values, visible)
-        return self._finish(x, attended), keys, values
+    # --- incremental sampling: one token at a time ----------------------------------------
+    # A sampler calls ``step`` once per position and block. Calling the sub-layers would cost a
+    # Keras layer call each (~0.1 ms eagerly on torch, eight per block); instead the weights
+    # are prepared once per sampling call (``step_weights``) and a position is a few plain
+    # matmuls, Python operators where they exist (the native op on every backend without
+    # keras.ops' dispatch). ``call`` defines the model; tests check ``step`` against it.
+    def step_weights(self, dtype) -> dict:
+        """The weights as :meth:`step` uses them: Dense kernels cast to ``dtype`` (as Keras'
+        autocast does) with the query/key/value projections fused into one ``(D, 3D)``
+        matmul; LayerNorm parameters as stored (LayerNormalization does not autocast)."""
+
+        def dense(layer):
+            return ops.cast(layer.kernel, dtype), ops.cast(layer.bias, dtype)
+
+        (wq, bq), (wk, bk), (wv, bv) = dense(self.query), dense(self.key), dense(self.value)
+        return {
+            "attention_norm": _norm_params(self.attention_norm),
+            "qkv": (ops.concatenate([wq, wk, wv], axis=1), ops.concatenate([bq, bk, bv], 0)),
+            "attention_output": dense(self.attention_output),
+            "mlp_norm": _norm_params(self.mlp_norm),
+            "mlp_hidden": dense(self.mlp_hidden),
+            "mlp_output": dense(self.mlp_output),
+        }
+
+    @staticmethod
+    def _norm(layer, x, params):
+        """``layer(x)`` on prepared parameters: the op LayerNormalization itself calls."""
+        xops = loop_ops()
+        out = xops.layer_normalization(x, *params, axis=-1, epsilon=layer.epsilon)
+        return xops.cast(out, layer.compute_dtype)
+
+    def step(self, x, cache, t, visible, weights=None):
+        """Advance one position.
+
+        Args:
+            x: the block's input at position ``t``, ``(B, 1, D)``.
+            cache: ``(keys, values)`` of positions ``< t``: keys transposed, ``(B, heads,
+                head_dim, T)``, values ``(B, heads, T, head_dim)``; entries ``>= t`` are
+                ignored. Separate and contiguous: a batched matmul with a strided view of
+                one shared cache is several times slower on CPU.
+            t: the position, a scalar int (tensor).
+            visible: bool ``(T,)``, ``True`` for positions ``<= t``.
+            weights: ``step_weights(dtype)``; computed here when ``None``.
+
+        Returns:
+            ``(output (B, 1, D), cache with position t)``.
+        """
+        w = self.step_weights(self.compute_dtype) if weights is None else weights
+        xops = loop_ops()
+        heads, d = self.num_heads, self.hidden_dim
+        h = self._norm(self.attention_norm, x, w["attention_norm"])
+        kernel, bias = w["qkv"]
+        qkv = h @ kernel + bias  # (B, 1, 3D)
+        # One token: (B, 1, D) → (B, heads, 1, head_dim) or its transpose (B, heads,
+        # head_dim, 1) is a reshape.
+        keys, values = cache
+        query = xops.reshape(qkv[..., :d], (-1, heads, 1, self.head_dim))
+        key = xops.reshape(qkv[..., d : 2 * d], (-1, heads, self.head_dim, 1))
+        value = xops.reshape(qkv[..., 2 * d :], (-1, heads, 1, self.head_dim))
+        keys = xops.slice_update(keys, [0, 0, 0, t], xops.cast(key, keys.dtype))
+        values = xops.slice_update(values, [0, 0, t, 0], xops.cast(value, values.dtype))
+        attended = self._attend(query, keys, values, visible, xops)
+        kernel, bias = w["attention_output"]
+        x = x + (attended @ kernel + bias)
+        h = self._norm(self.mlp_norm, x, w["mlp_norm"])
+        kernel, bias = w["mlp_hidden"]
+        hidden = xops.gelu(h @ kernel + bias)
+        kernel, bias = w["mlp_output"]
+        return x + (hidden @ kernel + bias), (keys, values)
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
@@ -255,8 +322,9 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
         Position t takes ``argmax_k(logits_k + T · g_k)``, ``g`` Gumbel noise drawn up front
         from ``seed``: a draw from ``softmax(logits / T)``, the same maps for the same seed;
         ``T = 0`` is the greedy path. Each block keeps the keys and values of past positions
-        (preallocated ``(B, heads, h·w, head_dim)`` caches), so a position costs one token's
-        pass, in one compiled loop (XLA on TF and JAX; eager without autograd on torch).
+        (preallocated caches of ``h·w`` positions), so a position costs one token's pass on
+        weights prepared once per call, in one compiled loop (XLA on TF and JAX; on torch
+        eagerly without autograd, on native ops: ``keras_vq.backend.ops.loop_ops``).
 
         Args:
             num_samples: number of maps B ≥ 1.
@@ -284,32 +352,45 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
         """The cached sampler on uniform noise ``(B, h, w, K)``; ``top_k`` static."""
         batch = ops.shape(uniform)[0]  # a tensor in a graph with a dynamic batch (export)
         height, width = self.latent_shape
-        length, k, dtype = height * width, self.num_embeddings, self.compute_dtype
-        noise = ops.reshape(temperature * -ops.log(-ops.log(uniform)), (batch, length, k))
+        length, k, d = height * width, self.num_embeddings, self.hidden_dim
+        dtype = self.compute_dtype
+        # Loop invariants, prepared once: weights, the noise, the position embeddings.
+        noise = ops.reshape(temperature * -ops.log(-ops.log(uniform)), (batch, length * k))
         positions = ops.cast(self.position_embedding, dtype)
-        head_dim = self.hidden_dim // self.num_heads
-        cache_shape = (batch, self.num_heads, length, head_dim)
+        embeddings = ops.cast(self.embedding.embeddings, dtype)
+        weights = [block.step_weights(dtype) for block in self.blocks]
+        final_norm = _norm_params(self.final_norm)
+        head_kernel, head_bias = ops.cast(self.head.kernel, dtype), ops.cast(self.head.bias, dtype)
+        steps = ops.arange(length)
+        xops = loop_ops()  # the loop body's ops: native on torch, which runs it eagerly
+        head_dim = d // self.num_heads
 
         def position(t, carry):
             codes, token, caches = carry
-            x = token + ops.slice(positions, [t, 0], [1, self.hidden_dim])[None]  # (B, 1, D)
+            x = token + xops.slice(positions, [t, 0], [1, d])[None]  # (B, 1, D)
+            visible = steps <= t  # later cache entries are stale zeros
             new_caches = []
-            for block, (keys, values) in zip(self.blocks, caches):
-                x, keys, values = block.step(x, t, keys, values)
-                new_caches.append((keys, values))
-            logits = ops.reshape(self._logits(x), (batch, k))
+            for block, cache, w in zip(self.blocks, caches, weights):
+                x, cache = block.step(x, cache, t, visible, weights=w)
+                new_caches.append(cache)
+            x = _Block._norm(self.final_norm, x, final_norm)
+            logits = xops.cast(xops.reshape(x, (batch, d)) @ head_kernel + head_bias, "float32")
             if top_k is not None:
-                kth = ops.top_k(logits, top_k, sorted=True)[0][:, -1:]
-                logits = ops.where(logits >= kth, logits, float("-inf"))
-            scores = logits + ops.reshape(ops.slice(noise, [0, t, 0], [batch, 1, k]), (batch, k))
-            code = ops.cast(ops.argmax(scores, axis=-1), "int32")
-            codes = ops.slice_update(codes, [0, t], ops.reshape(code, (batch, 1)))
-            token = ops.reshape(self.embedding(code), (batch, 1, self.hidden_dim))
+                kth = xops.top_k(logits, top_k, sorted=True)[0][:, -1:]
+                logits = xops.where(logits >= kth, logits, float("-inf"))
+            scores = logits + xops.slice(noise, [0, t * k], [batch, k])
+            code = xops.cast(xops.argmax(scores, axis=-1), "int32")
+            codes = xops.slice_update(codes, [0, t], xops.reshape(code, (batch, 1)))
+            token = xops.reshape(xops.take(embeddings, code, axis=0), (batch, 1, d))
             return codes, token, new_caches
 
-        token = ops.reshape(self._start_tokens(labels, batch), (batch, 1, self.hidden_dim))
+        token = ops.reshape(self._start_tokens(labels, batch), (batch, 1, d))
         caches = [
-            (ops.zeros(cache_shape, dtype), ops.zeros(cache_shape, dtype)) for _ in self.blocks
+            (
+                ops.zeros((batch, self.num_heads, head_dim, length), dtype),
+                ops.zeros((batch, self.num_heads, length, head_dim), dtype),
+            )
+            for _ in self.blocks
         ]
         codes = ops.zeros((batch, length), "int32")
         codes, _, _ = ops.fori_loop(0, length, position, (codes, token, caches))
