@@ -176,10 +176,19 @@ def _strided_stack(x, filters: Sequence[int], kernel_size: int):
     return x
 
 
-def _transposed_stack(x, filters: Sequence[int], kernel_size: int):
+_FIRST_DECODER_BIAS = 0.01
+
+
+def _transposed_stack(x, filters: Sequence[int], kernel_size: int, first_bias="zeros"):
     for i, f in enumerate(filters):
         x = layers.Conv2DTranspose(
-            f, kernel_size, strides=2, padding="same", activation="relu", name=f"deconv{i}"
+            f,
+            kernel_size,
+            strides=2,
+            padding="same",
+            activation="relu",
+            bias_initializer=first_bias if i == 0 else "zeros",
+            name=f"deconv{i}",
         )(x)
     return x
 
@@ -248,10 +257,18 @@ def build_conv_decoder(
     """
     inputs = keras.Input(shape=tuple(latent_shape), name="latents")
     x = inputs
+    # A quantizer can map every input to the zero vector at initialisation (FSQ rounds the
+    # small outputs of a fresh encoder to level 0): with zero biases the first ReLU is then
+    # exactly 0 and no gradient reaches the encoder, so the model never trains. A small
+    # positive bias keeps the first layer active.
+    first_bias = keras.initializers.Constant(_FIRST_DECODER_BIAS)
     if num_residual_blocks:
-        x = layers.Conv2D(filters[0], 3, padding="same", name="latent_conv")(x)
+        x = layers.Conv2D(
+            filters[0], 3, padding="same", bias_initializer=first_bias, name="latent_conv"
+        )(x)
         x = _residual_stack(x, num_residual_blocks, filters[0])
-    x = _transposed_stack(x, filters, kernel_size)
+        first_bias = "zeros"
+    x = _transposed_stack(x, filters, kernel_size, first_bias=first_bias)
     outputs = layers.Conv2D(output_channels, 3, padding="same", dtype="float32", name="output")(x)
     return keras.Model(inputs, outputs, name=name)
 

@@ -305,3 +305,22 @@ def test_exports_serve_what_the_keras_models_compute(tmp_path):
     codes = outputs["codes"].numpy()
     np.testing.assert_array_equal(codes, to_numpy(prior.sample(2, temperature=0.0)))
     np.testing.assert_allclose(outputs["images"].numpy(), to_numpy(vqvae.decode(codes)), atol=ATOL)
+
+
+def test_fsq_with_the_default_networks_trains_from_initialisation():
+    """A fresh encoder's small outputs all round to FSQ's zero level, so the decoder first sees
+    only zero vectors: its first layer must still pass a gradient back to the encoder (with
+    zero biases its ReLU output was exactly 0 and the model never trained)."""
+    keras.utils.set_random_seed(1)
+    model = VQVAE(input_shape=(8, 8, 1), quantizer=FiniteScalarQuantizer([5, 5, 5]))
+    x = np.random.default_rng(0).uniform(0.0, 1.0, (16, 8, 8, 1)).astype("float32")
+    assert len(np.unique(to_numpy(model.encode(x)))) == 1  # the dead start it must escape
+    before = [to_numpy(w).copy() for w in model.encoder.trainable_weights]
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    model.train_on_batch(x)
+    changed = [
+        not np.array_equal(to_numpy(w), b) for w, b in zip(model.encoder.trainable_weights, before)
+    ]
+    assert all(changed), [
+        w.path for w, c in zip(model.encoder.trainable_weights, changed) if not c
+    ]
