@@ -159,8 +159,9 @@ def _residual_stack(x, filters: int, blocks: int, prefix: str):
 
     for i in range(blocks):
         h = layers.Activation("relu")(x)
-        h = layers.Conv2D(filters // 2, 3, padding="same", activation="relu",
-                          name=f"{prefix}_res{i}_a")(h)
+        h = layers.Conv2D(
+            filters // 2, 3, padding="same", activation="relu", name=f"{prefix}_res{i}_a"
+        )(h)
         h = layers.Conv2D(filters, 1, name=f"{prefix}_res{i}_b")(h)
         x = layers.Add()([x, h])
     return layers.Activation("relu")(x)
@@ -181,8 +182,9 @@ def residual_networks(filters=(32, 64), blocks: int = 2):
     x = layers.Conv2D(filters[-1], 3, padding="same", name="d_in")(latents)
     x = _residual_stack(x, filters[-1], blocks, "dec")
     for i, f in enumerate(filters[::-1]):
-        x = layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation="relu",
-                                   name=f"d{i}")(x)
+        x = layers.Conv2DTranspose(
+            f, 3, strides=2, padding="same", activation="relu", name=f"d{i}"
+        )(x)
     outputs = layers.Conv2D(1, 3, padding="same", dtype="float32")(x)
     return encoder, keras.Model(latents, outputs, name="decoder")
 
@@ -284,8 +286,10 @@ def used_codes(model, images) -> int:
     import numpy as np
     from keras import ops
 
-    codes = [ops.convert_to_numpy(model.encode(images[i : i + 256])) for i in range(0, len(images), 256)]
-    return int(len(np.unique(np.concatenate([c.ravel() for c in codes]))))
+    codes = [
+        ops.convert_to_numpy(model.encode(images[i : i + 256])) for i in range(0, len(images), 256)
+    ]
+    return len(np.unique(np.concatenate([c.ravel() for c in codes])))
 
 
 def run_one(name: str, seed: int, args) -> dict:
@@ -345,8 +349,11 @@ def summarise(records: list[dict]) -> dict:
 def run_all(args) -> list[dict]:
     forwarded = _harness.flags(args, "epochs", "quick")
     configurations = [
-        (args.backend, [*forwarded, "--_child", f"{name}:{seed}"],
-         {"benchmark": "defaults", "config": name, "seed": seed})
+        (
+            args.backend,
+            [*forwarded, "--_child", f"{name}:{seed}"],
+            {"benchmark": "defaults", "config": name, "seed": seed},
+        )
         for name in args.configs
         for seed in args.seeds
     ]

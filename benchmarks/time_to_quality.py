@@ -109,8 +109,14 @@ def run_child(args) -> None:
     )
     naive.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="mse")
     naive_curve = curve_callback(keras, heldout, args.eval_every, None)
-    naive.fit(train, train, batch_size=BATCH_SIZE, epochs=args.naive_epochs, verbose=0,
-              callbacks=[naive_curve])
+    naive.fit(
+        train,
+        train,
+        batch_size=BATCH_SIZE,
+        epochs=args.naive_epochs,
+        verbose=0,
+        callbacks=[naive_curve],
+    )
     target = naive_curve.points[-1][1]
     naive_s = first_time_at(naive_curve.points, target)
 
@@ -118,8 +124,9 @@ def run_child(args) -> None:
     ours = VQVAE(input_shape=shape, num_embeddings=128, embedding_dim=EMBEDDING_DIM)
     ours.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE))
     ours_curve = curve_callback(keras, heldout, args.eval_every, min(target, FIXED_TARGET_MSE))
-    ours.fit(train, batch_size=BATCH_SIZE, epochs=args.naive_epochs, verbose=0,
-             callbacks=[ours_curve])
+    ours.fit(
+        train, batch_size=BATCH_SIZE, epochs=args.naive_epochs, verbose=0, callbacks=[ours_curve]
+    )
     ours_s = first_time_at(ours_curve.points, target)
     steps_per_epoch = len(train) // BATCH_SIZE + bool(len(train) % BATCH_SIZE)
     record = {
