@@ -47,7 +47,6 @@ CONFIGS: dict[str, dict] = {
     "ema_restart_sonnet": {"ema_decay": 0.99, "dead_code_threshold": 1.0, "_ema_start": "zero"},
     "ema_restart_kmeans": {"ema_decay": 0.99, "dead_code_threshold": 1.0, "_kmeans_init": True},
     "grad_restart_kmeans": {"ema_decay": None, "dead_code_threshold": 1.0, "_kmeans_init": True},
-    "grad_kmeans": {"ema_decay": None, "dead_code_threshold": 0.0, "_kmeans_init": True},
     "ema_restart_scale1": {"ema_decay": 0.99, "dead_code_threshold": 1.0, "_init_scale": 1.0},
     "grad_restart_scale1": {"ema_decay": None, "dead_code_threshold": 1.0, "_init_scale": 1.0},
     "ema_restart_wide": {"ema_decay": 0.99, "dead_code_threshold": 1.0, "filters": (64, 128)},
@@ -56,7 +55,6 @@ CONFIGS: dict[str, dict] = {
     "ema_restart_beta0.1": {"ema_decay": 0.99, "dead_code_threshold": 1.0, "beta": 0.1},
     "ema_restart_beta1": {"ema_decay": 0.99, "dead_code_threshold": 1.0, "beta": 1.0},
     "ema_restart_decay0.95": {"ema_decay": 0.95, "dead_code_threshold": 1.0},
-    "ema_restart_thr0.1": {"ema_decay": 0.99, "dead_code_threshold": 0.1},
     "ema_restart_decay0.9": {"ema_decay": 0.9, "dead_code_threshold": 1.0},
     "ema_restart_thr5": {"ema_decay": 0.99, "dead_code_threshold": 5.0},
     "grad_restart_thr5": {"ema_decay": None, "dead_code_threshold": 5.0},
@@ -65,6 +63,7 @@ CONFIGS: dict[str, dict] = {
     "ema0.9_thr5_beta0.5": {"ema_decay": 0.9, "dead_code_threshold": 5.0, "beta": 0.5},
     "ema0.9_thr5_kmeans": {"ema_decay": 0.9, "dead_code_threshold": 5.0, "_kmeans_init": True},
     "ema0.9_thr5_sonnet": {"ema_decay": 0.9, "dead_code_threshold": 5.0, "_ema_start": "zero"},
+    "ema0.9_res2": {"ema_decay": 0.9, "dead_code_threshold": 1.0, "_res_blocks": 2},
     "plain_ae": {"_plain_ae": True},
 }
 
