@@ -207,8 +207,8 @@ def _patched_quantizer(levers: dict):
 
         def build(self, input_shape):
             super().build(input_shape)
-            self.ema_cluster_size.assign(ops.zeros_like(self.ema_cluster_size))
-            self.ema_sum.assign(ops.zeros_like(self.ema_sum))
+            self.ema_cluster_size.assign(ops.zeros(self.ema_cluster_size.shape))
+            self.ema_sum.assign(ops.zeros(self.ema_sum.shape))
             self.ema_steps = self.add_weight(
                 name="ema_steps", shape=(), initializer="zeros", trainable=False
             )
