@@ -9,16 +9,16 @@ training and ``split="test"`` (360 images) for every figure. Every model is
 ``VQVAE(input_shape=(28, 28, 1), filters=(32, 64), quantizer=...)``, Adam(1e-3), batch 64,
 the same epochs and seed, trained one after another in this process (current backend):
 
-- at ~10 bits per code: ``vq_k1024`` (``VectorQuantizer(1024, 16, ema_decay=0.99)``),
+- at ~10 bits per code: ``vq_k1024`` (``VectorQuantizer(1024, 16, **VQ_OPTIONS)``),
   ``fsq_8555`` (``FiniteScalarQuantizer([8, 5, 5, 5])``, 1000 codes, encoder outputs the 4
   channels, no auxiliary loss), ``fsq_8555_scaled`` (the same with the encoder's output
   multiplied by 10: the default encoder's outputs, std ≈ 0.04 at initialisation, all round to
   the zero level, so ``z_q ≡ 0``, the decoder's ReLUs see exactly 0 and no kernel gets a
   gradient; ``fsq_8555`` shows that failure), ``lfq_10bit`` (``LookupFreeQuantizer(num_bits=10)``),
-  ``rvq_2x32`` (``ResidualVectorQuantizer(2, 32, 16, ema_decay=0.99)``);
-- for the residual target: ``rvq_1x128`` and ``rvq_4x128`` (K=128 per stage, EMA 0.99);
+  ``rvq_2x32`` (``ResidualVectorQuantizer(2, 32, 16, **VQ_OPTIONS)``);
+- for the residual target: ``rvq_1x128`` and ``rvq_4x128`` (K=128 per stage);
 - for the usage target: ``vq_k512_kmeans_restart`` (``VectorQuantizer(512, 16,
-  ema_decay=0.99, kmeans_init=True, dead_code_threshold=1.0)``).
+  kmeans_init=True, **VQ_OPTIONS)``); ``VQ_OPTIONS`` = VQVAE's defaults (EMA 0.9, restarts).
 
 Prints one JSON line: per model the held-out ``mse`` (pixels in [0, 1]) and the test-set
 ``used_fraction`` of the codebook (``keras_vq.metrics.code_usage``; for a residual quantizer
@@ -66,6 +66,10 @@ def parse_args(argv=None):
     return args
 
 
+# VQVAE's own defaults for the quantizer it builds: EMA codebook, dead-code restart.
+VQ_OPTIONS = {"ema_decay": 0.9, "dead_code_threshold": 1.0}
+
+
 def make_quantizer(name: str, seed: int):
     """The quantizer layer of model ``name``."""
     from keras_vq.layers import (
@@ -76,7 +80,7 @@ def make_quantizer(name: str, seed: int):
     )
 
     if name == "vq_k1024":
-        return VectorQuantizer(1024, EMBEDDING_DIM, ema_decay=0.99, seed=seed)
+        return VectorQuantizer(1024, EMBEDDING_DIM, **VQ_OPTIONS, seed=seed)
     if name.startswith("fsq_8555"):
         return FiniteScalarQuantizer([8, 5, 5, 5])
     if name == "lfq_10bit":
@@ -85,13 +89,12 @@ def make_quantizer(name: str, seed: int):
         return VectorQuantizer(
             512,
             EMBEDDING_DIM,
-            ema_decay=0.99,
             kmeans_init=True,
-            dead_code_threshold=1.0,
+            **VQ_OPTIONS,
             seed=seed,
         )
     stages, size = {"rvq_2x32": (2, 32), "rvq_1x128": (1, 128), "rvq_4x128": (4, 128)}[name]
-    return ResidualVectorQuantizer(stages, size, EMBEDDING_DIM, ema_decay=0.99, seed=seed)
+    return ResidualVectorQuantizer(stages, size, EMBEDDING_DIM, **VQ_OPTIONS, seed=seed)
 
 
 def train_and_evaluate(name: str, train, test_x, args) -> dict:
