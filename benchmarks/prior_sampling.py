@@ -291,14 +291,18 @@ def sampling_table(args, common: dict) -> None:
             keras.utils.set_random_seed(0)
             prior = build((size, size))
             vqvae = VQVAE(input_shape=(4 * size, 4 * size, 1), num_embeddings=k, seed=0)
-            served = None
+            served = {}
             if export:
                 import tensorflow as tf
 
                 from keras_vq.export import export_generator
 
-                path = export_generator(vqvae, prior, tempfile.mkdtemp(), 1)
-                served = tf.saved_model.load(path).signatures["sample_seeded"]
+                for jit_compile in (False, True):
+                    path = export_generator(
+                        vqvae, prior, tempfile.mkdtemp(), 1, jit_compile=jit_compile
+                    )
+                    signatures = tf.saved_model.load(path).signatures
+                    served["xla" if jit_compile else "plain"] = signatures["sample_seeded"]
             for n in args.table_samples:
                 record = {
                     "benchmark": "prior_sampling_table",
@@ -322,30 +326,37 @@ def sampling_table(args, common: dict) -> None:
                     full_pass_loop_seconds=round(full_loop, 3),
                     speedup=round(full_loop / fast, 1),
                 )
-                if served is not None:
+                if served:
                     import tensorflow as tf
 
                     count, seed = tf.constant(n, tf.int32), tf.constant(3, tf.int32)
-
-                    def exported(fn=served, count=count, seed=seed):
-                        return _harness.block(fn(num_samples=count, seed=seed)["codes"])
-
-                    exported()  # the first call builds the graph's functions
-                    exported_s = _harness.time_call(exported, repeats=args.repeats, warmup=0)
                     generate(vqvae, prior, n, seed=3)
                     in_process = _harness.time_call(
                         lambda v=vqvae, p=prior, n=n: _harness.block(generate(v, p, n, seed=3)),
                         repeats=args.repeats,
                         warmup=0,
                     )["median_s"]
-                    same = np.array_equal(to_numpy(exported()), to_numpy(prior.sample(n, seed=3)))
-                    record.update(
-                        exported_seconds=round(exported_s["median_s"], 4),
-                        generate_seconds=round(in_process, 4),
-                        exported_vs_generate=round(exported_s["median_s"] / in_process, 2),
-                        exported_speedup=round(full_loop / exported_s["median_s"], 1),
-                        exported_same_codes=bool(same),
-                    )
+                    record["generate_seconds"] = round(in_process, 4)
+                    expected = to_numpy(prior.sample(n, seed=3))
+                    for label, fn in served.items():
+                        prefix = "exported" if label == "plain" else "exported_xla"
+
+                        def exported(fn=fn, count=count, seed=seed):
+                            return _harness.block(fn(num_samples=count, seed=seed)["codes"])
+
+                        exported()  # the first call builds (and, with XLA, compiles) the loop
+                        seconds = _harness.time_call(exported, repeats=args.repeats, warmup=0)
+                        seconds = seconds["median_s"]
+                        record.update(
+                            {
+                                f"{prefix}_seconds": round(seconds, 4),
+                                f"{prefix}_vs_generate": round(seconds / in_process, 2),
+                                f"{prefix}_speedup": round(full_loop / seconds, 1),
+                                f"{prefix}_same_codes": bool(
+                                    np.array_equal(to_numpy(exported()), expected)
+                                ),
+                            }
+                        )
                 config = {key: value for key, value in common.items() if key not in PIXELCNN_KEYS}
                 _harness.emit({**record, **config, "prior_config": configs[name], "goal": 20})
 
