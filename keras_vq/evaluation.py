@@ -138,8 +138,10 @@ def evaluate_likelihood(
 
     Returns:
         ``elbo_nats`` (mean one-sample ELBO), ``iwae_nll_nats`` (mean -IWAE bound, an upper
-        bound of the NLL), ``iwae_nll_bits_per_dim`` (the same over ``H·W·C`` dims, in bits)
-        and ``iwae_samples``.
+        bound of the NLL), ``iwae_nll_bits_per_dim`` (the same over ``H·W·C`` dims, in bits;
+        for ``likelihood="gaussian"``, a density, the bits/dim of 8-bit data dequantised to
+        ``[0, 1]``: ``keras_vq.metrics.bits_per_dim(nll, H·W·C, num_bins=256)``) and
+        ``iwae_samples``.
     """
     num_samples = check_int("num_samples", num_samples, minimum=1)
     seed = check_int("seed", seed, minimum=0)
@@ -156,10 +158,17 @@ def evaluate_likelihood(
         raise ValueError("`data` holds no images.")
     count = totals["count"]
     nll = -totals["iwae"] / count
+    dims = math.prod(vae.image_shape)
+    # A Gaussian decoder gives a density on [0, 1]: 256 bins per pixel turn it into the
+    # (dequantised) bits of 8-bit pixels; the other likelihoods are already discrete.
+    if getattr(vae, "likelihood", None) == "gaussian":
+        nll_bits = nll + dims * math.log(256.0)
+    else:
+        nll_bits = nll
     return {
         "elbo_nats": totals["elbo"] / count,
         "iwae_nll_nats": nll,
         # On the host in float64, as the sums above.
-        "iwae_nll_bits_per_dim": nll / (math.prod(vae.image_shape) * math.log(2.0)),
+        "iwae_nll_bits_per_dim": nll_bits / (dims * math.log(2.0)),
         "iwae_samples": num_samples,
     }

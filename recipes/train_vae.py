@@ -32,7 +32,12 @@ def vae_args(parser) -> None:
         default=[32, 64],
         help="encoder filters (reversed for the decoder)",
     )
-    group.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
+    group.add_argument(
+        "--likelihood",
+        choices=("bernoulli", "gaussian", "discretized_logistic"),
+        default="bernoulli",
+        help="p(x|z); discretized_logistic: 256 bins per pixel, for colour images",
+    )
     group.add_argument("--beta", type=float, default=1.0, help="KL weight (1: the ELBO)")
     group.add_argument(
         "--iwae-samples",

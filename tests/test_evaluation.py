@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from keras_vq import data, evaluation
+from keras_vq import data, evaluation, metrics
 from keras_vq.models import VAE, VQVAE
 from tests.test_case import to_numpy
 
@@ -102,6 +102,18 @@ def test_likelihood_is_a_mean_over_examples_with_seed_plus_batch():
         got["iwae_nll_bits_per_dim"], -iwae.mean() / (64 * np.log(2.0)), rtol=1e-5
     )
     assert got["iwae_samples"] == 3
+
+
+def test_gaussian_likelihood_reports_the_bits_of_8_bit_pixels():
+    """A Gaussian decoder's log-density on [0, 1] can exceed 0 (negative bits): bits/dim
+    counts 256 bins per pixel, as ``metrics.bits_per_dim(..., num_bins=256)`` does."""
+    model = randomize(
+        VAE(input_shape=(8, 8, 1), latent_dim=2, filters=(4,), likelihood="gaussian"), seed=1
+    )
+    got = evaluation.evaluate_likelihood(model, held_out(), num_samples=2, seed=5)
+    expected = float(to_numpy(metrics.bits_per_dim(got["iwae_nll_nats"], 64, num_bins=256)))
+    np.testing.assert_allclose(got["iwae_nll_bits_per_dim"], expected, rtol=1e-5)
+    assert got["iwae_nll_bits_per_dim"] > 0
 
 
 def test_bad_inputs_are_named():

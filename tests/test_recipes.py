@@ -192,6 +192,16 @@ def test_train_vae_writes_model_samples_and_likelihoods(vae_dir):
 
 
 @pytest.mark.subprocess
+def test_train_vae_with_the_discretized_logistic_likelihood(tmp_path):
+    out = tmp_path / "vae_logistic"
+    flags = ["--likelihood", "discretized_logistic", "--num-samples", "4"]
+    run("train_vae", "--out", str(out), *TINY_VAE, *flags, *TINY_RUN)
+    metrics = check_run_dir(out, "train_vae")
+    assert math.isfinite(metrics["test_iwae_nll_nats"])
+    assert load(out / "vae.keras").likelihood == "discretized_logistic"
+
+
+@pytest.mark.subprocess
 def test_train_prior_on_vqvae_codes_with_labels(prior_dir):
     metrics = check_run_dir(prior_dir, "train_prior")
     assert math.isfinite(metrics["test_nll_nats_per_code"])
