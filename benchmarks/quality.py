@@ -12,7 +12,8 @@ filters (32, 64), Adam(1e-3), the same batch size and epochs, one subprocess eac
 ``--backend``:
 
 - ``vqvae_ema_restart``: ``VQVAE(ema_decay=0.99, dead_code_threshold=1.0)``;
-- ``vqvae``: ``VQVAE()``, codebook learnt by gradients, no restarts;
+- ``vqvae``: ``VQVAE(ema_decay=None, dead_code_threshold=0.0)``, codebook learnt by gradients,
+  no restarts (the defaults before issue 17);
 - ``vae``: ``VAE(latent_dim=16)``, Bernoulli likelihood;
 - ``naive_vqvae``: the baseline, ``benchmarks.naive_vqvae.NaiveVQVAE`` (the paper's equations
   in plain ``keras.ops``, gradient codebook) around the same encoder and decoder as ``VQVAE``.
