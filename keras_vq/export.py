@@ -199,14 +199,19 @@ def _check_model(name: str, model: Any, types: tuple[type, ...]) -> None:
         )
 
 
+def checked_path(name: str, value: Any) -> Path:
+    """``Path(value)``; a ``TypeError`` naming ``name`` unless it is a str or os.PathLike."""
+    if not isinstance(value, str | os.PathLike):
+        raise TypeError(
+            f"`{name}` must be a path (str or os.PathLike), got {value!r} "
+            f"({type(value).__name__})."
+        )
+    return Path(value)
+
+
 def _version_dir(export_dir: Any, version: Any) -> Path:
     """``export_dir/<version>``, checked to be new; ``None`` → largest version + 1."""
-    if not isinstance(export_dir, str | os.PathLike):
-        raise TypeError(
-            f"`export_dir` must be a path (str or os.PathLike), got {export_dir!r} "
-            f"({type(export_dir).__name__})."
-        )
-    base = Path(export_dir)
+    base = checked_path("export_dir", export_dir)
     if base.exists() and not base.is_dir():
         raise NotADirectoryError(f"`export_dir` must be a directory, got the file {base}.")
     if version is None:

@@ -190,12 +190,7 @@ def _check_endpoint(format: str, endpoint: Any) -> tuple[str, ...]:
 
 
 def _check_target(filepath: Any, overwrite: bool) -> Path:
-    if not isinstance(filepath, str | os.PathLike):
-        raise TypeError(
-            f"`filepath` must be a path (str or os.PathLike), got {filepath!r} "
-            f"({type(filepath).__name__})."
-        )
-    target = Path(filepath)
+    target = _saved_model.checked_path("filepath", filepath)
     if target.exists() and not overwrite:
         raise FileExistsError(
             f"{target} already exists; export does not overwrite it unless overwrite=True."
