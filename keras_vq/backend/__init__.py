@@ -7,13 +7,15 @@ TensorFlow, JAX and PyTorch lives here:
 - ``distribute``: cross-replica sums for ``tf.distribute`` (no-ops elsewhere);
 - ``ops``: running a loop compiled (``compile_function``), inference without autograd state
   (``no_grad``, ``inference``), host copies (``to_numpy``), a gather with a dense gradient
-  (``gather_rows``), whether forward-pass assignments to trainable weights persist, and
-  keeping TensorFlow off the GPUs when it only feeds data (``hide_gpus_from_tensorflow``);
+  (``gather_rows``), an argmin without Keras' -0.0 passes (``argmin_last_axis``), whether
+  forward-pass assignments to trainable weights persist, and keeping TensorFlow off the GPUs
+  when it only feeds data (``hide_gpus_from_tensorflow``);
 - ``checks``: input checks that also hold inside compiled steps.
 """
 
 from keras_vq.backend import distribute
 from keras_vq.backend.ops import (
+    argmin_last_axis,
     compile_function,
     forward_assignments_persist,
     gather_rows,
@@ -26,6 +28,7 @@ from keras_vq.backend.trainers import TrainStepMixin
 
 __all__ = [
     "TrainStepMixin",
+    "argmin_last_axis",
     "compile_function",
     "distribute",
     "forward_assignments_persist",

@@ -103,6 +103,32 @@ def gather_rows(table: Any, indices: Any):
     return gather(tf.convert_to_tensor(table))
 
 
+def argmin_last_axis(scores: Any):
+    """Index of the smallest entry along the last axis, int32; ties go to the first index.
+
+    ``keras.ops.argmin`` first maps -0.0 below +0.0 on TensorFlow and on JAX's CPU (a
+    flush-to-zero workaround), several extra elementwise passes over the whole array. A
+    nearest-code search, where the array is ``N × K`` distances and a -0.0/+0.0 tie is a tie,
+    calls the backend's argmin directly.
+
+    Args:
+        scores: float tensor ``(..., K)``.
+
+    Returns:
+        int32 tensor ``scores.shape[:-1]``.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.argmin(scores, axis=-1, output_type=tf.int32)
+    if backend == "jax":
+        import jax.numpy as jnp
+
+        return jnp.argmin(scores, axis=-1).astype("int32")
+    return keras.ops.argmin(scores, axis=-1)
+
+
 def forward_assignments_persist() -> bool:
     """Whether a trainable variable assigned inside a training forward pass keeps the value.
 

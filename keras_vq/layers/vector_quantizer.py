@@ -56,10 +56,11 @@ def nearest_code(flat_inputs, codebook, chunk_size: int = 4096, distance: str = 
         e_sq = ops.zeros((1, codebook.shape[0]), dtype="float32")
     else:
         e_sq = ops.sum(ops.square(codebook), axis=1)[None, :]
-    codebook_t = ops.transpose(codebook)
+    # -2 is folded into the codes (exact: a power of two), saving a pass over the N × K scores.
+    codebook_t = -2.0 * ops.transpose(codebook)
 
     def assign(chunk):
-        return ops.cast(ops.argmin(e_sq - 2.0 * ops.matmul(chunk, codebook_t), axis=-1), "int32")
+        return vq_backend.argmin_last_axis(ops.matmul(chunk, codebook_t) + e_sq)
 
     num_rows = flat_inputs.shape[0]
     # A symbolic batch (jax2tf export) is not an int: take the chunked path, valid for any N.
