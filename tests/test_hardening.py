@@ -158,6 +158,49 @@ def test_nan_batch_stops_training_without_poisoning_weights(tmp_path, digits, mo
         assert np.all(np.isfinite(to_numpy(w))), w.path
 
 
+# XLA (TF, JAX) and plain graphs take different guard code paths; torch's is eager only.
+JIT_MODES = [False] if keras.backend.backend() == "torch" else [False, True]
+
+
+@pytest.mark.parametrize("jit_compile", JIT_MODES)
+def test_a_skipped_step_leaves_weights_and_optimizer_state_exactly_as_they_were(
+    digits, jit_compile
+):
+    model = VQVAE(input_shape=(8, 8, 1), num_embeddings=8, embedding_dim=4, filters=(8, 8))
+    model.compile(optimizer="adam", jit_compile=jit_compile)
+    images = digits[0][:64].copy()
+    model.fit(images[:32], epochs=1, batch_size=32, verbose=0)
+    before = [to_numpy(v).copy() for v in model.trainable_variables]
+    slots = [to_numpy(v).copy() for v in model.optimizer.variables]
+    images[40, 2, 2, 0] = np.nan
+    model.fit(images[32:], epochs=1, batch_size=32, verbose=0)
+    for b, v in zip(before, model.trainable_variables):
+        np.testing.assert_array_equal(b, to_numpy(v), err_msg=v.path)
+    for b, v in zip(slots, model.optimizer.variables):
+        np.testing.assert_array_equal(b, to_numpy(v), err_msg=v.path)
+    # ... and a finite batch afterwards trains again.
+    model.fit(images[:32], epochs=1, batch_size=32, verbose=0)
+    assert int(to_numpy(model.optimizer.iterations)) == 2
+
+
+def test_update_guard_reads_the_gradients_and_lets_a_loss_scale_optimizer_see_overflow():
+    model = VQVAE(input_shape=(8, 8, 1), num_embeddings=8, embedding_dim=4, filters=(8, 8))
+    finite, inf = keras.ops.ones((3,)), keras.ops.convert_to_tensor([1.0, np.inf, 0.0])
+    loss, nan_loss = keras.ops.convert_to_tensor(0.5), keras.ops.convert_to_tensor(np.nan)
+
+    def safe(loss, grads):
+        return bool(to_numpy(model._update_is_safe(loss, grads)))
+
+    model.compile(optimizer="adam")
+    assert safe(loss, [finite, None, finite])
+    assert not safe(loss, [finite, inf])  # a finite loss with an overflowing gradient
+    assert not safe(nan_loss, [finite, finite])
+    model.compile(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam()))
+    assert safe(loss, [finite, inf])  # the optimizer skips it and lowers its scale
+    assert safe(nan_loss, [finite, inf])
+    assert not safe(nan_loss, [finite, finite])
+
+
 def test_all_models_load_in_safe_mode(tmp_path, vqvae, vae):
     for name, model in (("vqvae", vqvae), ("vae", vae)):
         path = tmp_path / f"{name}.keras"

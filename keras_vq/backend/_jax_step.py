@@ -74,10 +74,8 @@ class TrainStepMixin(StepMixinBase):
         )
         forward_trainable, new_non_trainable, metrics_vars = updated
         finite = self._is_finite(loss)
-        new_trainable, new_optimizer_vars = jax.lax.cond(
-            finite,
-            lambda: self.optimizer.stateless_apply(optimizer_vars, grads, trainable),
-            lambda: (list(trainable), list(optimizer_vars)),
+        new_trainable, new_optimizer_vars = self._stateless_update(
+            loss, grads, trainable, optimizer_vars
         )
         optimizer_vars = new_optimizer_vars
         # A non-finite batch leaves the layers' state (EMA statistics, BN moments) as it was.
@@ -95,6 +93,18 @@ class TrainStepMixin(StepMixinBase):
             metrics_vars, loss, x, y, y_pred, sample_weight
         )
         return logs, (new_trainable, non_trainable, optimizer_vars, metrics_vars)
+
+    def _stateless_update(self, loss, grads, trainable, optimizer_vars):
+        """The optimizer's update, skipped when :meth:`_update_is_safe` says so.
+
+        Returns:
+            ``(trainable values, optimizer variable values)`` after the step.
+        """
+        return jax.lax.cond(
+            self._update_is_safe(loss, grads),
+            lambda: self.optimizer.stateless_apply(optimizer_vars, grads, trainable),
+            lambda: (list(trainable), list(optimizer_vars)),
+        )
 
     def _fold_codebook_offsets(self, trainable, non_trainable) -> None:
         """Fold quantizers' pending restarts (``codebook_offset``) into their ``codebook``.

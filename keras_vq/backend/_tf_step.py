@@ -16,23 +16,24 @@ class TrainStepMixin(StepMixinBase):
             scaled = self.optimizer.scale_loss(loss / _distribute.num_replicas())
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
-        if _distribute.has_strategy():
-            # Replica-local restores would break the mirrored copies: no guard here.
-            self.optimizer.apply(grads, variables)
-        else:
-            self._apply_if_finite(loss, grads, variables)
+        self._apply_update(loss, grads, variables)
         return self._finish_step(loss, x, y, y_pred, sample_weight)
 
-    def _apply_if_finite(self, loss, grads, variables):
-        # Apply, then put weights and optimizer state back if the loss was not finite. A
-        # tf.cond around the update would say the same but makes XLA (jit_compile, the TF
-        # default) run the step ~15x slower on CPU.
-        state = [*variables, *self.optimizer.variables]
-        before = [tf.identity(v.value) for v in state]
-        self.optimizer.apply(grads, variables)
-        finite = self._is_finite(loss)
-        for v, old in zip(state, before):
-            v.assign(tf.where(finite, v.value, old))
+    def _apply_update(self, loss, grads, variables):
+        """The optimizer's update, skipped when :meth:`_update_is_safe` says so."""
+        if _distribute.has_strategy():
+            # A replica-local decision could skip the update on some replicas only and break
+            # the mirrored copies: no guard here.
+            self.optimizer.apply(grads, variables)
+            return
+        if not self.optimizer.built:  # its variables cannot be created inside the cond
+            self.optimizer.build(variables)
+
+        def apply():
+            self.optimizer.apply(grads, variables)
+            return tf.constant(True)
+
+        tf.cond(self._update_is_safe(loss, grads), apply, lambda: tf.constant(False))
 
     def test_step(self, data):
         x, y, sample_weight = self._unpack(data)

@@ -13,10 +13,14 @@ class TrainStepMixin(StepMixinBase):
         self.optimizer.scale_loss(loss).backward()
         variables = self.trainable_variables
         grads = [v.value.grad for v in variables]
-        if bool(self._is_finite(loss)):
+        self._apply_update(loss, grads, variables)
+        return self._finish_step(loss.detach(), x, y, y_pred, sample_weight)
+
+    def _apply_update(self, loss, grads, variables):
+        """The optimizer's update, skipped when :meth:`_update_is_safe` says so."""
+        if bool(self._update_is_safe(loss, grads)):
             with torch.no_grad():
                 self.optimizer.apply(grads, variables)
-        return self._finish_step(loss.detach(), x, y, y_pred, sample_weight)
 
     def test_step(self, data):
         x, y, sample_weight = self._unpack(data)
