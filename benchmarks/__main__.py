@@ -36,6 +36,7 @@ SCRIPTS = {
     "vq_layer": (True, ["--sizes", "4096x64x512", "--repeats", "2"]),
     "peers_vq": (False, None),
     "train_throughput": (False, None),
+    "step_guard": (False, ["--backends", "tensorflow", "--steps", "5", "--repeats", "2"]),
     "prior_sampling": (True, None),
     "data_pipeline": (True, ["--epochs", "1", "--steps", "5"]),
     "quality": (False, None),
