@@ -1,6 +1,6 @@
 """Held-out quality of a VQ-VAE per quantizer (issue 15): MSE and fraction of codes used.
 
-    python -m benchmarks.quantizer_quality              # digits 28×28, 8 epochs each, TF
+    python -m benchmarks.quantizer_quality              # digits 28×28, 8 epochs each, ~10 min
     python -m benchmarks.quantizer_quality --quick      # 1 epoch each (smoke run)
     python -m benchmarks.quantizer_quality --models fsq_8555 rvq_4x128 --epochs 20
 
@@ -18,7 +18,7 @@ Adam(1e-3), batch 64, the same epochs and seed, trained one after another in thi
   ``lfq_10bit`` (``LookupFreeQuantizer(num_bits=10)``), ``rvq_2x32``
   (``ResidualVectorQuantizer(2, 32, 16, **VQ_OPTIONS)``);
 - for the FSQ usage target: ``fsq_8555_generated``, ``fsq_8555`` (default networks, no
-  head) trained for ``--fsq-target-epochs`` (16) epochs on ``benchmarks.defaults.make_data``'s
+  head) trained for ``--fsq-target-epochs`` (24) epochs on ``benchmarks.defaults.make_data``'s
   9,000 generated 28×28 digits (random affine and stroke changes of the training split), MSE and
   usage on 2,872 held-out renders (8 per test-split digit, same generator; 140,728 code
   positions), usage also on the first 718 of them (``make_data``'s held-out set ``a``) and
@@ -65,7 +65,7 @@ KMEANS_USAGE_TARGET = 0.95
 FSQ_ENCODER_SCALE = 10.0
 # fsq_8555_generated: its own data, epochs and held-out set (see the module docstring).
 FSQ_TARGET_MODEL = "fsq_8555_generated"
-FSQ_TARGET_EPOCHS = 16
+FSQ_TARGET_EPOCHS = 24
 FSQ_TARGET_HELDOUT_COPIES = 8
 
 
