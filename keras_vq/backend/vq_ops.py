@@ -18,11 +18,14 @@ from typing import Any
 import keras
 
 
-def row_chunk_map(fn: Callable, rows: Any, chunk_size: int, dtype: str = "int32"):
+def row_chunk_map(
+    fn: Callable, rows: Any, chunk_size: int, dtype: str = "int32", parallel_iterations: int = 1
+):
     """``concatenate([fn(rows[i:i + chunk_size]) for i in range(0, N, chunk_size)])``.
 
-    The chunks run one after the other (``tf.while_loop`` with ``parallel_iterations=1``,
-    ``lax.fori_loop``, a Python loop on torch), each a slice of ``rows`` (no padded copy);
+    The chunks run one after the other (``tf.while_loop``, by default with
+    ``parallel_iterations=1``, ``lax.fori_loop``, a Python loop on torch), each a slice of
+    ``rows`` (no padded copy);
     the last, shorter chunk is one more call of ``fn``. Peak memory is that of one ``fn`` call
     plus the result.
 
@@ -33,6 +36,8 @@ def row_chunk_map(fn: Callable, rows: Any, chunk_size: int, dtype: str = "int32"
             with the same ``N`` (``fn`` then gets a tuple of their chunks).
         chunk_size: rows per call.
         dtype: dtype of ``fn``'s output.
+        parallel_iterations: chunks TensorFlow may run at once (more speed for small blocks,
+            one more block of memory each); JAX and torch run one at a time.
 
     Returns:
         ``(N,)`` tensor of ``dtype``.
@@ -43,14 +48,17 @@ def row_chunk_map(fn: Callable, rows: Any, chunk_size: int, dtype: str = "int32"
     def call(chunks):
         return fn(tuple(chunks)) if several else fn(chunks[0])
 
+    num_rows = tensors[0].shape[0]
+    if isinstance(num_rows, int) and num_rows <= chunk_size:
+        # One block: no loop to build.
+        return call(tensors)
     backend = keras.backend.backend()
     if backend == "tensorflow":
-        return _tf_row_chunk_map(call, tensors, chunk_size, dtype)
+        return _tf_row_chunk_map(call, tensors, chunk_size, dtype, parallel_iterations)
     if backend == "jax":
         return _jax_row_chunk_map(call, tensors, chunk_size, dtype)
     import torch
 
-    num_rows = tensors[0].shape[0]
     results = [
         call([t[start : start + chunk_size] for t in tensors])
         for start in range(0, num_rows, chunk_size)
@@ -60,7 +68,7 @@ def row_chunk_map(fn: Callable, rows: Any, chunk_size: int, dtype: str = "int32"
     return torch.cat(results, dim=0)
 
 
-def _tf_row_chunk_map(call, tensors, chunk_size, dtype):
+def _tf_row_chunk_map(call, tensors, chunk_size, dtype, parallel_iterations):
     import tensorflow as tf
 
     tensors = [tf.convert_to_tensor(t) for t in tensors]
@@ -81,9 +89,12 @@ def _tf_row_chunk_map(call, tensors, chunk_size, dtype):
         ]
         return i + 1, results.write(i, call(chunks))
 
-    # One chunk at a time: map_fn's ten parallel iterations hold ten (chunk, K) blocks.
+    # map_fn's default of ten parallel iterations would hold ten (chunk, K) blocks at once.
     _, results = tf.while_loop(
-        lambda i, _: i < num_full, body, (tf.constant(0), results), parallel_iterations=1
+        lambda i, _: i < num_full,
+        body,
+        (tf.constant(0), results),
+        parallel_iterations=parallel_iterations,
     )
     head = tf.reshape(results.stack(), [-1])
     tail = call([t[num_full * chunk_size :] for t in tensors])

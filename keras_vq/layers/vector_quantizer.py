@@ -31,6 +31,11 @@ def squared_distances(flat_inputs, codebook):
     return z_sq - 2.0 * ops.matmul(flat_inputs, ops.transpose(codebook)) + e_sq[None, :]
 
 
+#: Memory for the distance blocks that may be computed at once (TensorFlow runs that many
+#: chunks in parallel; JAX and torch one at a time).
+DISTANCE_BLOCKS_BYTES = 64 * 2**20
+
+
 def nearest_code(flat_inputs, codebook, chunk_size: int = 4096, distance: str = "euclidean"):
     """Index of the nearest code for each row of ``flat_inputs``, int32 ``(N,)``.
 
@@ -65,8 +70,11 @@ def nearest_code(flat_inputs, codebook, chunk_size: int = 4096, distance: str = 
     num_rows = flat_inputs.shape[0]
     if isinstance(num_rows, int) and num_rows <= chunk_size:
         return assign(flat_inputs)
-    # One chunk at a time, each a slice of the inputs: no padded copy, one (chunk, K) block.
-    return vq_backend.row_chunk_map(assign, flat_inputs, chunk_size)
+    # Each chunk a slice of the inputs (no padded copy); as many (chunk, K) blocks at once as
+    # fit in DISTANCE_BLOCKS_BYTES (parallel chunks are faster for a small codebook).
+    block_bytes = 4 * chunk_size * codebook.shape[0]
+    parallel = int(min(10, max(1, DISTANCE_BLOCKS_BYTES // block_bytes)))
+    return vq_backend.row_chunk_map(assign, flat_inputs, chunk_size, parallel_iterations=parallel)
 
 
 def rotation_trick(z, e, epsilon: float = 1e-6):
