@@ -175,3 +175,22 @@ def test_plain_layer_matches_a_numpy_oracle(n, chunk, dtype, ema):
         assert grad_vars == []
     else:
         np.testing.assert_allclose(grad_vars[0], want_grad_codebook, rtol=1e-5, atol=1e-7)
+
+
+def test_compiled_call_matches_the_oracle():
+    """The chunk loop and the fused op under XLA (TF ``jit_compile``, ``jax.jit``)."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(37, 4)).astype("float32")
+    codebook = rng.normal(size=(6, 4)).astype("float32")
+    layer = VectorQuantizer(6, 4, beta=0.3, chunk_size=8)
+    layer.build((None, 4))
+    layer.set_codebook(codebook)
+    compiled = vq_backend.compile_function(
+        lambda v: layer(v, return_indices=True, return_loss=True)
+    )
+    out, indices, loss = compiled(ops.convert_to_tensor(x))
+    codes = brute_force_codes(x, codebook)
+    np.testing.assert_array_equal(vq_backend.to_numpy(indices), codes)
+    np.testing.assert_array_equal(vq_backend.to_numpy(out), codebook[codes])
+    want = 1.3 * np.mean((x.astype("float64") - codebook[codes]) ** 2)
+    np.testing.assert_allclose(float(vq_backend.to_numpy(loss)), want, rtol=1e-5)
