@@ -10,6 +10,9 @@ TensorFlow, JAX and PyTorch lives here:
   (``gather_rows``), an argmin without Keras' -0.0 passes (``argmin_last_axis``), whether
   forward-pass assignments to trainable weights persist, and keeping TensorFlow off the GPUs
   when it only feeds data (``hide_gpus_from_tensorflow``);
+- ``vq_ops``: the vector quantizer's memory-lean kernels, a sequential row-chunk map
+  (``row_chunk_map``) and a fused straight-through quantization with its own gradient
+  (``straight_through_vq``);
 - ``checks``: input checks that also hold inside compiled steps.
 """
 
@@ -25,6 +28,7 @@ from keras_vq.backend.ops import (
     to_numpy,
 )
 from keras_vq.backend.trainers import TrainStepMixin
+from keras_vq.backend.vq_ops import row_chunk_map, straight_through_vq
 
 __all__ = [
     "TrainStepMixin",
@@ -36,5 +40,7 @@ __all__ = [
     "hide_gpus_from_tensorflow",
     "inference",
     "no_grad",
+    "row_chunk_map",
+    "straight_through_vq",
     "to_numpy",
 ]

@@ -31,12 +31,17 @@ def squared_distances(flat_inputs, codebook):
     return z_sq - 2.0 * ops.matmul(flat_inputs, ops.transpose(codebook)) + e_sq[None, :]
 
 
+#: Memory for the distance blocks that may be computed at once (TensorFlow runs that many
+#: chunks in parallel; JAX and torch one at a time).
+DISTANCE_BLOCKS_BYTES = 64 * 2**20
+
+
 def nearest_code(flat_inputs, codebook, chunk_size: int = 4096, distance: str = "euclidean"):
     """Index of the nearest code for each row of ``flat_inputs``, int32 ``(N,)``.
 
-    The distance matrix is built ``chunk_size`` rows at a time, so memory is
-    O(chunk_size · K) rather than O(N · K). ``||z||²`` is the same for every code in a row
-    and is left out of the argmin.
+    The distance matrix is built ``chunk_size`` rows at a time, one block after the other, so
+    memory is O(chunk_size · K) rather than O(N · K). ``||z||²`` is the same for every code in
+    a row and is left out of the argmin.
 
     Args:
         flat_inputs: ``(N, D)`` float vectors.
@@ -63,19 +68,13 @@ def nearest_code(flat_inputs, codebook, chunk_size: int = 4096, distance: str = 
         return vq_backend.argmin_last_axis(ops.matmul(chunk, codebook_t) + e_sq)
 
     num_rows = flat_inputs.shape[0]
-    # A symbolic batch (jax2tf export) is not an int: take the chunked path, valid for any N.
     if isinstance(num_rows, int) and num_rows <= chunk_size:
         return assign(flat_inputs)
-
-    # Pad to whole chunks and scan over them (tf.map_fn / lax.map / a loop on torch).
-    dim = ops.shape(flat_inputs)[1]
-    dynamic_rows = ops.shape(flat_inputs)[0]
-    num_chunks = (dynamic_rows + chunk_size - 1) // chunk_size
-    padding = num_chunks * chunk_size - dynamic_rows
-    padded = ops.pad(flat_inputs, [[0, padding], [0, 0]])
-    chunks = ops.reshape(padded, (num_chunks, chunk_size, dim))
-    indices = ops.reshape(ops.map(assign, chunks), (-1,))
-    return indices[:dynamic_rows]
+    # Each chunk a slice of the inputs (no padded copy); as many (chunk, K) blocks at once as
+    # fit in DISTANCE_BLOCKS_BYTES (parallel chunks are faster for a small codebook).
+    block_bytes = 4 * chunk_size * codebook.shape[0]
+    parallel = int(min(10, max(1, DISTANCE_BLOCKS_BYTES // block_bytes)))
+    return vq_backend.row_chunk_map(assign, flat_inputs, chunk_size, parallel_iterations=parallel)
 
 
 def rotation_trick(z, e, epsilon: float = 1e-6):
@@ -481,18 +480,32 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
         update = bool(training) and self.trainable and flat.shape[0] != 0
         h = self._to_code_space(flat)
         codebook, initialized_now = self._current_codebook(h, update)
-        indices, quantized = self._lookup(h, codebook)
-        loss = self._loss(h, quantized)
+        fused = self._plain and "float" in keras.backend.standardize_dtype(inputs.dtype)
+        if fused:
+            # Straight-through estimator in the input's dtype (forward value e_k, gradient
+            # exactly the identity w.r.t. z_e) and the VQ loss in one op with its own
+            # gradient: no (N, D) temporary is kept for the backward pass.
+            indices = nearest_code(h, codebook, self.chunk_size, self.distance)
+            outputs, loss = vq_backend.straight_through_vq(
+                ops.reshape(inputs, (-1, self.embedding_dim)),
+                codebook,
+                indices,
+                self.beta,
+                codebook_term=not self.uses_ema,
+                chunk_size=self.chunk_size,
+            )
+            outputs = ops.reshape(outputs, ops.shape(inputs))
+        else:
+            indices, quantized = self._lookup(h, codebook)
+            loss = self._loss(h, quantized)
         if not return_loss:
             self.add_loss(loss)
         if update:
             self._update_state(h, indices, codebook, initialized_now)
-        if self._plain:
-            # Straight-through estimator in the input's dtype: forward value e_k, gradient
-            # exactly the identity w.r.t. z_e.
+        if self._plain and not fused:
             quantized = ops.cast(ops.reshape(quantized, ops.shape(inputs)), inputs.dtype)
             outputs = inputs + ops.stop_gradient(quantized - inputs)
-        else:
+        elif not fused:
             outputs = self._from_code_space(self._transport(h, quantized))
             outputs = ops.cast(ops.reshape(outputs, ops.shape(inputs)), inputs.dtype)
         extras = []
