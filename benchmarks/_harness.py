@@ -275,6 +275,32 @@ def script_main(
         emit(record)
 
 
+def set_intra_op_threads(threads: int | None) -> None:
+    """Limit the current backend's intra-op threads (``None``: the library's default).
+
+    One thread is far less noisy on a shared machine: an OpenMP pool that finds a core busy
+    waits for it, and a torch step then slows down many times over.
+    """
+    if threads is None:
+        return
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    elif backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    else:  # XLA reads its thread count from the environment before JAX starts
+        raise ValueError(
+            f"`threads` is not settable on {backend} after start-up, got threads={threads}; "
+            "set XLA_FLAGS=--xla_cpu_multi_thread_eigen=false instead."
+        )
+
+
 # ------------------------------------------------------------------ timing
 def block(x):
     """Wait for an asynchronously computed backend value (JAX dispatch is async)."""

@@ -38,6 +38,9 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=20, help="steps per timed fit")
     parser.add_argument("--repeats", type=int, default=9, help="timed rounds per model")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads (TF, torch); default: theirs"
+    )
     parser.add_argument("--timeout", type=float, default=900, help="seconds per subprocess")
     parser.add_argument("--_child", choices=["off", "on"], default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -81,6 +84,7 @@ def run_child(args) -> None:
     import numpy as np
 
     jit = args._child == "on"
+    _harness.set_intra_op_threads(args.threads)
     images = np.random.default_rng(0).random(
         (args.batch_size * args.steps, *IMAGE_SHAPE), dtype=np.float32
     )
@@ -98,6 +102,7 @@ def run_child(args) -> None:
         "jit_compile": jit,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
+        "threads": args.threads or "default",
         "goal": GOAL,
         **_harness.machine(),
     }
@@ -115,7 +120,7 @@ def run_child(args) -> None:
 
 
 def run_all(args) -> list[dict]:
-    forwarded = _harness.flags(args, "batch_size", "steps", "repeats", "warmup")
+    forwarded = _harness.flags(args, "batch_size", "steps", "repeats", "warmup", "threads")
     configurations = [
         (
             backend,

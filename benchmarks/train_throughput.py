@@ -50,6 +50,9 @@ def parse_args(argv=None):
     parser.add_argument("--num-embeddings", type=int, default=128)
     parser.add_argument("--embedding-dim", type=int, default=16)
     parser.add_argument("--ema-decay", type=float, default=None, help="ours only")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads (TF, torch); default: theirs"
+    )
     parser.add_argument("--timeout", type=float, default=900, help="seconds per subprocess")
     parser.add_argument("--quick", action="store_true", help="TF only, 6 steps, 1 repeat")
     parser.add_argument("--_child", choices=["off", "on"], default=None, help=argparse.SUPPRESS)
@@ -95,6 +98,7 @@ def run_child(args) -> None:
     import keras
     import numpy as np
 
+    _harness.set_intra_op_threads(args.threads)
     rng = np.random.default_rng(0)
     images = rng.random((args.batch_size * args.steps, *IMAGE_SHAPE), dtype=np.float32)
     base = {
@@ -104,6 +108,7 @@ def run_child(args) -> None:
         "batch_size": args.batch_size,
         "num_embeddings": args.num_embeddings,
         "embedding_dim": args.embedding_dim,
+        "threads": args.threads or "default",
     }
     models = {}
     for name in MODELS:
@@ -164,6 +169,7 @@ def run_all(args) -> list[dict]:
         "num_embeddings",
         "embedding_dim",
         "ema_decay",
+        "threads",
     )
     configurations = [
         (
