@@ -275,6 +275,26 @@ def script_main(
         emit(record)
 
 
+def add_training_timing_args(parser: argparse.ArgumentParser, steps: int, repeats: int) -> None:
+    """The flags of a script that times ``fit`` per (backend, ``jit_compile``) in children.
+
+    ``--backends``, ``--jit``, ``--batch-size``, ``--steps``, ``--repeats``, ``--warmup``,
+    ``--threads``, ``--timeout`` and the hidden ``--_child`` (``off``/``on``: the child's
+    ``jit_compile``).
+    """
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument("--jit", nargs="+", default=["off", "on"], choices=["off", "on"])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=steps, help="steps per timed fit")
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed rounds per model")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads (TF, torch); default: theirs"
+    )
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per subprocess")
+    parser.add_argument("--_child", choices=["off", "on"], default=None, help=argparse.SUPPRESS)
+
+
 def set_intra_op_threads(threads: int | None) -> None:
     """Limit the current backend's intra-op threads (``None``: the library's default).
 

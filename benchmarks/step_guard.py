@@ -30,19 +30,7 @@ IMAGE_SHAPE = (28, 28, 1)
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--backends", nargs="+", default=list(_harness.BACKENDS), choices=_harness.BACKENDS
-    )
-    parser.add_argument("--jit", nargs="+", default=["off", "on"], choices=["off", "on"])
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20, help="steps per timed fit")
-    parser.add_argument("--repeats", type=int, default=9, help="timed rounds per model")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation)")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="intra-op threads (TF, torch); default: theirs"
-    )
-    parser.add_argument("--timeout", type=float, default=900, help="seconds per subprocess")
-    parser.add_argument("--_child", choices=["off", "on"], default=None, help=argparse.SUPPRESS)
+    _harness.add_training_timing_args(parser, steps=20, repeats=9)
     return parser.parse_args(argv)
 
 

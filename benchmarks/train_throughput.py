@@ -38,24 +38,12 @@ MODELS = ("naive_vqvae", "keras_vq", "plain_ae")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--backends", nargs="+", default=list(_harness.BACKENDS), choices=_harness.BACKENDS
-    )
-    parser.add_argument("--jit", nargs="+", default=["off", "on"], choices=["off", "on"])
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=25, help="steps per timed fit")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per model")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation)")
+    _harness.add_training_timing_args(parser, steps=25, repeats=3)
     parser.add_argument("--max-seconds", type=float, default=40, help="cap per timed fit")
     parser.add_argument("--num-embeddings", type=int, default=128)
     parser.add_argument("--embedding-dim", type=int, default=16)
     parser.add_argument("--ema-decay", type=float, default=None, help="ours only")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="intra-op threads (TF, torch); default: theirs"
-    )
-    parser.add_argument("--timeout", type=float, default=900, help="seconds per subprocess")
     parser.add_argument("--quick", action="store_true", help="TF only, 6 steps, 1 repeat")
-    parser.add_argument("--_child", choices=["off", "on"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.backends, args.steps, args.repeats, args.warmup = ["tensorflow"], 6, 1, 2
