@@ -14,6 +14,13 @@ from keras import KerasTensor, ops
 from keras.backend import standardize_dtype
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a Python ``bool`` or raise a ``TypeError`` naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False, got {value!r} ({type(value).__name__}).")
+    return value
+
+
 def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     """Return ``value`` as an ``int`` or raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -162,8 +162,7 @@ def export_generator(
             f"latent_shape={tuple(vqvae.latent_shape)}."
         )
     temperature = _validation.check_float("temperature", temperature, minimum=0.0)
-    if not isinstance(jit_compile, bool):
-        raise TypeError(f"`jit_compile` must be True or False, got {jit_compile!r}.")
+    jit_compile = _validation.check_bool("jit_compile", jit_compile)
     target = str(_version_dir(export_dir, version))
     return _export_generator(vqvae, prior, target, temperature, jit_compile)
 

@@ -24,9 +24,10 @@ same file. ONNX goes through ``tf2onnx``, LiteRT through TensorFlow's LiteRT con
 ONNX and LiteRT graphs differ from the SavedModel in two ways. They carry no in-graph input
 assertions (neither format has TensorFlow's ``Assert``; ONNX Runtime and LiteRT check the
 declared dtype, rank and fixed sizes themselves). And a VQVAE's nearest-code search is written
-as a plain ``argmin`` over all codes: Keras' ``ops.argmin`` lowers to ``Bitcast``/``BitwiseAnd``
-ops (its -0.0 handling) that neither converter takes, and its chunked path for an unknown batch
-becomes a loop. Same distances, same codes. A VQVAE's ``serving_default`` there is
+in one block over all codes (``nearest_code(..., chunk_size=None)``): its chunked path for an
+unknown batch becomes a loop. Its argmin is TensorFlow's own (``backend.argmin_last_axis``;
+Keras' ``ops.argmin`` lowers to ``Bitcast``/``BitwiseAnd`` ops, its -0.0 handling, that
+neither converter takes). Same distances, same codes. A VQVAE's ``serving_default`` there is
 ``decode(encode(images))``: the reconstruction ``__call__`` gives in inference, up to float
 round-off of the straight-through estimator. An ONNX graph's names are unique, so its
 ``serving_default`` output is ``reconstruction`` (its input is ``images``). Codes outside
@@ -382,27 +383,20 @@ def _graph_endpoints(model: VAE | VQVAE) -> dict[str, tuple]:
 
 
 def _nearest_codes(vqvae: VQVAE, images):
-    """``vqvae.encode`` as plain TensorFlow ops: ``argmin_k ||e_k||² - 2 z·e_k`` per vector.
+    """``vqvae.encode`` without its chunked loop: ``nearest_code`` over all vectors at once.
 
-    The quantities of ``VectorQuantizer.encode`` (its code space, look-up table and, for the
-    cosine distance, unit codes without ``||e||²``), with ``tf.argmin`` over all codes at once
-    in place of Keras' argmin and chunked loop (module docstring).
+    The quantities of ``VectorQuantizer.encode`` (its code space and look-up table), in one
+    distance block for any batch size (module docstring).
     """
     import tensorflow as tf
 
-    from keras_vq.layers._codebook import l2_normalize
+    from keras_vq.layers.vector_quantizer import nearest_code
 
     quantizer = vqvae.quantizer
     z_e = tf.cast(vqvae.encoder(images, training=False), tf.float32)
     vectors = quantizer._to_code_space(tf.reshape(z_e, [-1, quantizer.embedding_dim]))
-    table = tf.cast(quantizer._lookup_table(quantizer.embeddings), tf.float32)
-    if quantizer.distance == "cosine":
-        table = l2_normalize(table)
-        e_sq = tf.zeros((1, table.shape[0]), tf.float32)
-    else:
-        e_sq = tf.reduce_sum(tf.square(table), axis=1)[None, :]
-    scores = e_sq - 2.0 * tf.matmul(tf.cast(vectors, tf.float32), table, transpose_b=True)
-    codes = tf.argmin(scores, axis=-1, output_type=tf.int32)
+    table = quantizer._lookup_table(quantizer.embeddings)
+    codes = nearest_code(vectors, table, chunk_size=None, distance=quantizer.distance)
     return tf.reshape(codes, tf.shape(z_e)[:-1])
 
 

@@ -11,7 +11,7 @@ from keras_vq import _validation
 from keras_vq.backend import distribute as _distribute
 from keras_vq.layers import _quantizer, vector_quantizer
 from keras_vq.layers._seed_state import SeedStateMixin
-from keras_vq.layers.vector_quantizer import VectorQuantizer, check_bool, rotation_trick
+from keras_vq.layers.vector_quantizer import VectorQuantizer, rotation_trick
 
 # The RVQ's own constructor arguments get_config lists, in its order.
 CONFIG_KEYS = (
@@ -118,8 +118,8 @@ class ResidualVectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, kera
             if embedding_dim is None
             else _validation.check_int("embedding_dim", embedding_dim, minimum=1)
         )
-        self.shared_codebook = check_bool("shared_codebook", shared_codebook)
-        self.quantize_dropout = check_bool("quantize_dropout", quantize_dropout)
+        self.shared_codebook = _validation.check_bool("shared_codebook", shared_codebook)
+        self.quantize_dropout = _validation.check_bool("quantize_dropout", quantize_dropout)
         self.seed = _validation.check_seed("seed", seed)
         if stage_kwargs.get("distance", "euclidean") == "cosine":
             raise ValueError(

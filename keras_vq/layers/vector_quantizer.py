@@ -36,7 +36,9 @@ def squared_distances(flat_inputs, codebook):
 DISTANCE_BLOCKS_BYTES = 64 * 2**20
 
 
-def nearest_code(flat_inputs, codebook, chunk_size: int = 4096, distance: str = "euclidean"):
+def nearest_code(
+    flat_inputs, codebook, chunk_size: int | None = 4096, distance: str = "euclidean"
+):
     """Index of the nearest code for each row of ``flat_inputs``, int32 ``(N,)``.
 
     The distance matrix is built ``chunk_size`` rows at a time, one block after the other, so
@@ -46,7 +48,8 @@ def nearest_code(flat_inputs, codebook, chunk_size: int = 4096, distance: str = 
     Args:
         flat_inputs: ``(N, D)`` float vectors.
         codebook: ``(K, D)`` codes.
-        chunk_size: rows per distance block.
+        chunk_size: rows per distance block; ``None``: one block whatever N (no loop, as
+            the ONNX/LiteRT graphs need).
         distance: ``"euclidean"`` (argmin ``||z - e||²``) or ``"cosine"`` (argmax of the cosine
             similarity ``z·e / (||z|| ||e||)``; the codes are normalised here).
 
@@ -68,7 +71,7 @@ def nearest_code(flat_inputs, codebook, chunk_size: int = 4096, distance: str = 
         return vq_backend.argmin_last_axis(ops.matmul(chunk, codebook_t) + e_sq)
 
     num_rows = flat_inputs.shape[0]
-    if isinstance(num_rows, int) and num_rows <= chunk_size:
+    if chunk_size is None or (isinstance(num_rows, int) and num_rows <= chunk_size):
         return assign(flat_inputs)
     # Each chunk a slice of the inputs (no padded copy); as many (chunk, K) blocks at once as
     # fit in DISTANCE_BLOCKS_BYTES (parallel chunks are faster for a small codebook).
@@ -135,13 +138,6 @@ CONFIG_KEYS = (
     "codebook_dim",
     "gradient",
 )
-
-
-def check_bool(name: str, value: Any) -> bool:
-    """Return ``value`` if it is a Python ``bool`` or raise naming ``name``."""
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be True or False, got {value!r} ({type(value).__name__}).")
-    return value
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
@@ -281,7 +277,7 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
         self.chunk_size = _validation.check_int("chunk_size", chunk_size, minimum=1)
         self.codebook_initializer = keras.initializers.get(codebook_initializer)
         self.seed = _validation.check_seed("seed", seed)
-        self.kmeans_init = check_bool("kmeans_init", kmeans_init)
+        self.kmeans_init = _validation.check_bool("kmeans_init", kmeans_init)
         self.distance = _validation.check_choice("distance", distance, DISTANCES)
         self.codebook_dim = (
             None
@@ -502,12 +498,12 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
             self.add_loss(loss)
         if update:
             self._update_state(h, indices, codebook, initialized_now)
-        if self._plain and not fused:
-            quantized = ops.cast(ops.reshape(quantized, ops.shape(inputs)), inputs.dtype)
-            outputs = inputs + ops.stop_gradient(quantized - inputs)
-        elif not fused:
-            outputs = self._from_code_space(self._transport(h, quantized))
-            outputs = ops.cast(ops.reshape(outputs, ops.shape(inputs)), inputs.dtype)
+        if not fused:
+            # Integer inputs (the plain path's only unfused case) take no gradient: their
+            # output is the codes, cast.
+            if not self._plain:
+                quantized = self._from_code_space(self._transport(h, quantized))
+            outputs = ops.cast(ops.reshape(quantized, ops.shape(inputs)), inputs.dtype)
         extras = []
         if return_indices:
             extras.append(ops.reshape(indices, ops.shape(inputs)[:-1]))

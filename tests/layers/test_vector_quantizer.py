@@ -44,7 +44,7 @@ class TestVectorQuantizer(TestCase):
         expected = ((z[:, None] - e[None]) ** 2).sum(-1)
         self.assertAllClose(squared_distances(z, e), expected, atol=1e-4, rtol=1e-4)
 
-    @pytest.mark.parametrize("chunk_size", [7, 64, 4096])
+    @pytest.mark.parametrize("chunk_size", [7, 64, 4096, None])
     def test_nearest_code_equals_brute_force(self, chunk_size):
         z = RNG.normal(size=(300, 5)).astype("float32")
         codebook = RNG.normal(size=(23, 5)).astype("float32")
