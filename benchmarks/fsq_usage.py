@@ -81,14 +81,10 @@ def load_data(kind: str, train_images: int, seed: int, heldout_copies: int = 2):
     import numpy as np
 
     if kind == "generated":
-        from benchmarks import defaults
+        from benchmarks.quantizer_quality import generated_digits
 
-        train, heldout_a, _ = defaults.make_data(seed, train_images)
-        if heldout_copies > 2:  # the same renders first (same generator), then more of them
-            rng = np.random.default_rng(1000 + seed)
-            digits = np.concatenate([defaults._source_digits("test")] * heldout_copies)
-            heldout_a = np.stack([defaults._render(d, rng, "jitter") for d in digits])[..., None]
-        return train, heldout_a
+        # Two renders per test digit are make_data's held-out set a; more come after them.
+        return generated_digits(seed, copies=max(heldout_copies, 2), train_images=train_images)
     from keras_vq import data
 
     def split(name):
