@@ -5,9 +5,11 @@ TensorFlow, JAX and PyTorch lives here:
 
 - ``TrainStepMixin`` (``trainers``): the per-backend ``train_step``/``test_step``;
 - ``distribute``: cross-replica sums for ``tf.distribute`` (no-ops elsewhere);
-- ``ops``: running a loop compiled (``compile_function``), inference without autograd state
+- ``ops``: running a loop compiled (``compile_function``) or a layer's state update
+  (``compiled_state_update``), inference without autograd state
   (``no_grad``, ``inference``), host copies (``to_numpy``), a gather with a dense gradient
-  (``gather_rows``), an argmin without Keras' -0.0 passes (``argmin_last_axis``), whether
+  (``gather_rows``), an argmin without Keras' -0.0 passes (``argmin_last_axis``), a fused
+  ``x @ y + b`` (``matmul_add``), a segment sum by row ids (``segment_sum``), whether
   forward-pass assignments to trainable weights persist, and keeping TensorFlow off the GPUs
   when it only feeds data (``hide_gpus_from_tensorflow``);
 - ``vq_ops``: the vector quantizer's memory-lean kernels, a sequential row-chunk map
@@ -20,11 +22,14 @@ from keras_vq.backend import distribute
 from keras_vq.backend.ops import (
     argmin_last_axis,
     compile_function,
+    compiled_state_update,
     forward_assignments_persist,
     gather_rows,
     hide_gpus_from_tensorflow,
     inference,
+    matmul_add,
     no_grad,
+    segment_sum,
     to_numpy,
 )
 from keras_vq.backend.trainers import TrainStepMixin
@@ -34,13 +39,16 @@ __all__ = [
     "TrainStepMixin",
     "argmin_last_axis",
     "compile_function",
+    "compiled_state_update",
     "distribute",
     "forward_assignments_persist",
     "gather_rows",
     "hide_gpus_from_tensorflow",
     "inference",
+    "matmul_add",
     "no_grad",
     "row_chunk_map",
+    "segment_sum",
     "straight_through_vq",
     "to_numpy",
 ]

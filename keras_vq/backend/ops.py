@@ -129,6 +129,77 @@ def argmin_last_axis(scores: Any):
     return keras.ops.argmin(scores, axis=-1)
 
 
+def matmul_add(x: Any, y: Any, bias: Any):
+    """``x @ y + bias`` for 2-D ``x``, ``y`` and a ``bias`` broadcast over the rows.
+
+    On torch one ``addmm``: the bias is added as the product is written, where ``matmul`` then
+    ``+`` make a second pass over the ``(N, M)`` result (a nearest-code search's distance
+    block). TensorFlow's graph optimiser and XLA fuse the add themselves.
+
+    Args:
+        x: ``(N, D)``.
+        y: ``(D, M)``.
+        bias: ``(M,)`` or ``(1, M)``.
+
+    Returns:
+        ``(N, M)`` in the dtype of the inputs.
+    """
+    if keras.backend.backend() != "torch":
+        return keras.ops.matmul(x, y) + bias
+    import torch
+
+    x, y, bias = (keras.ops.convert_to_tensor(t) for t in (x, y, bias))
+    return torch.addmm(bias, x, y)
+
+
+def segment_sum(data: Any, segment_ids: Any, num_segments: int):
+    """``keras.ops.segment_sum`` of rows whose ids all lie in ``[0, num_segments)``.
+
+    Keras' torch version expands the ids to the shape of ``data`` (an int64 copy of N × D
+    entries, two masking passes over it) for ``scatter_reduce``; torch's ``index_add_`` sums
+    rows by their 1-D ids directly. Unlike Keras on torch, an id out of range is an error
+    there, not dropped: callers pass ids they computed (nearest codes).
+
+    Args:
+        data: ``(N, ...)`` float tensor.
+        segment_ids: int ``(N,)`` tensor.
+        num_segments: number of output rows.
+
+    Returns:
+        ``(num_segments, ...)`` in the dtype of ``data``.
+    """
+    if keras.backend.backend() != "torch":
+        return keras.ops.segment_sum(data, segment_ids, num_segments=num_segments)
+    data = keras.ops.convert_to_tensor(data)
+    ids = keras.ops.convert_to_tensor(segment_ids).long()
+    return data.new_zeros((num_segments, *data.shape[1:])).index_add_(0, ids, data)
+
+
+def compiled_state_update(update: Callable, *args) -> None:
+    """Run ``update(*args)``, a layer's state update (variable assignments, no result).
+
+    Inside a TensorFlow graph that XLA does not compile already (``jit_compile=False``, the
+    default on CPU), it runs as one XLA kernel: the update is some sixty small ops (EMA
+    statistics, restarts, perplexity) whose per-op cost in TensorFlow's executor exceeds
+    their arithmetic. Elsewhere, eager TensorFlow included (one compilation per call shape
+    is not worth it there) and under ``tf.distribute`` (cross-replica sums cannot run inside
+    XLA), a plain call.
+
+    Args:
+        update: a function of tensors (and ``None``) that only assigns variables.
+        *args: its arguments.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return update(*args)
+    import tensorflow as tf
+
+    if not tf.inside_function() or tf.distribute.has_strategy():
+        return update(*args)
+    args = tuple(None if a is None else tf.convert_to_tensor(a) for a in args)
+    tf.function(update, jit_compile=True, autograph=False)(*args)
+    return None
+
+
 def forward_assignments_persist() -> bool:
     """Whether a trainable variable assigned inside a training forward pass keeps the value.
 

@@ -68,7 +68,7 @@ def nearest_code(
     codebook_t = -2.0 * ops.transpose(codebook)
 
     def assign(chunk):
-        return vq_backend.argmin_last_axis(ops.matmul(chunk, codebook_t) + e_sq)
+        return vq_backend.argmin_last_axis(vq_backend.matmul_add(chunk, codebook_t, e_sq))
 
     num_rows = flat_inputs.shape[0]
     if chunk_size is None or (isinstance(num_rows, int) and num_rows <= chunk_size):
@@ -483,21 +483,24 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
             # gradient: no (N, D) temporary is kept for the backward pass.
             indices = nearest_code(h, codebook, self.chunk_size, self.distance)
             outputs, loss = vq_backend.straight_through_vq(
-                ops.reshape(inputs, (-1, self.embedding_dim)),
+                inputs,
                 codebook,
                 indices,
                 self.beta,
                 codebook_term=not self.uses_ema,
                 chunk_size=self.chunk_size,
             )
-            outputs = ops.reshape(outputs, ops.shape(inputs))
         else:
             indices, quantized = self._lookup(h, codebook)
             loss = self._loss(h, quantized)
         if not return_loss:
             self.add_loss(loss)
         if update:
-            self._update_state(h, indices, codebook, initialized_now)
+            # The restarts' random draw stays out of the compiled update: XLA's random kernels
+            # are not TensorFlow's, and a seed must restart the same codes in either.
+            vq_backend.compiled_state_update(
+                self._update_state, h, indices, codebook, initialized_now, None, self._uniforms()
+            )
         if not fused:
             # Integer inputs (the plain path's only unfused case) take no gradient: their
             # output is the codes, cast.
@@ -511,7 +514,16 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
             extras.append(loss)
         return (outputs, *extras) if extras else outputs
 
-    def _update_state(self, flat, indices, codebook, initialized_now=None, weights=None) -> None:
+    def _uniforms(self):
+        """The random draw of one call's dead-code restarts: ``(K,)`` uniforms, or ``None``
+        without restarts."""
+        if self.dead_code_threshold <= 0:
+            return None
+        return keras.random.uniform((self.num_embeddings,), seed=self.seed_generator)
+
+    def _update_state(
+        self, flat, indices, codebook, initialized_now=None, weights=None, uniforms=None
+    ) -> None:
         """EMA statistics, restarts, perplexity and k-means results of one training batch.
 
         Args:
@@ -521,12 +533,11 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
             initialized_now: boolean scalar from :meth:`_current_codebook`, or ``None``.
             weights: optional float32 ``(N,)`` 0/1 row weights (rows of weight 0 do not
                 count; all 0 leaves the statistics as they are).
+            uniforms: the restarts' draw (:meth:`_uniforms`), or ``None`` to draw it here.
         """
         codebook = ops.stop_gradient(codebook)
-        if weights is None:
-            counts = vq_metrics.code_counts(indices, self.num_embeddings)
-        else:
-            counts = ops.segment_sum(weights, indices, num_segments=self.num_embeddings)
+        row_counts = ops.ones(ops.shape(indices), "float32") if weights is None else weights
+        counts = vq_backend.segment_sum(row_counts, indices, self.num_embeddings)
         # Global batch statistics, so every replica applies the same update.
         if not self.tracks_usage:
             (counts,) = _distribute.sum_across_replicas(counts)
@@ -539,7 +550,7 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
         vectors = ops.stop_gradient(flat)
         if weights is not None:
             vectors = vectors * weights[:, None]
-        sums = ops.segment_sum(vectors, indices, num_segments=self.num_embeddings)
+        sums = vq_backend.segment_sum(vectors, indices, self.num_embeddings)
         counts, sums = _distribute.sum_across_replicas(counts, sums)
         # A non-finite batch (fp16 overflow) must not poison the codebook; an empty one (a
         # dynamic batch of size 0) must not decay the usage statistics.
@@ -561,7 +572,7 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
             new_codebook = codebook
         if self.dead_code_threshold > 0:
             new_codebook, cluster_size, ema_sum = self._restart_dead_codes(
-                flat, new_codebook, cluster_size, ema_sum
+                flat, new_codebook, cluster_size, ema_sum, uniforms
             )
         self.perplexity.assign(
             ops.where(valid, vq_metrics.perplexity_from_counts(counts), self.perplexity.value)
@@ -584,10 +595,10 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
         else:
             self.codebook_offset.assign(codebook - ops.stop_gradient(self.codebook.value))
 
-    def _restart_dead_codes(self, flat, codebook, cluster_size, ema_sum):
+    def _restart_dead_codes(self, flat, codebook, cluster_size, ema_sum, uniforms=None):
         """Replace codes used less than ``dead_code_threshold`` by random batch vectors."""
         num_rows = ops.shape(flat)[0]
-        u = keras.random.uniform((self.num_embeddings,), seed=self.seed_generator)
+        u = self._uniforms() if uniforms is None else uniforms
         rows = ops.cast(ops.floor(u * ops.cast(num_rows, "float32")), "int32")
         rows = ops.clip(rows, 0, ops.maximum(num_rows - 1, 0))
         # Replicas see different batches: all restart from the first replica's vectors.

@@ -1,0 +1,176 @@
+"""The quantizer's backend kernels against NumPy: ``matmul_add``, ``segment_sum``, the
+layout of ``straight_through_vq`` on torch and ``compiled_state_update``."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_vq import backend as vq_backend
+from keras_vq.layers import VectorQuantizer
+from tests.test_case import to_numpy
+
+BACKEND = keras.backend.backend()
+
+
+def test_matmul_add_matches_numpy_eager_and_compiled():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(37, 5)).astype("float32")
+    y = rng.normal(size=(5, 11)).astype("float32")
+    bias = rng.normal(size=(11,)).astype("float32")
+    expected = x.astype("float64") @ y + bias
+    for fn in (vq_backend.matmul_add, vq_backend.compile_function(vq_backend.matmul_add)):
+        got = fn(*(ops.convert_to_tensor(t) for t in (x, y, bias)))
+        assert tuple(got.shape) == (37, 11)
+        np.testing.assert_allclose(to_numpy(got), expected, rtol=1e-5, atol=1e-5)
+    row_bias = vq_backend.matmul_add(x, y, bias[None, :])
+    np.testing.assert_allclose(to_numpy(row_bias), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape, dtype",
+    [((50,), "float32"), ((50, 3), "float32"), ((50, 2, 2), "float16"), ((0, 3), "float32")],
+)
+def test_segment_sum_matches_numpy(shape, dtype):
+    rng = np.random.default_rng(1)
+    data = rng.normal(size=shape).astype(dtype)
+    ids = rng.integers(0, 7, size=shape[0]).astype("int32")
+    expected = np.zeros((7, *shape[1:]), "float64")
+    np.add.at(expected, ids, data.astype("float64"))
+    got = vq_backend.segment_sum(ops.convert_to_tensor(data), ops.convert_to_tensor(ids), 7)
+    assert keras.backend.standardize_dtype(got.dtype) == dtype
+    assert tuple(got.shape) == (7, *shape[1:])
+    tol = 2e-3 if dtype == "float16" else 1e-5
+    np.testing.assert_allclose(to_numpy(got).astype("float64"), expected, rtol=tol, atol=tol)
+
+
+def test_straight_through_vq_keeps_the_shape_of_its_inputs():
+    """(B, H, W, D) inputs: the same values, loss and gradients as their (N, D) rows."""
+    from tests.layers.test_vector_quantizer_memory import gradients
+
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(2, 3, 4, 5)).astype("float32")
+    codebook = rng.normal(size=(7, 5)).astype("float32")
+    w = rng.normal(size=z.shape).astype("float32")
+    indices = rng.integers(0, 7, size=24).astype("int32")
+
+    def objective(z, codebook):
+        out, loss = vq_backend.straight_through_vq(z, codebook, indices, 0.4, True)
+        w_ = ops.reshape(ops.convert_to_tensor(w), ops.shape(out))
+        return ops.sum(out * w_) + 1.3 * loss, (out, loss)
+
+    (_, (out4, loss4)) = objective(ops.convert_to_tensor(z), ops.convert_to_tensor(codebook))
+    _, grads4 = gradients(lambda a, b: objective(a, b)[0], [z, codebook])
+    _, grads2 = gradients(lambda a, b: objective(a, b)[0], [z.reshape(24, 5), codebook])
+    assert tuple(out4.shape) == z.shape
+    np.testing.assert_array_equal(to_numpy(out4).reshape(24, 5), codebook[indices])
+    np.testing.assert_allclose(to_numpy(grads4[0]).reshape(24, 5), to_numpy(grads2[0]), rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(grads4[1]), to_numpy(grads2[1]), rtol=1e-6)
+    expected_loss = 1.4 * np.mean((z.reshape(24, 5) - codebook[indices]) ** 2)
+    np.testing.assert_allclose(to_numpy(loss4), expected_loss, rtol=1e-5)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="memory layouts are torch's")
+def test_torch_straight_through_output_and_gradient_keep_the_input_layout():
+    """A convolution's output on torch is a channels-last view of an NCHW tensor; the output
+    and the gradient to it keep that layout (the next convolution is slower on another)."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    base = torch.tensor(rng.normal(size=(2, 5, 3, 4)).astype("float32"), requires_grad=True)
+    z = base.permute(0, 2, 3, 1)  # (2, 3, 4, 5), not contiguous
+    codebook = torch.tensor(rng.normal(size=(7, 5)).astype("float32"))
+    indices = torch.tensor(rng.integers(0, 7, size=24).astype("int32"))
+    seen = []
+    z.register_hook(lambda g: seen.append(g.stride()))
+    out, loss = vq_backend.straight_through_vq(z, codebook, indices, 0.25, False)
+    assert out.stride() == z.stride()
+    w = torch.tensor(rng.normal(size=(2, 3, 4, 5)).astype("float32"))
+    ((out * w).sum() + loss).backward()
+    assert seen == [z.stride()]
+    rows = z.detach().reshape(24, 5).numpy()
+    e = codebook.numpy()[indices.numpy()]
+    expected = w.numpy().reshape(24, 5) + 2 * 0.25 * (rows - e) / rows.size
+    np.testing.assert_allclose(
+        base.grad.permute(0, 2, 3, 1).reshape(24, 5).numpy(), expected, rtol=1e-5, atol=1e-7
+    )
+    np.testing.assert_array_equal(out.detach().reshape(24, 5).numpy(), e)
+
+
+def _training_calls(vq, batches, compiled: bool):
+    call = lambda x: vq(x, training=True)
+    if compiled and BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        call = tf.function(call)
+    for x in batches:
+        call(ops.convert_to_tensor(x))
+    return {w.path: to_numpy(w.value) for w in vq.weights}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(ema_decay=0.9, dead_code_threshold=1.0),
+        dict(dead_code_threshold=2.0),
+        dict(ema_decay=0.8, kmeans_init=True),
+    ],
+)
+def test_state_update_in_a_graph_equals_the_eager_update(options):
+    """On TensorFlow the update of a traced call runs as one XLA kernel
+    (``compiled_state_update``); its state after several batches (EMA sums, usage,
+    restarts, k-means, perplexity, seed) equals eager calls'. Elsewhere both are eager."""
+    rng = np.random.default_rng(4)
+    batches = [rng.normal(size=(4, 5, 5, 3)).astype("float32") for _ in range(3)]
+    batches.append(np.full((4, 5, 5, 3), np.nan, "float32"))  # a non-finite batch keeps it
+
+    def state(compiled):
+        keras.utils.set_random_seed(0)
+        vq = VectorQuantizer(16, 3, seed=7, name="vq", **options)
+        vq.build((None, 5, 5, 3))
+        # Non-trivial starting state: usage counts away from their initial ones.
+        perturbed = np.random.default_rng(5)
+        for w in vq.weights:
+            if w.dtype == "float32" and len(w.shape) > 0:
+                w.assign(
+                    to_numpy(w.value) + perturbed.uniform(0.1, 0.5, w.shape).astype("float32")
+                )
+        return _training_calls(vq, batches, compiled)
+
+    eager = state(False)
+    graph = state(True)
+    assert eager.keys() == graph.keys()
+    for name in eager:
+        np.testing.assert_allclose(graph[name], eager[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_compiled_state_update_calls_the_update_and_returns_nothing():
+    calls = []
+    assert vq_backend.compiled_state_update(lambda a, b: calls.append((a, b)), 1.0, None) is None
+    assert len(calls) == 1
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="XLA clusters in a TensorFlow graph")
+def test_compiled_state_update_is_one_xla_call_inside_a_tensorflow_graph():
+    import tensorflow as tf
+
+    v = tf.Variable(1.0)
+
+    def update(x):
+        v.assign(v * x + 1.0)
+
+    traced = tf.function(lambda x: vq_backend.compiled_state_update(update, x))
+    graph = traced.get_concrete_function(tf.TensorSpec((), tf.float32)).graph
+    compiled = [
+        op
+        for op in graph.get_operations()
+        if "_XlaMustCompile" in op.node_def.attr and op.get_attr("_XlaMustCompile")
+    ]
+    assert len(compiled) == 1
+    traced(tf.constant(3.0))
+    assert float(v.numpy()) == 4.0
+    # Eagerly a plain call: nothing to compile once per shape.
+    vq_backend.compiled_state_update(update, tf.constant(2.0))
+    assert float(v.numpy()) == 9.0
