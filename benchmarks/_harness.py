@@ -349,13 +349,26 @@ def time_call(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> dict[
     return {"median_s": statistics.median(times), "min_s": min(times)}
 
 
+def paired_ratio(ours: dict, reference: dict) -> float | None:
+    """Median over rounds of ours / reference images/s, from two ``compare_training``
+    records of the same run (a round's two passes ran back to back, under the same load);
+    the ratio of the medians when the rounds are missing or do not pair up."""
+    mine, theirs = ours.get("images_per_s_rounds"), reference.get("images_per_s_rounds")
+    if mine and theirs and len(mine) == len(theirs):
+        return round(statistics.median(a / b for a, b in zip(mine, theirs)), 3)
+    if ours.get("images_per_s") and reference.get("images_per_s"):
+        return round(ours["images_per_s"] / reference["images_per_s"], 3)
+    return None
+
+
 def alternate(
     measures: dict[str, Callable[[], Any]], rounds: int
 ) -> tuple[dict[str, list[Any]], dict[str, str]]:
     """Take ``rounds`` turns of every measurement, one after the other within each round.
 
     Alternating spreads background load on a shared machine over all sides alike, so ratios
-    between them are meaningful even when absolute times are not.
+    between them are meaningful even when absolute times are not; the order rotates from
+    round to round, so that no measurement always runs first (or right after another).
 
     Returns:
         ``(values, errors)``: the values each measurement returned, by name, and the error
@@ -363,8 +376,10 @@ def alternate(
     """
     values: dict[str, list[Any]] = {name: [] for name in measures}
     errors: dict[str, str] = {}
-    for _ in range(rounds):
-        for name, measure in measures.items():
+    names = list(measures)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            measure = measures[name]
             if name in errors:
                 continue
             try:
@@ -429,7 +444,8 @@ def compare_training(
 
     Returns:
         name → ``warmup_s``, ``warmup_loss`` (the last warm-up step's), ``images_per_s``
-        (median over the rounds), ``images_per_s_best``, ``timed_steps`` and ``repeats``; or
+        (median over the rounds), ``images_per_s_best``, ``images_per_s_rounds`` (each
+        round's, in order: paired ratios between models), ``timed_steps`` and ``repeats``; or
         ``error`` for a model that failed.
     """
     results: dict[str, dict[str, Any]] = {}
@@ -458,6 +474,7 @@ def compare_training(
         results[name].update(
             images_per_s=round(statistics.median(per_s), 1),
             images_per_s_best=round(max(per_s), 1),
+            images_per_s_rounds=[round(rate, 1) for rate in per_s],
             timed_steps=sum(steps for _, steps in runs),
             repeats=len(runs),
         )

@@ -119,20 +119,22 @@ def add_ratios(records: list[dict]) -> list[dict]:
     """Ours / reference (same backend and ``jit_compile``) on every keras_vq record, + summary.
 
     ``ratio``: vs the naive VQ-VAE; ``ratio_vs_plain_ae``: vs the same networks without a
-    quantizer (what keras_vq's quantizer and step cost on top of the convolutions).
+    quantizer (what keras_vq's quantizer and step cost on top of the convolutions). Both are
+    medians of per-round ratios (``_harness.paired_ratio``): rounds run back to back, so a
+    round's ratio cancels the machine's slow and fast spells that the medians of each
+    model's rates do not.
     """
-    rates = {
-        (r["model"], r["backend"], r["jit_compile"]): r["images_per_s"]
-        for r in records
-        if "images_per_s" in r
+    by_key = {
+        (r["model"], r["backend"], r["jit_compile"]): r for r in records if "images_per_s" in r
     }
     for r in records:
         if r.get("model") != "keras_vq" or "images_per_s" not in r:
             continue
         for reference, key in (("naive_vqvae", "ratio"), ("plain_ae", "ratio_vs_plain_ae")):
-            other = rates.get((reference, r["backend"], r["jit_compile"]))
-            if other:
-                r[key] = round(r["images_per_s"] / other, 3)
+            other = by_key.get((reference, r["backend"], r["jit_compile"]))
+            ratio = None if other is None else _harness.paired_ratio(r, other)
+            if ratio is not None:
+                r[key] = ratio
     summary = {"benchmark": "train_throughput_summary", "target_ratio_tf": TARGET}
     tf_ratios = {
         f"ratio_tf_{'jit' if r['jit_compile'] else 'nojit'}": r["ratio"]

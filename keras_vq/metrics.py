@@ -7,16 +7,18 @@ import math
 from keras import ops
 
 from keras_vq import _validation
+from keras_vq import backend as vq_backend
 
 
 def code_counts(indices, num_embeddings: int):
     """How many positions are assigned to each code, float32 ``(num_embeddings,)``.
 
-    A segment sum, not a one-hot matrix: memory stays O(N + K) for N positions.
+    A segment sum, not a one-hot matrix: memory stays O(N + K) for N positions. The indices
+    must lie in ``[0, num_embeddings)``.
     """
     flat = ops.reshape(ops.cast(indices, "int32"), (-1,))
     ones = ops.ones(ops.shape(flat), dtype="float32")
-    return ops.segment_sum(ones, flat, num_segments=num_embeddings)
+    return vq_backend.segment_sum(ones, flat, num_embeddings)
 
 
 def perplexity(indices, num_embeddings: int):

@@ -148,34 +148,26 @@ def straight_through_vq(
     ``z + sg[e - z]`` and ``vq_loss(z, e, β)``, with nothing but ``inputs``, ``codebook`` and
     ``indices`` kept for the backward pass.
 
-    On torch the output and ``∂z`` have the memory layout of ``inputs``: a convolution's
-    output there is a channels-last view of a channels-first tensor, and the next
-    convolution runs measurably slower on a tensor laid out otherwise (2-3 % of a small
-    VQ-VAE's training step, for its decoder).
-
     Args:
-        inputs: ``(..., D)`` float tensor ``z`` (any float dtype; the loss is float32).
+        inputs: ``(N, D)`` float tensor ``z`` (any float dtype; the loss is float32).
         codebook: float32 ``(K, D)``.
-        indices: int32 ``(N,)`` code of each of the N vectors of ``inputs``, in row-major
-            order (not differentiated).
+        indices: int32 ``(N,)`` code of each row (not differentiated).
         beta: commitment weight β.
         codebook_term: include the codebook loss (a codebook learnt by gradient).
         chunk_size: rows per block of the loss's sum of squares (TensorFlow and torch; XLA
             fuses it on JAX) and of the codebook gradient's sums (JAX).
 
     Returns:
-        ``(quantized, loss)``: the shape and dtype of ``inputs``, float32 scalar.
+        ``(quantized, loss)``: ``(N, D)`` in the dtype of ``inputs``, float32 scalar.
     """
     backend = keras.backend.backend()
     beta = float(beta)
     codebook_term = bool(codebook_term)
-    if backend == "torch":
-        return _torch_straight_through(inputs, codebook, indices, beta, codebook_term, chunk_size)
-    fused = _tf_straight_through if backend == "tensorflow" else _jax_straight_through
-    shape = keras.ops.shape(inputs)
-    rows = keras.ops.reshape(inputs, (-1, shape[-1]))
-    quantized, loss = fused(rows, codebook, indices, beta, codebook_term, chunk_size)
-    return keras.ops.reshape(quantized, shape), loss
+    if backend == "tensorflow":
+        return _tf_straight_through(inputs, codebook, indices, beta, codebook_term, chunk_size)
+    if backend == "jax":
+        return _jax_straight_through(inputs, codebook, indices, beta, codebook_term, chunk_size)
+    return _torch_straight_through(inputs, codebook, indices, beta, codebook_term, chunk_size)
 
 
 def _loss_scale(beta: float, codebook_term: bool) -> float:
@@ -306,21 +298,21 @@ def _torch_function():
     class StraightThroughVQ(torch.autograd.Function):
         @staticmethod
         def forward(ctx, z, table, indices, beta, codebook_term, chunk_size):
-            rows = z.reshape(-1, z.shape[-1])  # a copy only for a non-contiguous z
+            quantized = table[indices]
 
             def squared_errors(chunks):
-                block, codes = chunks
-                return (block.to(torch.float32) - table[codes]).square_().sum(dim=1)
+                rows, codes = chunks
+                return (rows.to(torch.float32) - table[codes]).square_().sum(dim=1)
 
             # By blocks: no (N, D) difference next to the output.
-            total = row_chunk_map(squared_errors, (rows, indices), chunk_size, "float32").sum()
+            total = row_chunk_map(squared_errors, (z, indices), chunk_size, "float32").sum()
             count = max(z.numel(), 1)
             loss = _loss_scale(beta, codebook_term) * total / count
             # The layer may assign the codebook in place later in the call (EMA, restarts):
             # keep a (K, D) copy of the codes this forward pass used.
             ctx.save_for_backward(z, table.detach().clone(), indices)
             ctx.beta, ctx.codebook_term, ctx.count = beta, codebook_term, count
-            return _laid_out_like(z, table[indices]), loss
+            return quantized.to(z.dtype), loss
 
         @staticmethod
         def backward(ctx, g_out, g_loss):
@@ -328,28 +320,18 @@ def _torch_function():
             scale = 2.0 * g_loss / ctx.count
             # e - z in place in the gathered rows: one (N, D) temporary.
             diff = table[indices]
-            diff.sub_(z.reshape(-1, z.shape[-1]).to(torch.float32))
+            diff.sub_(z.to(torch.float32))
             g_table = None
             if ctx.codebook_term and ctx.needs_input_grad[1]:
                 g_table = torch.zeros_like(table).index_add_(0, indices, diff)
                 g_table.mul_(scale)
             g_z = None
             if ctx.needs_input_grad[0]:
-                g_z = _laid_out_like(z, diff.mul_(-ctx.beta * scale))
+                g_z = diff.mul_(-ctx.beta * scale).to(z.dtype)
                 g_z = g_z.add_(g_out) if g_z.dtype == g_out.dtype else g_z + g_out
             return g_z, g_table, None, None, None, None
 
     return StraightThroughVQ
-
-
-def _laid_out_like(reference, rows):
-    """``rows`` (N, D), reshaped to ``reference``'s shape and laid out (strides) as it is, in
-    its dtype."""
-    import torch
-
-    out = torch.empty_like(reference)
-    out.copy_(rows.view(reference.shape))
-    return out
 
 
 def _torch_straight_through(inputs, codebook, indices, beta, codebook_term, chunk_size):

@@ -483,13 +483,14 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
             # gradient: no (N, D) temporary is kept for the backward pass.
             indices = nearest_code(h, codebook, self.chunk_size, self.distance)
             outputs, loss = vq_backend.straight_through_vq(
-                inputs,
+                ops.reshape(inputs, (-1, self.embedding_dim)),
                 codebook,
                 indices,
                 self.beta,
                 codebook_term=not self.uses_ema,
                 chunk_size=self.chunk_size,
             )
+            outputs = ops.reshape(outputs, ops.shape(inputs))
         else:
             indices, quantized = self._lookup(h, codebook)
             loss = self._loss(h, quantized)

@@ -1,5 +1,5 @@
-"""The quantizer's backend kernels against NumPy: ``matmul_add``, ``segment_sum``, the
-layout of ``straight_through_vq`` on torch and ``compiled_state_update``."""
+"""The quantizer's backend kernels against NumPy: ``matmul_add``, ``segment_sum`` and
+``compiled_state_update``."""
 
 from __future__ import annotations
 
@@ -44,59 +44,6 @@ def test_segment_sum_matches_numpy(shape, dtype):
     assert tuple(got.shape) == (7, *shape[1:])
     tol = 2e-3 if dtype == "float16" else 1e-5
     np.testing.assert_allclose(to_numpy(got).astype("float64"), expected, rtol=tol, atol=tol)
-
-
-def test_straight_through_vq_keeps_the_shape_of_its_inputs():
-    """(B, H, W, D) inputs: the same values, loss and gradients as their (N, D) rows."""
-    from tests.layers.test_vector_quantizer_memory import gradients
-
-    rng = np.random.default_rng(2)
-    z = rng.normal(size=(2, 3, 4, 5)).astype("float32")
-    codebook = rng.normal(size=(7, 5)).astype("float32")
-    w = rng.normal(size=z.shape).astype("float32")
-    indices = rng.integers(0, 7, size=24).astype("int32")
-
-    def objective(z, codebook):
-        out, loss = vq_backend.straight_through_vq(z, codebook, indices, 0.4, True)
-        w_ = ops.reshape(ops.convert_to_tensor(w), ops.shape(out))
-        return ops.sum(out * w_) + 1.3 * loss, (out, loss)
-
-    (_, (out4, loss4)) = objective(ops.convert_to_tensor(z), ops.convert_to_tensor(codebook))
-    _, grads4 = gradients(lambda a, b: objective(a, b)[0], [z, codebook])
-    _, grads2 = gradients(lambda a, b: objective(a, b)[0], [z.reshape(24, 5), codebook])
-    assert tuple(out4.shape) == z.shape
-    np.testing.assert_array_equal(to_numpy(out4).reshape(24, 5), codebook[indices])
-    np.testing.assert_allclose(to_numpy(grads4[0]).reshape(24, 5), to_numpy(grads2[0]), rtol=1e-6)
-    np.testing.assert_allclose(to_numpy(grads4[1]), to_numpy(grads2[1]), rtol=1e-6)
-    expected_loss = 1.4 * np.mean((z.reshape(24, 5) - codebook[indices]) ** 2)
-    np.testing.assert_allclose(to_numpy(loss4), expected_loss, rtol=1e-5)
-
-
-@pytest.mark.skipif(BACKEND != "torch", reason="memory layouts are torch's")
-def test_torch_straight_through_output_and_gradient_keep_the_input_layout():
-    """A convolution's output on torch is a channels-last view of an NCHW tensor; the output
-    and the gradient to it keep that layout (the next convolution is slower on another)."""
-    import torch
-
-    rng = np.random.default_rng(3)
-    base = torch.tensor(rng.normal(size=(2, 5, 3, 4)).astype("float32"), requires_grad=True)
-    z = base.permute(0, 2, 3, 1)  # (2, 3, 4, 5), not contiguous
-    codebook = torch.tensor(rng.normal(size=(7, 5)).astype("float32"))
-    indices = torch.tensor(rng.integers(0, 7, size=24).astype("int32"))
-    seen = []
-    z.register_hook(lambda g: seen.append(g.stride()))
-    out, loss = vq_backend.straight_through_vq(z, codebook, indices, 0.25, False)
-    assert out.stride() == z.stride()
-    w = torch.tensor(rng.normal(size=(2, 3, 4, 5)).astype("float32"))
-    ((out * w).sum() + loss).backward()
-    assert seen == [z.stride()]
-    rows = z.detach().reshape(24, 5).numpy()
-    e = codebook.numpy()[indices.numpy()]
-    expected = w.numpy().reshape(24, 5) + 2 * 0.25 * (rows - e) / rows.size
-    np.testing.assert_allclose(
-        base.grad.permute(0, 2, 3, 1).reshape(24, 5).numpy(), expected, rtol=1e-5, atol=1e-7
-    )
-    np.testing.assert_array_equal(out.detach().reshape(24, 5).numpy(), e)
 
 
 def _training_calls(vq, batches, compiled: bool):
