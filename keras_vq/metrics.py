@@ -59,9 +59,14 @@ def code_usage(indices, num_embeddings: int, threshold: float = 1.0) -> dict:
         (number of codes used), ``used_fraction`` (``used_codes / K``) and ``dead_codes``
         (``K - used_codes``).
 
+    Raises:
+        TypeError: non-integer indices. ValueError: indices outside ``[0, num_embeddings)``
+        (checked when their values are known).
+
     Example:
         >>> code_usage(ops.array([0, 0, 1, 3]), 8)["used_codes"]   # 3.0
     """
+    _validation.check_integer_codes("indices", indices, num_embeddings)
     counts = code_counts(indices, num_embeddings)
     used = ops.sum(ops.cast(counts >= threshold, "float32"))
     return {

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from scipy.special import logsumexp
 
 from keras_vq import metrics
@@ -20,6 +21,18 @@ def test_perplexity_matches_entropy_formula():
 def test_code_counts_is_a_histogram():
     codes = np.array([[0, 2], [2, 2]], "int32")
     np.testing.assert_array_equal(to_numpy(metrics.code_counts(codes, 4)), [1, 0, 3, 0])
+
+
+def test_code_usage_counts_and_rejects_codes_out_of_range():
+    usage = metrics.code_usage(np.array([0, 0, 1, 3], "int32"), 8)
+    assert float(to_numpy(usage["used_codes"])) == 3.0
+    assert float(to_numpy(usage["dead_codes"])) == 5.0
+    with pytest.raises(ValueError, match=r"`indices` must lie in \[0, 7\].*\[-1, 3\]"):
+        metrics.code_usage(np.array([-1, 0, 3], "int32"), 8)
+    with pytest.raises(ValueError, match=r"`indices` must lie in \[0, 3\].*\[0, 4\]"):
+        metrics.code_usage(np.array([0, 4], "int32"), 4)
+    with pytest.raises(TypeError, match="integer dtype"):
+        metrics.code_usage(np.array([0.0, 1.0]), 4)
 
 
 def test_bits_per_dim():
