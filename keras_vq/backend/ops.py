@@ -192,15 +192,14 @@ def compiled_state_update(update: Callable, *args) -> None:
         update: a function of tensors (and ``None``) that only assigns variables.
         *args: its arguments.
     """
-    if keras.backend.backend() != "tensorflow":
-        return update(*args)
-    import tensorflow as tf
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
 
-    if not tf.inside_function() or tf.distribute.has_strategy():
-        return update(*args)
-    args = tuple(None if a is None else tf.convert_to_tensor(a) for a in args)
-    tf.function(update, jit_compile=True, autograph=False)(*args)
-    return None
+        if tf.inside_function() and not tf.distribute.has_strategy():
+            args = tuple(None if a is None else tf.convert_to_tensor(a) for a in args)
+            tf.function(update, jit_compile=True, autograph=False)(*args)
+            return
+    update(*args)
 
 
 def forward_assignments_persist() -> bool:

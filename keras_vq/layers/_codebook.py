@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from keras import ops
 
+from keras_vq import backend as vq_backend
+
 # Squared norms are clamped here before the inverse square root: a zero vector stays zero.
 _NORM_FLOOR = 1e-12
 
@@ -104,8 +106,8 @@ def lloyd_iterations(points, centres, iterations: int, *, spherical: bool = Fals
 
     def step(_, centres):
         nearest = assign(points, centres)
-        sums = ops.segment_sum(points, nearest, num_segments=num_codes)
-        counts = ops.segment_sum(ones, nearest, num_segments=num_codes)
+        sums = vq_backend.segment_sum(points, nearest, num_codes)
+        counts = vq_backend.segment_sum(ones, nearest, num_codes)
         means = sums / ops.maximum(counts, 1.0)[:, None]
         if spherical:
             means = l2_normalize(means)
