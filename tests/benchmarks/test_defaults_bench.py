@@ -85,3 +85,41 @@ def test_first_time_at_target():
     assert time_to_quality.first_time_at(points, 0.01) == 2.0
     assert time_to_quality.first_time_at(points, 0.005) == 4.0
     assert time_to_quality.first_time_at(points, 0.001) is None
+    # Evaluations every 10 steps: the second point is step 20.
+    assert time_to_quality.first_step_at(points, 0.01, every=10) == 20
+    assert time_to_quality.first_step_at(points, 0.005, every=10) == 40
+    assert time_to_quality.first_step_at(points, 0.001, every=10) is None
+
+
+def test_mnist5k_split_keeps_heldout_digits_out_of_training(monkeypatch):
+    # Each stand-in digit is filled with its own index, so images can be traced to digits.
+    digits = np.arange(50, dtype="float32")[:, None, None, None] * np.ones((1, 28, 28, 1))
+    monkeypatch.setattr(defaults, "mnist5k_digits", lambda: digits.astype("float32"))
+    train, held = defaults.make_mnist5k_data(seed=0, train_images=90, heldout=10)
+    assert train.shape == (90, 28, 28, 1) and held.shape == (10, 28, 28, 1)
+    train_ids, held_ids = set(train[:, 0, 0, 0].tolist()), set(held[:, 0, 0, 0].tolist())
+    assert len(held_ids) == 10 and not train_ids & held_ids
+    assert train_ids | held_ids == set(range(50))  # every training digit is used
+    # 40 training digits repeated to 90 images: each twice or three times.
+    counts = np.bincount(train[:, 0, 0, 0].astype(int), minlength=50)[
+        sorted(int(i) for i in train_ids)
+    ]
+    assert counts.min() == 2 and counts.max() == 3
+    again, again_held = defaults.make_mnist5k_data(seed=0, train_images=90, heldout=10)
+    np.testing.assert_array_equal(train, again)
+    np.testing.assert_array_equal(held, again_held)
+    other = defaults.make_mnist5k_data(seed=1, train_images=90, heldout=10)[1]
+    assert set(other[:, 0, 0, 0].tolist()) != held_ids
+    more = np.zeros((1100, 28, 28, 1), "float32")
+    monkeypatch.setattr(defaults, "mnist5k_digits", lambda: more)
+    train, sets = defaults.heldout_sets("mnist5k", seed=0, train_images=90)
+    assert list(sets) == ["mnist"] and sets["mnist"].shape[0] == 1000 and len(train) == 90
+
+
+def test_summary_averages_whatever_heldout_sets_a_run_has():
+    records = [
+        {"config": "x", "mse_mnist": 0.004, "used_mnist": 120},
+        {"config": "x", "mse_mnist": 0.006, "used_mnist": 128},
+    ]
+    (row,) = defaults.summarise(records)["ranking"]
+    assert row == {"config": "x", "runs": 2, "mse_mnist": 0.005, "used_mnist": 124.0, "mse": 0.005}

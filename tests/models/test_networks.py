@@ -154,22 +154,24 @@ class TestPaperNetworks(TestCase):
         got = to_numpy(model.decoder(z.astype("float32")))
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
-    def test_default_networks_are_unchanged(self):
-        """Left at their defaults, the new arguments build the original small networks."""
+    def test_default_networks(self):
+        """Left at their defaults, the network arguments build the small 3×3 networks: VQVAE's
+        (32, 128) widths (issue #17 §1), the VAE's (32, 64)."""
         model = VQVAE(input_shape=(28, 28, 1))
-        assert model.filters == (32, 64) and model.downsample == 4
+        assert model.filters == (32, 128) and model.downsample == 4
         assert model.num_residual_blocks == 0 and model.latent_shape == (7, 7)
+        assert tuple(model.get_config()["filters"]) == (32, 128)
         shapes = {w.path: tuple(w.shape) for w in model.encoder.weights + model.decoder.weights}
         assert shapes == {
             "conv0/kernel": (3, 3, 1, 32),
             "conv0/bias": (32,),
-            "conv1/kernel": (3, 3, 32, 64),
-            "conv1/bias": (64,),
-            "project/kernel": (1, 1, 64, 16),
+            "conv1/kernel": (3, 3, 32, 128),
+            "conv1/bias": (128,),
+            "project/kernel": (1, 1, 128, 16),
             "project/bias": (16,),
-            "deconv0/kernel": (3, 3, 64, 16),
-            "deconv0/bias": (64,),
-            "deconv1/kernel": (3, 3, 32, 64),
+            "deconv0/kernel": (3, 3, 128, 16),
+            "deconv0/bias": (128,),
+            "deconv1/kernel": (3, 3, 32, 128),
             "deconv1/bias": (32,),
             "output/kernel": (3, 3, 32, 1),
             "output/bias": (1,),
@@ -181,8 +183,9 @@ class TestPaperNetworks(TestCase):
 
     def test_downsample_alone_picks_default_widths(self):
         model = VQVAE(input_shape=(16, 16, 1), embedding_dim=2, downsample=8)
-        assert model.filters == (32, 64, 128) and model.latent_shape == (2, 2)
+        assert model.filters == (32, 128, 128) and model.latent_shape == (2, 2)
         assert model.get_config()["downsample"] == 8
+        assert VAE(input_shape=(16, 16, 1), latent_dim=2, downsample=8).filters == (32, 64, 128)
 
     def test_old_config_without_new_keys_loads_same_network(self, digits):
         model = VQVAE(input_shape=(8, 8, 1), num_embeddings=8, embedding_dim=3, filters=(4,))
@@ -322,3 +325,9 @@ def test_resolve_network():
     small = networks.resolve_network([16, 32, 64])
     assert small.stages == (16, 32, 64) and small.downsample == 8 and small.kernel_size == 3
     assert networks.resolve_network().stages == (32, 64)
+    wide = networks.vqvae_default_filters
+    vqvae = networks.resolve_network(defaults=wide)
+    assert vqvae.stages == vqvae.filters == (32, 128) and vqvae.downsample == 4
+    assert networks.resolve_network(downsample=2, defaults=wide).stages == (32,)
+    # Explicit widths win over the defaults.
+    assert networks.resolve_network((8, 8), defaults=wide).stages == (8, 8)

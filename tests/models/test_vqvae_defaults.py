@@ -22,11 +22,11 @@ def codes_used(model, images) -> int:
 class TestVQVAEDefaults(TestCase):
     def test_defaults_are_an_ema_codebook_with_restarts(self):
         model = tiny()
-        assert (model.ema_decay, model.dead_code_threshold, model.beta) == (0.9, 1.0, 0.25)
+        assert (model.ema_decay, model.dead_code_threshold, model.beta) == (0.7, 1.0, 0.25)
         assert model.quantizer.uses_ema and not model.quantizer.codebook.trainable
         assert model.quantizer.dead_code_threshold == 1.0
         config = model.get_config()
-        assert (config["ema_decay"], config["dead_code_threshold"]) == (0.9, 1.0)
+        assert (config["ema_decay"], config["dead_code_threshold"]) == (0.7, 1.0)
 
     def test_config_with_the_old_defaults_keeps_the_old_model(self, digits):
         # Saved models carry explicit values: a pre-#17 config still builds a gradient
