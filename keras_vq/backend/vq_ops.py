@@ -175,6 +175,21 @@ def _loss_scale(beta: float, codebook_term: bool) -> float:
 
 
 # ---- TensorFlow ---------------------------------------------------------------------------
+#: Size of the ``(N, D)`` float32 residual above which TensorFlow's backward pass orders the
+#: codebook's segment sum before the input gradient, so that the latter may reuse the
+#: residual's buffer (one ``(N, D)`` temporary, not two); below it the two run in parallel.
+ORDERED_BACKWARD_BYTES = 16 * 2**20
+
+
+def _fits(tensor, limit_bytes: int) -> bool:
+    """Whether ``tensor``'s static shape is known and its float32 size is ``limit_bytes`` or
+    less."""
+    shape = tensor.shape
+    if shape.rank is None or any(d is None for d in shape):
+        return False
+    return 4 * shape.num_elements() <= limit_bytes
+
+
 def _tf_straight_through(inputs, codebook, indices, beta, codebook_term, chunk_size):
     import tensorflow as tf
 
@@ -203,8 +218,11 @@ def _tf_straight_through(inputs, codebook, indices, beta, codebook_term, chunk_s
             g_table = None
             if codebook_term:
                 g_table = -scale * tf.math.unsorted_segment_sum(diff, indices, tf.shape(table)[0])
-            # After the segment sum, the scaling may reuse the buffer of `diff` in place.
-            with tf.control_dependencies([] if g_table is None else [g_table]):
+            # After the segment sum, the scaling may reuse the buffer of `diff` in place; a
+            # small batch lets the two run side by side instead (TF's segment sum is one
+            # thread).
+            ordered = g_table is not None and not _fits(diff, ORDERED_BACKWARD_BYTES)
+            with tf.control_dependencies([g_table] if ordered else []):
                 g_z = tf.cast((beta * scale) * diff, z.dtype)
             if g_out is not None:
                 g_z = g_z + g_out

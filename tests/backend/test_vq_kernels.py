@@ -121,3 +121,37 @@ def test_compiled_state_update_is_one_xla_call_inside_a_tensorflow_graph():
     # Eagerly a plain call: nothing to compile once per shape.
     vq_backend.compiled_state_update(update, tf.constant(2.0))
     assert float(v.numpy()) == 9.0
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the ordering is TensorFlow's backward pass")
+@pytest.mark.parametrize("limit", [0, 2**40])
+def test_straight_through_gradients_with_and_without_ordered_backward(monkeypatch, limit):
+    # Below ORDERED_BACKWARD_BYTES the codebook's segment sum and the input gradient run side
+    # by side; above it in order. Either way the gradients are the analytic ones:
+    # ∂z = 1 + 2β(z - e)/n, ∂e_k = 2 Σ_{i: k_i = k} (e_k - z_i)/n for sum(out) + loss.
+    import tensorflow as tf
+
+    from keras_vq.backend import vq_ops
+
+    monkeypatch.setattr(vq_ops, "ORDERED_BACKWARD_BYTES", limit)
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(40, 3)).astype("float32")
+    table = rng.normal(size=(6, 3)).astype("float32")
+    indices = rng.integers(0, 6, size=40).astype("int32")
+    beta, n = 0.25, z.size
+    zt, tt = tf.constant(z), tf.Variable(table)
+
+    @tf.function
+    def grads():
+        with tf.GradientTape() as tape:
+            tape.watch(zt)
+            out, loss = vq_ops.straight_through_vq(zt, tt, indices, beta, codebook_term=True)
+            total = tf.reduce_sum(out) + loss
+        return tape.gradient(total, [zt, tt])
+
+    g_z, g_table = (to_numpy(g) for g in grads())
+    e = table[indices].astype("float64")
+    np.testing.assert_allclose(g_z, 1 + 2 * beta * (z - e) / n, rtol=1e-5, atol=1e-6)
+    expected = np.zeros((6, 3))
+    np.add.at(expected, indices, 2 * (e - z) / n)
+    np.testing.assert_allclose(g_table, expected, rtol=1e-5, atol=1e-6)
