@@ -63,8 +63,7 @@ class NetworkConfig(NamedTuple):
 def default_filters(downsample: int | None) -> tuple[int, ...]:
     """The small default widths (``VAE``): (32, 64) for 4×, doubling per stage (32, 64, 128
     for 8×)."""
-    stages = 2 if downsample is None else int(math.log2(downsample))
-    return tuple(min(32 * 2**i, 256) for i in range(stages))
+    return tuple(min(32 * 2**i, 256) for i in range(_num_stages(downsample)))
 
 
 def vqvae_default_filters(downsample: int | None) -> tuple[int, ...]:
@@ -77,8 +76,12 @@ def vqvae_default_filters(downsample: int | None) -> tuple[int, ...]:
     splits each), for 1.5× the step time (``benchmarks/defaults.py --data mnist5k``,
     RESULTS.md). Other factors follow the same rule unmeasured.
     """
-    stages = 2 if downsample is None else int(math.log2(downsample))
-    return tuple(32 if i == 0 else 128 for i in range(stages))
+    return tuple(32 if i == 0 else 128 for i in range(_num_stages(downsample)))
+
+
+def _num_stages(downsample: int | None) -> int:
+    """Stride-2 stages of a ``downsample`` factor (``None``: the default 4×, two stages)."""
+    return 2 if downsample is None else int(math.log2(downsample))
 
 
 def check_downsample(downsample: int) -> int:
@@ -131,14 +134,14 @@ def resolve_network(
     if filters is None:
         filters = defaults(downsample)
     if isinstance(filters, int):
+        stages = (filters,) * _num_stages(downsample)
         downsample = 4 if downsample is None else downsample
-        stages = (filters,) * int(math.log2(downsample))
     else:
         if downsample is not None and 2 ** len(filters) != downsample:
             raise ValueError(
                 f"`filters` {filters} has {len(filters)} stride-2 stages, which downsample by "
                 f"{2 ** len(filters)}, but `downsample` is {downsample}: pass "
-                f"{int(math.log2(downsample))} widths, one int width, or downsample=None."
+                f"{_num_stages(downsample)} widths, one int width, or downsample=None."
             )
         downsample, stages = 2 ** len(filters), filters
     kernel_size = PAPER_KERNEL_SIZE if isinstance(filters, int) else SMALL_KERNEL_SIZE
