@@ -1,4 +1,6 @@
-"""Held-out evaluation over a whole dataset: reconstruction error, code usage, likelihoods.
+"""Held-out evaluation over a whole dataset: reconstruction error, code usage, likelihoods;
+and the quality of generated images (``sample_quality``, ``frechet_distance``,
+``precision_recall``, from ``keras_vq.sample_quality``).
 
 The numbers are accumulated on the host in float64 over every batch (not a mean of batch
 means), so they do not depend on the batch size. Works on TensorFlow, JAX and PyTorch.
@@ -22,8 +24,22 @@ from keras_vq import _batches
 from keras_vq._validation import check_float, check_int
 from keras_vq.backend import to_numpy
 from keras_vq.metrics import code_usage
+from keras_vq.sample_quality import (
+    default_feature_model,
+    frechet_distance,
+    precision_recall,
+    sample_quality,
+)
 
-__all__ = ["dataset_code_usage", "evaluate_likelihood", "evaluate_reconstructions"]
+__all__ = [
+    "dataset_code_usage",
+    "default_feature_model",
+    "evaluate_likelihood",
+    "evaluate_reconstructions",
+    "frechet_distance",
+    "precision_recall",
+    "sample_quality",
+]
 
 
 def _is_vector_quantized(model: Any) -> bool:

@@ -43,6 +43,11 @@ PRESETS = {
         "VAE on the 32x32 offline digits: 16 latent dimensions, Bernoulli likelihood",
         "recipes/train_vae.py --out {work}/vae_digits --epochs 15 " + COMMON,
     ),
+    "digits_classifier": (
+        "Digit classifier for 32x32x1 images in [0, 1] (small CNN, trained on the train split "
+        "with random shifts): the default feature model of keras_vq.evaluation.sample_quality",
+        "recipes/train_classifier.py --out {work}/digits_classifier --epochs 60 " + COMMON,
+    ),
 }
 # Extra flags of --quick (a smoke test of the commands, not presets worth bundling).
 QUICK = "--epochs 1 --steps-per-epoch 2"
@@ -50,6 +55,7 @@ QUICK_EXTRA = {
     "vqvae_digits": "--num-images 0",
     "pixelcnn_digits": "--num-samples 2",
     "vae_digits": "--num-images 0 --num-samples 0 --iwae-samples 2",
+    "digits_classifier": "--num-reference 20",
 }
 
 

@@ -1,8 +1,9 @@
 """keras_vq models."""
 
+from keras_vq.models.classifier import DigitClassifier
 from keras_vq.models.pixelcnn import PixelCNNPrior, generate
 from keras_vq.models.transformer import TransformerPrior
 from keras_vq.models.vae import VAE
 from keras_vq.models.vqvae import VQVAE
 
-__all__ = ["VAE", "VQVAE", "PixelCNNPrior", "TransformerPrior", "generate"]
+__all__ = ["VAE", "VQVAE", "DigitClassifier", "PixelCNNPrior", "TransformerPrior", "generate"]
