@@ -60,7 +60,9 @@ def test_readme_training_helpers_run(tmp_path, monkeypatch):
     """README's "Callbacks, evaluation and pictures" example, after the VQ-VAE example it
     continues, with two-step epochs."""
     helpers = readme_examples("## Callbacks, evaluation and pictures")
-    assert len(helpers) == 1
+    # The second block (sample quality, and FID with downloaded InceptionV3 weights) is not
+    # run here; tests/test_sample_quality.py covers sample_quality.
+    assert len(helpers) == 2 and "sample_quality" in helpers[1]
     code = readme_examples()[0] + helpers[0]
     assert code.count("epochs=10") == 2
     code = code.replace("epochs=10", "epochs=2, steps_per_epoch=2")

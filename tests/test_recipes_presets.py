@@ -99,3 +99,57 @@ def test_recorded_commands_of_the_bundled_pair_still_run_and_write_presets(tmp_p
     assert meta["vqvae_preset"] == "../../vqvae_digits/preset"
     vqvae, prior = presets.load_pair(tmp_path / "pixelcnn_digits" / "preset")
     assert prior.num_classes == 10 and vqvae.num_embeddings == prior.num_embeddings
+
+
+def test_recorded_command_of_the_classifier_still_runs_and_writes_a_preset(tmp_path):
+    """digits_classifier's recorded command (shortened to two steps) runs and writes a preset
+    whose metadata holds the held-out accuracy and the real digits' sample quality."""
+    import subprocess
+
+    from tests.test_recipes import env
+
+    argv = [*recorded_command("digits_classifier", tmp_path), "--num-reference", "20"]
+    result = subprocess.run(argv, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = tmp_path / "digits_classifier"
+    metrics = check_run_dir(out, "train_classifier")
+    assert metrics["test_examples"] == 359 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["real_images"] == 20 and metrics["test_real_fd"] >= 0.0
+    meta = json.loads((out / "preset" / "metadata.json").read_text())
+    assert meta["class_name"] == "DigitClassifier"
+    assert set(meta["metrics"]) >= {"test_accuracy", "test_real_fd", "test_real_accuracy"}
+    assert max(presets.verify(out / "preset").values()) <= 1e-5  # the same backend
+    assert (out / "classifier.keras").is_file()
+
+
+def test_classifier_shift_augmentation_moves_each_image_by_at_most_max_shift(monkeypatch):
+    """Every augmented image is its original shifted by whole pixels in [-2, 2] on each axis
+    with zeros entering at the border (a NumPy oracle tries every shift), and shifts vary."""
+    import tensorflow as tf
+
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import train_classifier
+
+    rng = np.random.default_rng(0)
+    images = rng.random((12, 8, 8, 1)).astype("float32") + 0.1  # no zero pixels
+    labels = np.arange(12, dtype="int32")
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    moved = list(train_classifier.random_shifts(dataset, 2, seed=3).as_numpy_iterator())
+    out_images = np.concatenate([x for x, _ in moved])
+    np.testing.assert_array_equal(np.concatenate([y for _, y in moved]), labels)
+
+    def shifted(image, dy, dx):
+        padded = np.pad(image, ((2, 2), (2, 2), (0, 0)))
+        return padded[2 - dy : 10 - dy, 2 - dx : 10 - dx]
+
+    found = []
+    for image, out in zip(images, out_images):
+        matches = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if np.array_equal(shifted(image, dy, dx), out)
+        ]
+        assert len(matches) == 1
+        found.append(matches[0])
+    assert len(set(found)) > 3
