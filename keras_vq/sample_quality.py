@@ -29,6 +29,9 @@ __all__ = ["frechet_distance", "precision_recall", "sample_quality"]
 
 DEFAULT_FEATURE_PRESET = "digits_classifier"
 CONFIDENCE = 0.9
+# Images may leave [0, 1] by this much (a decoder's overshoot) and are clipped; more is a
+# scaling mistake (0-255 or [-1, 1] pixels).
+_OVERSHOOT = 0.25
 # Host memory of one block of pairwise distances in precision_recall.
 _DISTANCE_BLOCK_BYTES = 32 * 1024**2
 
@@ -221,8 +224,14 @@ def _images(name: str, images: Any, expected: tuple | None) -> np.ndarray:
     if expected is not None:
         _validation.check_images(name, array, expected)
     _validation.check_finite(name, array)
-    _validation.check_unit_interval(name, array)
-    return array.astype("float32", copy=False)
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 1.0)
+    if low < -_OVERSHOOT or high > 1.0 + _OVERSHOOT:
+        raise ValueError(
+            f"`{name}` must lie in [0, 1], got values in [{low:.6g}, {high:.6g}]; scale pixels "
+            "to [0, 1] (e.g. images / 255 for 8-bit images, (x + 1) / 2 for [-1, 1])."
+        )
+    # A decoder's outputs overshoot [0, 1] a little: judged as the pictures show them.
+    return np.clip(array, 0.0, 1.0).astype("float32", copy=False)
 
 
 def _batched(fn, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -265,7 +274,8 @@ def sample_quality(
 
     Args:
         generated: generated images ``(N_g, H, W, C)`` in ``[0, 1]``, NumPy or a backend
-            tensor; ``N_g > k``.
+            tensor; ``N_g > k``. Values up to 0.25 outside ``[0, 1]`` (a decoder's
+            overshoot) are clipped to it, as ``keras_vq.visualization`` shows them.
         real: real (held-out) images, the same ``(H, W, C)``; ``N_r > k``.
         feature_model: ``None`` for the bundled ``digits_classifier`` preset (32×32×1
             images), or any Keras model: a classifier with ``features(images)`` and
@@ -286,7 +296,7 @@ def sample_quality(
 
     Raises:
         TypeError: non-float images or a non-array. ValueError: shapes that differ or that
-        the feature model does not take, values outside ``[0, 1]`` or non-finite, too few
+        the feature model does not take, values far outside ``[0, 1]`` or non-finite, too few
         images, bad ``labels``, or ``labels`` without a classifier.
 
     Example:

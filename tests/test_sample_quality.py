@@ -280,6 +280,16 @@ def test_sample_quality_matches_its_parts_on_the_classifier_features(
     )
 
 
+def test_sample_quality_clips_a_decoders_small_overshoot(train_digits, test_digits):
+    """Values a little outside [0, 1] are judged as clipped (as the pictures show them)."""
+    images, real = train_digits[0][:40], test_digits[0][:40]
+    overshoot = np.where(images > 0.5, images + 0.2, images - 0.2).astype("float32")
+    np.testing.assert_equal(
+        evaluation.sample_quality(overshoot, real),
+        evaluation.sample_quality(np.clip(overshoot, 0.0, 1.0), real),
+    )
+
+
 def test_sample_quality_takes_any_keras_model_as_feature_model(train_digits, test_digits):
     """A plain model's flattened outputs are the features; no classifier entries."""
     inputs = keras.Input((32, 32, 1))
@@ -310,6 +320,8 @@ def test_sample_quality_rejects_bad_images_and_labels(train_digits, test_digits)
         evaluation.sample_quality(good, np.zeros((20, 32, 32, 3), "float32"))
     with pytest.raises(ValueError, match=r"`generated` must lie in \[0, 1\]"):
         evaluation.sample_quality(good * 255.0, real)
+    with pytest.raises(ValueError, match=r"`real` must lie in \[0, 1\].*\[-1, 1\]"):
+        evaluation.sample_quality(good, real * 2.0 - 1.0)
     with pytest.raises(TypeError, match="floating-point"):
         evaluation.sample_quality((good * 255).astype("uint8"), real)
     with pytest.raises(ValueError, match="more than k=3 images"):
