@@ -13,7 +13,7 @@ import scipy.linalg
 
 from keras_vq import data, evaluation, presets
 from keras_vq.models import DigitClassifier
-from tests.test_case import to_numpy
+from tests.test_case import TestCase, to_numpy
 
 # --------------------------------------------------------------------------- oracles
 
@@ -204,13 +204,27 @@ def test_classifier_rejects_images_of_another_shape_and_integer_pixels(classifie
         classifier.predict_proba(np.zeros((2, 32, 32, 1), "uint8"))
 
 
-def test_classifier_config_round_trips():
-    model = DigitClassifier(input_shape=(12, 12, 1), num_classes=3, filters=(4, 8), feature_dim=5)
-    revived = DigitClassifier.from_config(model.get_config())
-    assert revived.get_config() == model.get_config()
-    assert tuple(revived(np.zeros((2, 12, 12, 1), "float32")).shape) == (2, 3)
-    with pytest.raises(ValueError, match="`num_classes` must be >= 2"):
-        DigitClassifier(num_classes=1)
+class TestDigitClassifier(TestCase):
+    def test_config_and_keras_file_round_trip_and_it_trains(self, tmp_path):
+        model = DigitClassifier(
+            input_shape=(12, 12, 1), num_classes=3, filters=(4, 8), feature_dim=5
+        )
+        rng = np.random.default_rng(10)
+        for weight in model.weights:  # random biases too: zero biases hide bugs
+            weight.assign(rng.normal(0.0, 0.3, tuple(weight.shape)).astype("float32"))
+        revived = DigitClassifier.from_config(model.get_config())
+        assert revived.get_config() == model.get_config()
+        images = rng.random((6, 12, 12, 1)).astype("float32")
+        revived = self.run_model_saving_test(model, images, tmp_path)
+        self.assertAllClose(revived.features(images), model.features(images))
+        before = to_numpy(model.head.kernel)
+        model.compile(
+            optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+        model.fit(images, np.array([0, 1, 2, 0, 1, 2]), epochs=1, batch_size=6, verbose=0)
+        assert not np.allclose(to_numpy(model.head.kernel), before)
+        with pytest.raises(ValueError, match="`num_classes` must be >= 2"):
+            DigitClassifier(num_classes=1)
 
 
 # --------------------------------------------------------------------------- sample_quality
@@ -259,6 +273,9 @@ def test_sample_quality_of_real_digits_is_far_better_than_of_noise(
     # k-NN precision is lenient with junk near real outliers (their radii are wide): 0.29.
     assert noisy["precision"] < 0.5 and noisy["recall"] < 0.05
     assert sum(real["class_histogram"]) == 500 and min(real["class_histogram"]) > 30
+    recorded = presets.metadata("digits_classifier")["metrics"]  # the same 500 and 359 images
+    for key in ("fd", "precision", "recall", "confident_share", "accuracy"):
+        np.testing.assert_allclose(real[key], recorded[f"test_real_{key}"], rtol=1e-3, atol=2e-3)
     assert max(noisy["class_histogram"]) > 250  # noise lands in few classes
 
 

@@ -22,7 +22,8 @@ Remote handles go through the libraries Keras uses for them when they are instal
 
 Example:
     >>> keras_vq.presets.list()
-    {'pixelcnn_digits': 'PixelCNNPrior', 'vae_digits': 'VAE', 'vqvae_digits': 'VQVAE'}
+    {'digits_classifier': 'DigitClassifier', 'pixelcnn_digits': 'PixelCNNPrior',
+     'vae_digits': 'VAE', 'vqvae_digits': 'VQVAE'}
     >>> vqvae = keras_vq.models.VQVAE.from_preset("vqvae_digits")
     >>> vqvae.save_to_preset("my_vqvae")        # refuses a non-empty directory
 """
