@@ -22,7 +22,15 @@ import keras
 import pytest
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-ALL_RECIPES = ("train_vae", "train_vqvae", "train_prior", "sample", "reconstruct", "pipeline")
+ALL_RECIPES = (
+    "train_vae",
+    "train_vqvae",
+    "train_prior",
+    "train_classifier",
+    "sample",
+    "reconstruct",
+    "pipeline",
+)
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
