@@ -7,11 +7,15 @@ the offline digits), for digit-like 32×32×1 images in ``[0, 1]``. Re-exported 
 
 Example:
     >>> from keras_vq.evaluation import sample_quality
-    >>> images = keras_vq.models.generate(vqvae, prior, 500, labels=np.arange(500) % 10)
+    >>> vqvae, prior = keras_vq.presets.load_pair("pixelcnn_digits")
+    >>> images = keras_vq.models.generate(vqvae, prior, 500, labels=np.arange(500) % 10, seed=0)
     >>> test = keras_vq.data.load("digits", split="test", image_size=32, shuffle=False)
     >>> sample_quality(images, keras_vq.data.first_images(test, 10_000),
     ...                labels=np.arange(500) % 10)
-    {'fd': 3.1, 'precision': 0.93, 'recall': 0.88, 'confident_share': 0.9, ...}
+    {'fd': 18.3, 'precision': 0.54, 'recall': 0.96, 'confident_share': 0.64,
+     'class_histogram': [48, 41, 46, 50, 54, 44, 71, 34, 60, 52], 'accuracy': 0.61}
+    >>> # 500 real training digits score fd 8.1, precision 0.92, recall 0.82,
+    >>> # confident_share 0.96, accuracy 0.99 (the preset's metadata, "test_real_*").
 """
 
 from __future__ import annotations
@@ -300,9 +304,9 @@ def sample_quality(
         images, bad ``labels``, or ``labels`` without a classifier.
 
     Example:
-        >>> sample_quality(samples, test_images, labels=requested)
-        {'fd': 2.9, 'precision': 0.9, 'recall': 0.8, 'confident_share': 0.85,
-         'class_histogram': [50, 49, ...], 'accuracy': 0.96}
+        >>> sample_quality(samples, test_images, labels=requested)  # see the module docstring
+        {'fd': 18.3, 'precision': 0.54, 'recall': 0.96, 'confident_share': 0.64,
+         'class_histogram': [48, 41, ...], 'accuracy': 0.61}
     """
     k = _validation.check_int("k", k, minimum=1)
     batch_size = _validation.check_int("batch_size", batch_size, minimum=1)
