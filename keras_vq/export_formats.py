@@ -21,17 +21,25 @@ SavedModels (in a ``KERAS_BACKEND=tensorflow`` subprocess on JAX and torch,
 :func:`~keras_vq.backend.tensorflow_bridge.runs_in_tensorflow`), so every backend writes the
 same file. ONNX goes through ``tf2onnx``, LiteRT through TensorFlow's LiteRT converter.
 
-ONNX and LiteRT graphs differ from the SavedModel in two ways. They carry no in-graph input
-assertions (neither format has TensorFlow's ``Assert``; ONNX Runtime and LiteRT check the
-declared dtype, rank and fixed sizes themselves). And a VQVAE's nearest-code search is written
-in one block over all codes (``nearest_code(..., chunk_size=None)``): its chunked path for an
-unknown batch becomes a loop. Its argmin is TensorFlow's own (``backend.argmin_last_axis``;
+ONNX and LiteRT graphs differ from the SavedModel in three ways. They carry no in-graph
+assertions (neither format has TensorFlow's ``Assert``). ONNX Runtime checks the declared
+dtype, rank and fixed sizes itself; LiteRT checks the dtype only (its signature runners
+resize an input to any array), so every graph passes its inputs through a concatenation that
+fails on a wrong rank or size ("CONCATENATION ... failed to prepare"), and a VQVAE's codes
+through a look-up ``codes_out_of_range`` that fails the runtimes' bounds check for a code
+outside ``[0, num_embeddings)`` (FSQ and LFQ decode by arithmetic, and ONNX's Gather wraps
+negative indices). A VQVAE's codes come without loops for every quantizer: the
+nearest-code search of a ``VectorQuantizer`` (and of each ``ResidualVectorQuantizer`` stage)
+is one block over all codes (``nearest_code(..., chunk_size=None)``; its chunked path for an
+unknown batch becomes a loop), its argmin TensorFlow's own (``backend.argmin_last_axis``;
 Keras' ``ops.argmin`` lowers to ``Bitcast``/``BitwiseAnd`` ops, its -0.0 handling, that
-neither converter takes). Same distances, same codes. A VQVAE's ``serving_default`` there is
+neither converter takes); FSQ and LFQ codes are elementwise. Same distances, same codes. And
+the latent keeps its static shape into the decoder (a projection, ``codebook_dim`` or FSQ/LFQ,
+loses it, and tf2onnx then converts the first transposed convolution with an
+``output_shape`` that shifts the image). A VQVAE's ``serving_default`` there is
 ``decode(encode(images))``: the reconstruction ``__call__`` gives in inference, up to float
 round-off of the straight-through estimator. An ONNX graph's names are unique, so its
-``serving_default`` output is ``reconstruction`` (its input is ``images``). Codes outside
-``[0, num_embeddings)`` fail the runtimes' own bounds check of the codebook look-up.
+``serving_default`` output is ``reconstruction`` (its input is ``images``).
 """
 
 from __future__ import annotations
