@@ -21,17 +21,25 @@ SavedModels (in a ``KERAS_BACKEND=tensorflow`` subprocess on JAX and torch,
 :func:`~keras_vq.backend.tensorflow_bridge.runs_in_tensorflow`), so every backend writes the
 same file. ONNX goes through ``tf2onnx``, LiteRT through TensorFlow's LiteRT converter.
 
-ONNX and LiteRT graphs differ from the SavedModel in two ways. They carry no in-graph input
-assertions (neither format has TensorFlow's ``Assert``; ONNX Runtime and LiteRT check the
-declared dtype, rank and fixed sizes themselves). And a VQVAE's nearest-code search is written
-in one block over all codes (``nearest_code(..., chunk_size=None)``): its chunked path for an
-unknown batch becomes a loop. Its argmin is TensorFlow's own (``backend.argmin_last_axis``;
+ONNX and LiteRT graphs differ from the SavedModel in three ways. They carry no in-graph
+assertions (neither format has TensorFlow's ``Assert``). ONNX Runtime checks the declared
+dtype, rank and fixed sizes itself; LiteRT checks the dtype only (its signature runners
+resize an input to any array), so every graph passes its inputs through a concatenation that
+fails on a wrong rank or size ("CONCATENATION ... failed to prepare"), and a VQVAE's codes
+through a look-up ``codes_out_of_range`` that fails the runtimes' bounds check for a code
+outside ``[0, num_embeddings)`` (FSQ and LFQ decode by arithmetic, and ONNX's Gather wraps
+negative indices). A VQVAE's codes come without loops for every quantizer: the
+nearest-code search of a ``VectorQuantizer`` (and of each ``ResidualVectorQuantizer`` stage)
+is one block over all codes (``nearest_code(..., chunk_size=None)``; its chunked path for an
+unknown batch becomes a loop), its argmin TensorFlow's own (``backend.argmin_last_axis``;
 Keras' ``ops.argmin`` lowers to ``Bitcast``/``BitwiseAnd`` ops, its -0.0 handling, that
-neither converter takes). Same distances, same codes. A VQVAE's ``serving_default`` there is
+neither converter takes); FSQ and LFQ codes are elementwise. Same distances, same codes. And
+the latent keeps its static shape into the decoder (a projection, ``codebook_dim`` or FSQ/LFQ,
+loses it, and tf2onnx then converts the first transposed convolution with an
+``output_shape`` that shifts the image). A VQVAE's ``serving_default`` there is
 ``decode(encode(images))``: the reconstruction ``__call__`` gives in inference, up to float
 round-off of the straight-through estimator. An ONNX graph's names are unique, so its
-``serving_default`` output is ``reconstruction`` (its input is ``images``). Codes outside
-``[0, num_embeddings)`` fail the runtimes' own bounds check of the codebook look-up.
+``serving_default`` output is ``reconstruction`` (its input is ``images``).
 """
 
 from __future__ import annotations
@@ -49,6 +57,9 @@ from keras import ops
 from keras_vq import _validation
 from keras_vq import export as _saved_model
 from keras_vq.backend.tensorflow_bridge import runs_in_tensorflow
+from keras_vq.layers.finite_scalar_quantizer import FiniteScalarQuantizer
+from keras_vq.layers.residual_vector_quantizer import ResidualVectorQuantizer
+from keras_vq.layers.vector_quantizer import VectorQuantizer
 from keras_vq.models.pixelcnn import PixelCNNPrior
 from keras_vq.models.transformer import TransformerPrior
 from keras_vq.models.vae import VAE
@@ -335,21 +346,23 @@ def _prior_endpoints(prior: PixelCNNPrior | TransformerPrior) -> list:
 
 
 def _graph_endpoints(model: VAE | VQVAE) -> dict[str, tuple]:
-    """The ONNX/LiteRT endpoints by name: no ``Assert`` ops, a convertible argmin."""
-    import tensorflow as tf
-
+    """The ONNX/LiteRT endpoints by name: no ``Assert`` ops, a convertible argmin, inputs
+    checked by shape (``_fixed_shape``) and codes by range (``_in_range``)."""
     if isinstance(model, VAE):
-        image_spec = _saved_model._spec((None, *model.image_shape), "float32", "images")
+        image_shape = tuple(model.image_shape)
+        image_spec = _saved_model._spec((None, *image_shape), "float32", "images")
         latent_spec = _saved_model._spec((None, model.latent_dim), "float32", "latents")
 
         def vae_reconstruct(images):
+            images = _fixed_shape(images, image_shape)
             return {"images": ops.cast(model(images, training=False), "float32")}
 
         def vae_encode(images):
-            z_mean, z_log_var = model.encode(images)
+            z_mean, z_log_var = model.encode(_fixed_shape(images, image_shape))
             return {"z_mean": z_mean, "z_log_var": z_log_var}
 
         def vae_decode(latents):
+            latents = _fixed_shape(latents, (model.latent_dim,))
             return {"images": ops.cast(model.decode(latents), "float32")}
 
         endpoints = [
@@ -358,21 +371,20 @@ def _graph_endpoints(model: VAE | VQVAE) -> dict[str, tuple]:
             ("decode", vae_decode, [latent_spec]),
         ]
     else:
-        image_spec = _saved_model._spec((None, *model.image_shape), "float32", "images")
-        code_spec = _saved_model._spec((None, *model.latent_shape), "int32", "codes")
-
-        def vqvae_reconstruct(images):
-            images = ops.cast(model.decode(_nearest_codes(model, images)), "float32")
-            return {"images": images}
+        image_shape, code_shape = tuple(model.image_shape), tuple(model.code_shape)
+        image_spec = _saved_model._spec((None, *image_shape), "float32", "images")
+        code_spec = _saved_model._spec((None, *code_shape), "int32", "codes")
 
         def vqvae_encode(images):
-            return {"codes": _nearest_codes(model, images)}
+            return {"codes": _graph_codes(model, _fixed_shape(images, image_shape))}
 
         def vqvae_decode(codes):
-            # ONNX's Gather wraps negative indices (code -1 would read code K-1); sent to K,
-            # every code outside [0, K) fails the runtimes' bounds check instead.
-            codes = tf.where(codes < 0, tf.constant(model.num_embeddings, codes.dtype), codes)
-            return {"images": ops.cast(model.decode(codes), "float32")}
+            codes = _in_range(_fixed_shape(codes, code_shape), model.num_embeddings)
+            return {"images": _graph_decode(model, codes)}
+
+        def vqvae_reconstruct(images):
+            codes = _graph_codes(model, _fixed_shape(images, image_shape))
+            return {"images": _graph_decode(model, codes)}
 
         endpoints = [
             ("serving_default", vqvae_reconstruct, [image_spec]),
@@ -382,22 +394,103 @@ def _graph_endpoints(model: VAE | VQVAE) -> dict[str, tuple]:
     return {endpoint[0]: endpoint for endpoint in endpoints}
 
 
-def _nearest_codes(vqvae: VQVAE, images):
-    """``vqvae.encode`` without its chunked loop: ``nearest_code`` over all vectors at once.
+def _fixed_shape(value, shape: tuple[int, ...]):
+    """``value``, failing at run time unless it is ``(batch, *shape)``: the LiteRT check.
 
-    The quantities of ``VectorQuantizer.encode`` (its code space and look-up table), in one
-    distance block for any batch size (module docstring).
+    LiteRT's signature runners resize an input to whatever array they are given, and its
+    kernels run many wrong shapes (a larger image gives more codes; a convolution takes extra
+    channels as groups). A concatenation needs the same rank and the same sizes on every
+    other axis, so ``value`` goes through one below a ``(1, *shape)`` block (cut off again):
+    a wrong shape fails where the graph starts ("CONCATENATION ... failed to prepare"). An
+    empty block would be folded away by the converter. ONNX Runtime checks the declared
+    shape itself, first.
     """
     import tensorflow as tf
 
-    from keras_vq.layers.vector_quantizer import nearest_code
+    block = tf.zeros((1, *shape), value.dtype)
+    return tf.concat([block, value], axis=0, name="check_input_shape")[1:]
+
+
+def _in_range(codes, num_embeddings: int):
+    """``codes``, failing at run time unless every code lies in ``[0, num_embeddings)``.
+
+    Neither format has an assertion, and FSQ/LFQ decode their codes by arithmetic (no look-up
+    that a runtime bounds-checks), while ONNX's Gather wraps negative indices. So an
+    out-of-range code reads index 1 of a one-element table: the runtimes' bounds check of that
+    look-up fails (ONNX Runtime names the node, ``codes_out_of_range``).
+    """
+    import tensorflow as tf
+
+    outside = tf.logical_or(codes < 0, codes >= num_embeddings)
+    table = tf.zeros((1,), codes.dtype)
+    return codes + tf.gather(table, tf.cast(outside, tf.int32), name="codes_out_of_range")
+
+
+def _graph_codes(vqvae: VQVAE, images):
+    """``vqvae.encode`` without loops: int32 codes ``(B, *code_shape)`` of static shape.
+
+    A ``VectorQuantizer``'s (and each residual stage's) nearest-code search is one distance
+    block over all vectors (``_nearest_indices``); FSQ and LFQ codes are elementwise, their
+    own ``encode``.
+    """
+    import tensorflow as tf
 
     quantizer = vqvae.quantizer
     z_e = tf.cast(vqvae.encoder(images, training=False), tf.float32)
-    vectors = quantizer._to_code_space(tf.reshape(z_e, [-1, quantizer.embedding_dim]))
+    if isinstance(quantizer, VectorQuantizer):
+        codes = _nearest_indices(quantizer, tf.reshape(z_e, [-1, quantizer.embedding_dim]))
+    elif isinstance(quantizer, ResidualVectorQuantizer):
+        # Stage s codes the residual the stages before it leave (the layer's inference pass).
+        residual, stages = tf.reshape(z_e, [-1, quantizer.embedding_dim]), []
+        for s in range(quantizer.num_quantizers):
+            stage = quantizer.quantizer(s)
+            stages.append(_nearest_indices(stage, residual))
+            residual = residual - stage.decode(stages[-1])
+        codes = tf.stack(stages, axis=-1)
+    elif isinstance(quantizer, FiniteScalarQuantizer):
+        codes = _fsq_indices(quantizer, z_e)
+    else:
+        codes = quantizer.encode(z_e)
+    return tf.reshape(tf.cast(codes, tf.int32), [-1, *vqvae.code_shape])
+
+
+def _fsq_indices(quantizer: FiniteScalarQuantizer, z_e):
+    """``FiniteScalarQuantizer.encode`` with its index ``Σ_i (q_i + ⌊L_i/2⌋) Π_{j<i} L_j``
+    summed as ``Σ_i q_i Π_{j<i} L_j`` plus a constant: the layer's integer add of the
+    half-widths becomes an int32 ``BiasAdd``, an op LiteRT lacks."""
+    import numpy as np
+    import tensorflow as tf
+
+    levels = np.asarray(quantizer.levels, np.int64)
+    basis = np.cumprod([1, *levels[:-1]])
+    offset = int(np.sum(levels // 2 * basis))
+    rounded = quantizer._rounded_levels(quantizer._project_in(z_e))
+    signed = tf.reduce_sum(tf.cast(rounded, tf.int32) * basis.astype(np.int32), axis=-1)
+    return signed + offset
+
+
+def _nearest_indices(quantizer: VectorQuantizer, flat):
+    """int32 ``(N,)`` nearest codes of float32 ``flat`` ``(N, D)``: ``VectorQuantizer.encode``'s
+    code space and look-up table, in one distance block for any batch (module docstring)."""
+    from keras_vq.layers.vector_quantizer import nearest_code
+
+    vectors = quantizer._to_code_space(flat)
     table = quantizer._lookup_table(quantizer.embeddings)
-    codes = nearest_code(vectors, table, chunk_size=None, distance=quantizer.distance)
-    return tf.reshape(codes, tf.shape(z_e)[:-1])
+    return nearest_code(vectors, table, chunk_size=None, distance=quantizer.distance)
+
+
+def _graph_decode(vqvae: VQVAE, codes):
+    """``vqvae.decode`` with the latent's static shape restored before the decoder.
+
+    A projection (``codebook_dim``, FSQ/LFQ) leaves the latent's spatial sizes unknown in the
+    TensorFlow graph; tf2onnx then converts the decoder's first transposed convolution with
+    an ``output_shape`` instead of its pads, which shifts the image.
+    """
+    import tensorflow as tf
+
+    z_q = vqvae.quantizer.decode(codes)
+    z_q = tf.reshape(tf.cast(z_q, tf.float32), [-1, *vqvae.latent_shape, vqvae.embedding_dim])
+    return tf.cast(vqvae.decoder(z_q, training=False), tf.float32)
 
 
 __all__ = ["ENDPOINTS", "FORMATS", "export_model"]

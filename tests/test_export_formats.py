@@ -10,14 +10,23 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import sys
+import time
 
 import keras
 import numpy as np
 import pytest
 
+from keras_vq.backend.tensorflow_bridge import runs_in_tensorflow
 from keras_vq.export import export_saved_model
-from keras_vq.export_formats import ENDPOINTS
+from keras_vq.export_formats import ENDPOINTS, FORMATS
+from keras_vq.layers import (
+    FiniteScalarQuantizer,
+    LookupFreeQuantizer,
+    ResidualVectorQuantizer,
+    VectorQuantizer,
+)
 from keras_vq.models import VAE, VQVAE, PixelCNNPrior, TransformerPrior
 from tests.test_case import to_numpy
 
@@ -282,6 +291,16 @@ def test_litert_file_holds_every_signature(autoencoder, tmp_path):
             codes = with_code(inputs["decode"]["codes"], bad)
             with pytest.raises(RuntimeError, match="out of bounds"):
                 runtime.get_signature_runner("decode")(codes=codes)
+    # LiteRT resizes inputs to any array: the graph's own check refuses a wrong size.
+    second, value = next(iter(inputs["decode"].items()))
+    wrong = {
+        "encode": {"images": np.zeros((1, 16, 16, 1), "float32")},
+        "decode": {second: np.zeros((1, *(size + 1 for size in value.shape[1:])), value.dtype)},
+    }
+    for endpoint, named in wrong.items():
+        runner = interpreter.Interpreter(model_path=path).get_signature_runner(endpoint)
+        with pytest.raises(RuntimeError, match="failed to prepare"):
+            runner(**named)
 
 
 # --- refused requests (no export runs) ----------------------------------------------------
@@ -333,3 +352,226 @@ def test_onnx_without_the_extra_says_how_to_install_it(vae, tmp_path, monkeypatc
     with pytest.raises(ImportError, match=r"pip install 'keras-vq\[export\]'"):
         vae.export(tmp_path / "vae.onnx", format="onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- every quantizer in every format ------------------------------------------------------
+# One VQVAE per quantizer configuration, each exported once per format (module scope). On
+# JAX and torch all eighteen exports run in one TensorFlow subprocess (the library's own
+# bridge, one process instead of eighteen): every backend exports through TensorFlow, so the
+# artifacts are those a JAX or torch user gets, and each backend's in-process model is
+# compared with them.
+Q_IMAGE_SHAPE = (12, 12, 1)  # two stride-2 stages: a 3x3 latent, two transposed convolutions
+Q_K, Q_DIM = 16, 6
+Q_ATOL = 1e-5  # images: |actual - expected| <= 1e-5 (1 + |expected|)
+QUANTIZERS = {
+    "vq": lambda: None,  # the VQVAE's own VectorQuantizer
+    "vq_codebook_dim": lambda: VectorQuantizer(Q_K, Q_DIM, codebook_dim=3),
+    "vq_cosine_rotation": lambda: VectorQuantizer(
+        Q_K, Q_DIM, codebook_dim=3, distance="cosine", gradient="rotation"
+    ),
+    "fsq": lambda: FiniteScalarQuantizer([5, 4]),  # 20 codes, projections 6 -> 2 -> 6
+    "lfq": lambda: LookupFreeQuantizer(num_bits=4),  # 16 codes, projections 6 -> 4 -> 6
+    "rvq": lambda: ResidualVectorQuantizer(3, Q_K, Q_DIM),  # codes (B, 3, 3, 3)
+}
+
+
+def quantizer_vqvae(name: str, seed: int) -> VQVAE:
+    quantizer = QUANTIZERS[name]()
+    sizes = {"num_embeddings": Q_K} if quantizer is None else {"quantizer": quantizer}
+    model = VQVAE(input_shape=Q_IMAGE_SHAPE, embedding_dim=Q_DIM, filters=(4, 8), **sizes)
+    randomize(model, seed)
+    return model
+
+
+@pytest.fixture(scope="module")
+def quantizer_models():
+    return {name: quantizer_vqvae(name, 10 + i) for i, name in enumerate(QUANTIZERS)}
+
+
+@pytest.fixture(scope="module")
+def quantizer_cases(quantizer_models):
+    """Per configuration: each endpoint's inputs and the in-process model's outputs."""
+    images = np.random.default_rng(7).uniform(size=(BATCH, *Q_IMAGE_SHAPE)).astype("float32")
+    cases = {}
+    for name, model in quantizer_models.items():
+        codes = to_numpy(model.encode(images))
+        assert codes.shape == (BATCH, *model.code_shape) and codes.dtype == np.int32
+        assert len(np.unique(codes)) >= 4, name  # a constant code would hide a wrong search
+        inputs = endpoint_inputs(model, images, codes)
+        cases[name] = (inputs, reference_outputs(model, images, codes))
+    return cases
+
+
+@runs_in_tensorflow(*QUANTIZERS)
+def write_quantizer_artifacts(
+    vq, vq_codebook_dim, vq_cosine_rotation, fsq, lfq, rvq, root: str
+) -> dict:
+    """Every model in every format under ``root``: ``{"paths": {name: {format: path}},
+    "seconds": {"name/format": s}}``. A failed export's path is its error message (only
+    the tests of that artifact fail)."""
+    models = locals()
+    paths, seconds = {}, {}
+    for name in QUANTIZERS:
+        paths[name] = {}
+        for format in FORMATS:
+            target = f"{root}/{name}.{format}"
+            endpoint = list(ENDPOINTS) if format == "onnx" else None
+            start = time.perf_counter()
+            try:
+                paths[name][format] = models[name].export(target, format=format, endpoint=endpoint)
+            except Exception as error:
+                paths[name][format] = f"export failed: {type(error).__name__}: {error}"
+            seconds[f"{name}/{format}"] = round(time.perf_counter() - start, 2)
+    return {"paths": paths, "seconds": seconds}
+
+
+@pytest.fixture(scope="module")
+def quantizer_artifacts(quantizer_models, tmp_path_factory):
+    pytest.importorskip("tf2onnx", reason=EXTRA)
+    pytest.importorskip("ai_edge_litert.interpreter", reason=EXTRA)
+    root = tmp_path_factory.mktemp("quantizer_artifacts")
+    written = write_quantizer_artifacts(**quantizer_models, root=str(root))
+    print("export seconds:", written["seconds"])
+    return written["paths"]
+
+
+def tf_constant(value):
+    import tensorflow as tf
+
+    return tf.constant(value)
+
+
+@functools.cache
+def onnx_session(path: str):
+    onnxruntime = pytest.importorskip("onnxruntime", reason=EXTRA)
+    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+@functools.cache
+def litert_runtime(path: str):
+    interpreter = pytest.importorskip("ai_edge_litert.interpreter", reason=EXTRA)
+    return interpreter.Interpreter(model_path=path)
+
+
+def run_artifact(path: str, format: str, endpoint: str, inputs: dict, fresh: bool = False):
+    """One endpoint of one artifact on ``inputs``; outputs by name (an ONNX reconstruction,
+    named ``reconstruction`` there, as ``images``). ``fresh``: a new ONNX session or LiteRT
+    interpreter, untouched by earlier (failed) requests."""
+    if path.startswith("export failed"):
+        pytest.fail(path)
+    if format == "tf_saved_model":  # tensors: TensorFlow would cast NumPy arrays to the spec
+        return run_saved_model(path, endpoint, {k: tf_constant(v) for k, v in inputs.items()})
+    if format == "onnx":
+        file = f"{path}/{endpoint}.onnx"
+        session = onnx_session.__wrapped__(file) if fresh else onnx_session(file)
+        names = [output.name for output in session.get_outputs()]
+        outputs = dict(zip(names, session.run(None, inputs)))
+        if "reconstruction" in outputs:
+            outputs["images"] = outputs.pop("reconstruction")
+        return outputs
+    runtime = litert_runtime.__wrapped__(path) if fresh else litert_runtime(path)
+    return runtime.get_signature_runner(endpoint)(**inputs)
+
+
+def bad_requests(model: VQVAE, images, codes) -> dict:
+    """Requests every format must refuse: ``{kind: (endpoint, inputs)}``."""
+    k = model.num_embeddings
+    return {
+        "images_size": ("encode", {"images": np.zeros((2, 16, 16, 1), "float32")}),
+        "images_height": ("serving_default", {"images": images[:, :8]}),
+        "images_channels": ("encode", {"images": np.concatenate([images, images], -1)}),
+        "images_rank": ("serving_default", {"images": images[0]}),
+        "images_rank_5": ("encode", {"images": images[:, None]}),
+        "images_dtype": ("encode", {"images": images.astype("float64")}),
+        "codes_size": ("decode", {"codes": np.zeros((2, 4, *codes.shape[2:]), "int32")}),
+        "codes_rank": ("decode", {"codes": codes[..., None]}),
+        "codes_dtype": ("decode", {"codes": codes.astype("int64")}),
+        "codes_negative": ("decode", {"codes": with_code(codes, -1)}),
+        "codes_too_large": ("decode", {"codes": with_code(codes, k)}),
+    }
+
+
+# The runtimes' own words for each refusal (LiteRT's kernels name no input; see
+# keras_vq.export_formats).
+BAD_REQUEST_ERRORS = {
+    "tf_saved_model": {
+        "images": r"`images` must have shape \(batch, 12, 12, 1\)",
+        "codes": r"`codes` must have shape \(batch, 3, 3",
+        "dtype": r"expected to be a (float|int32) tensor but is a (double|int64) tensor",
+        "range": r"`codes` must lie in \[0, \d+\]",
+    },
+    "onnx": {
+        "images": r"(invalid dimensions|Invalid rank) for input: images",
+        "codes": r"(invalid dimensions|Invalid rank) for input: codes",
+        "dtype": r"Unexpected input data type",
+        "range": r"Name:'codes_out_of_range'.*out of data bounds",
+    },
+    "litert": {
+        # The input check's concatenation (run by the XNNPack delegate for float inputs).
+        "images": r"(concatenation\.cc|TfLiteXNNPackDelegate).*failed to prepare",
+        "codes": r"concatenation\.cc.*failed to prepare",
+        "dtype": r"Got value of type (FLOAT64|INT64) but expected type (FLOAT32|INT32)",
+        "range": r"gather index out of bounds",
+    },
+}
+
+
+def output_mismatches(path: str, format: str, inputs: dict, expected: dict) -> list[str]:
+    """Each endpoint of the artifact against the Keras model: codes exact (int32), images
+    within ``Q_ATOL``; one line per mismatch."""
+    failures = []
+    for endpoint in ENDPOINTS:
+        outputs = run_artifact(path, format, endpoint, inputs[endpoint])
+        if sorted(outputs) != sorted(expected[endpoint]):
+            failures.append(f"{endpoint}: outputs {sorted(outputs)}")
+            continue
+        for key, value in expected[endpoint].items():
+            try:
+                if value.dtype.kind == "i":
+                    assert outputs[key].dtype == np.int32
+                    np.testing.assert_array_equal(outputs[key], value)
+                else:
+                    assert outputs[key].shape == value.shape
+                    np.testing.assert_allclose(outputs[key], value, rtol=Q_ATOL, atol=Q_ATOL)
+            except AssertionError as error:
+                failures.append(f"{endpoint} {key}: {error}")
+    return failures
+
+
+def refusal_mismatches(path: str, format: str, requests: dict) -> list[str]:
+    """Each bad request: refused, with the format's message; one line per request that is
+    accepted or refused otherwise."""
+    failures = []
+    for kind, (endpoint, request) in requests.items():
+        group = (
+            "dtype"
+            if kind.endswith("dtype")
+            else "range"
+            if kind in ("codes_negative", "codes_too_large")
+            else kind.split("_")[0]
+        )
+        try:
+            outputs = run_artifact(path, format, endpoint, request, fresh=True)
+        except Exception as error:  # each runtime has its own exception types
+            if not re.search(BAD_REQUEST_ERRORS[format][group], str(error)):
+                failures.append(f"{kind}: {type(error).__name__}: {str(error)[-400:]}")
+        else:
+            shapes = {key: value.shape for key, value in outputs.items()}
+            failures.append(f"{kind}: accepted, returned {shapes}")
+    return failures
+
+
+# One test per artifact, its endpoints and bad requests in loops: with this many artifacts
+# loaded each test's teardown (clear_session) costs about a second on JAX and torch.
+@pytest.mark.parametrize("format", FORMATS)
+@pytest.mark.parametrize("name", QUANTIZERS)
+def test_every_quantizer_in_every_format_serves_the_model_and_refuses_bad_inputs(
+    quantizer_artifacts, quantizer_models, quantizer_cases, name, format
+):
+    (inputs, expected), path = quantizer_cases[name], quantizer_artifacts[name][format]
+    failures = output_mismatches(path, format, inputs, expected)
+    images, codes = inputs["encode"]["images"], inputs["decode"]["codes"]
+    failures += refusal_mismatches(
+        path, format, bad_requests(quantizer_models[name], images, codes)
+    )
+    assert not failures, "\n".join(failures)
