@@ -380,9 +380,11 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
         """The codebook used for look-ups, ``codebook`` plus changes not yet folded into it.
 
         Equal to ``codebook`` except on JAX after restarts or a k-means initialisation of a
-        gradient-trained codebook made inside a stateless training step (a user's ``fit``);
-        keras_vq's models fold them in after every step. With ``distance="cosine"`` the
-        look-ups use these vectors l2-normalised.
+        gradient-trained codebook made inside Keras' stateless training step (a user's
+        ``fit``), which keeps no trainable assignment: there ``codebook_offset`` holds
+        ``new - old`` and a restarted row is the chosen vector only to about one ulp of the old
+        code. Eager calls and keras_vq's models assign the row itself. With
+        ``distance="cosine"`` the look-ups use these vectors l2-normalised.
         """
         if self.codebook_offset is None:
             return ops.convert_to_tensor(self.codebook)
