@@ -11,6 +11,7 @@ from keras import StatelessScope
 
 from keras_vq.backend._step_base import StepMixinBase
 from keras_vq.backend.checks import validating_batches
+from keras_vq.backend.ops import trainable_assignments_kept
 
 
 def _values_after(scope, variables, before):
@@ -49,7 +50,11 @@ class TrainStepMixin(StepMixinBase):
         mapping += zip(self.metrics_variables, metrics_vars)
         if optimizer_vars is not None:
             mapping += zip(self.optimizer.variables, optimizer_vars)
-        with StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+        # Trainable assignments (restarted codes) are read back below: layers may make them.
+        with (
+            StatelessScope(state_mapping=mapping, collect_losses=True) as scope,
+            trainable_assignments_kept(),
+        ):
             loss, y_pred = self.step_loss(x, y, sample_weight, training=training)
             scaled = self.optimizer.scale_loss(loss) if optimizer_vars is not None else loss
         updated = (

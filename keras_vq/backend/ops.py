@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -202,14 +203,46 @@ def compiled_state_update(update: Callable, *args) -> None:
     update(*args)
 
 
+_STEP_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def trainable_assignments_kept():
+    """Within: a JAX training step that keeps the forward pass's trainable assignments.
+
+    keras_vq's JAX step reads every variable the forward pass assigned back from its
+    ``StatelessScope``, trainable ones included; it enters this so that layers assign a
+    restarted code to the codebook itself (see :func:`forward_assignments_persist`).
+    """
+    previous = getattr(_STEP_STATE, "kept", False)
+    _STEP_STATE.kept = True
+    try:
+        yield
+    finally:
+        _STEP_STATE.kept = previous
+
+
+def _in_stateless_scope() -> bool:
+    try:
+        from keras.src.backend.common.stateless_scope import in_stateless_scope
+    except ImportError:  # another Keras layout: assume a scope, the safe answer
+        return True
+    return in_stateless_scope()
+
+
 def forward_assignments_persist() -> bool:
     """Whether a trainable variable assigned inside a training forward pass keeps the value.
 
-    JAX's stateless training step (``stateless_call``) returns only the non-trainable
-    variables, so a layer that rewrites trainable weights in ``call`` (a restarted code) must
-    keep the change in non-trainable state there.
+    Keras' JAX training step (``stateless_call``) returns only the non-trainable variables, so
+    there a layer that rewrites trainable weights in ``call`` (a restarted code) must keep the
+    change in non-trainable state. Eager JAX calls and keras_vq's own JAX step
+    (:func:`trainable_assignments_kept`) keep it, as TensorFlow and torch always do; there the
+    row is assigned exactly (an offset ``new - old`` added back to an old code of size ~1e3
+    would land ~1e-5 away from the chosen vector).
     """
-    return keras.backend.backend() != "jax"
+    if keras.backend.backend() != "jax":
+        return True
+    return getattr(_STEP_STATE, "kept", False) or not _in_stateless_scope()
 
 
 def hide_gpus_from_tensorflow() -> bool:

@@ -228,7 +228,7 @@ class ResidualVectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, kera
             if active is not None:
                 weights = ops.concatenate([p[2] for p in pending], axis=0)
             self.quantizers[0]._update_state(
-                h, stage_indices, codebook, initialized_now, weights=weights
+                h, stage_indices, codebook, initialized_now, weights=weights, blocks=len(pending)
             )
         return codes, indices, loss, projection_grads
 

@@ -162,16 +162,18 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
     ``N`` starts at 1 and ``m`` at the initial codebook, so ``e = m / N`` holds from step 0.
     Codes whose usage ``N_k`` (an EMA of per-batch assignment counts, decay ``ema_decay`` or
     0.99 without EMA) falls below ``dead_code_threshold`` are restarted from random encoder
-    outputs of the current batch.
+    outputs of the current batch (drawn from the global batch and the seed, so replicas of
+    ``tf.distribute`` restart the codes one device would, with the same vectors).
 
     Options (each one small and independent):
 
     - ``kmeans_init``: the first ``training=True`` call of a trainable layer sets the codebook
       to k-means centroids of its batch (k-means++ seeding from the layer's ``seed``, then
       ``kmeans_iterations`` Lloyd steps), as :meth:`set_codebook` would (EMA state kept
-      consistent), before quantizing that batch. Under ``tf.distribute`` every replica takes
-      the first replica's centroids. The non-trainable boolean weight ``initialized`` records
-      it (saved with the layer; :meth:`set_codebook` sets it too).
+      consistent), before quantizing that batch. Under ``tf.distribute`` the replicas gather
+      the global batch first, so the centroids are those one device would compute. The
+      non-trainable boolean weight ``initialized`` records it (saved with the layer;
+      :meth:`set_codebook` sets it too).
     - ``distance="cosine"``: inputs and codes are l2-normalised, the nearest code is the one of
       largest cosine similarity, and everything after the look-up works on unit vectors: the
       output is the **normalised** code ``ê_k`` (the gradient reaches the inputs through the
@@ -378,9 +380,11 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
         """The codebook used for look-ups, ``codebook`` plus changes not yet folded into it.
 
         Equal to ``codebook`` except on JAX after restarts or a k-means initialisation of a
-        gradient-trained codebook made inside a stateless training step (a user's ``fit``);
-        keras_vq's models fold them in after every step. With ``distance="cosine"`` the
-        look-ups use these vectors l2-normalised.
+        gradient-trained codebook made inside Keras' stateless training step (a user's
+        ``fit``), which keeps no trainable assignment: there ``codebook_offset`` holds
+        ``new - old`` and a restarted row is the chosen vector only to about one ulp of the old
+        code. Eager calls and keras_vq's models assign the row itself. With
+        ``distance="cosine"`` the look-ups use these vectors l2-normalised.
         """
         if self.codebook_offset is None:
             return ops.convert_to_tensor(self.codebook)
@@ -424,7 +428,8 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
         # Drawn in every training call, outside the `cond`: a random draw advances the seed
         # generator's state, an assignment a JAX `cond` branch may not make.
         uniforms = keras.random.uniform((self.num_embeddings,), seed=self.seed_generator)
-        h = ops.stop_gradient(h)
+        # k-means of the global batch: every replica gathers all rows (as one device sees them).
+        h = _distribute.all_gather_rows(ops.stop_gradient(h))
         current = ops.stop_gradient(codebook)
         finite = ops.all(ops.isfinite(h))
         wanted = ops.logical_and(ops.logical_not(self.initialized.value), finite)
@@ -445,7 +450,8 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
 
         # Runs k-means once: later calls take the cheap branch.
         initial = ops.cond(wanted, centroids, lambda: current)
-        # Replicas see different batches: all take the first replica's centroids and decision.
+        # Every replica computed the same centroids; the first replica's are taken so that
+        # replicas hold bit-identical codebooks even where kernels are not deterministic.
         initial = _distribute.broadcast_from_first_replica(initial)
         now = _distribute.broadcast_from_first_replica(ops.cast(wanted, "float32")) > 0.5
         self.initialized.assign(ops.logical_or(self.initialized.value, now))
@@ -523,7 +529,14 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
         return keras.random.uniform((self.num_embeddings,), seed=self.seed_generator)
 
     def _update_state(
-        self, flat, indices, codebook, initialized_now=None, weights=None, uniforms=None
+        self,
+        flat,
+        indices,
+        codebook,
+        initialized_now=None,
+        weights=None,
+        uniforms=None,
+        blocks: int = 1,
     ) -> None:
         """EMA statistics, restarts, perplexity and k-means results of one training batch.
 
@@ -535,6 +548,8 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
             weights: optional float32 ``(N,)`` 0/1 row weights (rows of weight 0 do not
                 count; all 0 leaves the statistics as they are).
             uniforms: the restarts' draw (:meth:`_uniforms`), or ``None`` to draw it here.
+            blocks: ``flat`` is this many groups of rows, each a slice of the global batch
+                (the stages of a shared residual codebook), see :meth:`_restart_dead_codes`.
         """
         codebook = ops.stop_gradient(codebook)
         row_counts = ops.ones(ops.shape(indices), "float32") if weights is None else weights
@@ -573,7 +588,7 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
             new_codebook = codebook
         if self.dead_code_threshold > 0:
             new_codebook, cluster_size, ema_sum = self._restart_dead_codes(
-                flat, new_codebook, cluster_size, ema_sum, uniforms
+                flat, new_codebook, cluster_size, ema_sum, uniforms, blocks
             )
         self.perplexity.assign(
             ops.where(valid, vq_metrics.perplexity_from_counts(counts), self.perplexity.value)
@@ -596,16 +611,20 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
         else:
             self.codebook_offset.assign(codebook - ops.stop_gradient(self.codebook.value))
 
-    def _restart_dead_codes(self, flat, codebook, cluster_size, ema_sum, uniforms=None):
-        """Replace codes used less than ``dead_code_threshold`` by random batch vectors."""
-        num_rows = ops.shape(flat)[0]
+    def _restart_dead_codes(
+        self, flat, codebook, cluster_size, ema_sum, uniforms=None, blocks: int = 1
+    ):
+        """Replace codes used less than ``dead_code_threshold`` by random batch vectors.
+
+        Code k's candidate is row ``floor(u_k · N)`` of the global batch (``N`` rows over all
+        replicas, ``blocks`` groups of them for a shared residual codebook): a function of the
+        global batch and the seed only, so replicas restart as one device would.
+        """
         u = self._uniforms() if uniforms is None else uniforms
-        rows = ops.cast(ops.floor(u * ops.cast(num_rows, "float32")), "int32")
-        rows = ops.clip(rows, 0, ops.maximum(num_rows - 1, 0))
-        # Replicas see different batches: all restart from the first replica's vectors.
-        candidates = _distribute.broadcast_from_first_replica(
-            ops.take(ops.stop_gradient(flat), rows, axis=0)
-        )
+        num_rows = _distribute.global_row_count(ops.shape(flat)[0])
+        rows = ops.cast(ops.floor(u * num_rows), "int32")
+        rows = ops.clip(rows, 0, ops.maximum(ops.cast(num_rows, "int32") - 1, 0))
+        candidates = _distribute.gather_global_rows(ops.stop_gradient(flat), rows, blocks)
         dead = cluster_size < self.dead_code_threshold
         codebook = ops.where(dead[:, None], candidates, ops.stop_gradient(codebook))
         cluster_size = ops.where(dead, self.dead_code_threshold, cluster_size)

@@ -136,6 +136,58 @@ class TestRestartsInUsersModels(TestCase):
         assert np.abs(to_numpy(quantizer.codebook)).max() < 40.0  # far codes restarted
 
 
+def assert_rows_are_vectors_of(rows: np.ndarray, vectors: np.ndarray, ulps: float) -> None:
+    """Each row equals some row of ``vectors`` to ``ulps`` units in the last place."""
+    for row in rows:
+        error = np.abs(vectors - row[None]).max(axis=1)
+        j = int(np.argmin(error))
+        assert error[j] <= ulps * np.spacing(np.abs(vectors[j]).max()), (row, vectors[j])
+
+
+class TestRestartsAreExact(TestCase):
+    """A restarted code is the chosen encoder output itself, even when the old code is ~1e3
+    (JAX once stored ``new - old`` in ``codebook_offset``: 3e-5 away after ``old + offset``)."""
+
+    @staticmethod
+    def _huge_codebook(num_codes: int, dim: int) -> np.ndarray:
+        codebook = 1e3 + 10.0 * RNG.normal(size=(num_codes, dim)).astype("float32")
+        codebook[0] = 0.0  # the only code near the data: the others die in the first call
+        return codebook
+
+    @pytest.mark.parametrize("ema_decay", [None, 0.9])
+    def test_layer_call(self, ema_decay):
+        vq = VectorQuantizer(8, 2, ema_decay=ema_decay, dead_code_threshold=1.0, seed=3)
+        vq.set_codebook(self._huge_codebook(8, 2))
+        z = RNG.normal(size=(64, 2)).astype("float32")
+        vq(z, training=True)
+        codebook = to_numpy(vq.embeddings)
+        restarted = codebook[1:]  # codes 1..7, unused, all restarted
+        assert (np.abs(restarted) < 100.0).all(), codebook
+        assert_rows_are_vectors_of(restarted, z, ulps=0)
+
+    def test_vqvae_fit(self):
+        model = VQVAE(
+            input_shape=(8, 8, 1),
+            num_embeddings=8,
+            embedding_dim=2,
+            filters=(4,),
+            ema_decay=None,
+            dead_code_threshold=1.0,
+            seed=2,
+        )
+        model.quantizer.set_codebook(self._huge_codebook(8, 2))
+        # Learning rate 0: the step leaves the weights, the restarts alone change the codebook.
+        model.compile(optimizer=keras.optimizers.SGD(0.0))
+        x = RNG.uniform(size=(16, 8, 8, 1)).astype("float32")
+        model.fit(x, batch_size=16, epochs=1, verbose=0)
+        z = to_numpy(model.encoder(x, training=False)).reshape(-1, 2)
+        codebook = to_numpy(model.quantizer.embeddings)
+        restarted = codebook[1:]  # codes 1..7, unused, all restarted
+        assert (np.abs(restarted) < 100.0).all(), codebook
+        # The step's encoder ran compiled, this one eagerly: equal to an ulp or two.
+        assert_rows_are_vectors_of(restarted, z, ulps=2)
+
+
 class TestSetCodebook(TestCase):
     def test_ema_training_call_starts_from_set_codebook(self):
         decay, eps, dim = 0.9, 1e-5, 2
