@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 from keras_vq import _validation
+from keras_vq.layers import _quantizer
 from keras_vq.layers._projection import ProjectionMixin
 from keras_vq.layers._quantizer import config_entries
 
@@ -306,7 +307,9 @@ class LookupFreeQuantizer(ProjectionMixin, keras.layers.Layer):
 
     def _indices(self, x):
         positive = ops.cast(ops.stop_gradient(x) > 0, "int32")
-        return ops.sum(ops.multiply(positive, bit_weights(self.num_bits)), axis=-1)
+        indices = ops.sum(ops.multiply(positive, bit_weights(self.num_bits)), axis=-1)
+        # A vector with NaN or ±inf is code 0 (see `_quantizer`), not the sign of its inf.
+        return _quantizer.zero_where_not(_quantizer.finite_rows(x), indices)
 
     def aux_loss(self, x, quantized):
         """``L`` of the class docstring for float32 ``x`` ``(..., k)`` and its codes ``q``."""
@@ -327,8 +330,11 @@ class LookupFreeQuantizer(ProjectionMixin, keras.layers.Layer):
         x = self._project_in(inputs)
         ones = ops.ones_like(x)
         quantized = ops.where(x > 0, ones, -ones)
-        # Value exactly ±1 (x - x is 0), gradient identity with respect to x.
-        straight_through = quantized + (x - ops.stop_gradient(x))
+        # Value exactly ±1 (x - x is 0), gradient identity with respect to x; a vector with
+        # NaN or ±inf is NaN throughout (inf - inf would make only those entries NaN).
+        straight_through = _quantizer.nan_where_not(
+            _quantizer.finite_rows(x), quantized + (x - ops.stop_gradient(x))
+        )
         loss = self.aux_loss(x, quantized) if training else ops.zeros((), "float32")
         if not return_loss:
             self.add_loss(loss)

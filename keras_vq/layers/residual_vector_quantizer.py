@@ -252,6 +252,9 @@ class ResidualVectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, kera
             if projection_grads is not None:
                 grads = ops.reshape(projection_grads, ops.shape(inputs))
                 outputs = outputs + ops.cast(grads, inputs.dtype)
+        # A vector with NaN or ±inf is NaN throughout; its stages code it as 0 (`_quantizer`).
+        finite = ops.reshape(_quantizer.finite_rows(flat), ops.shape(inputs)[:-1])
+        outputs = _quantizer.nan_where_not(finite, outputs)
         extras = []
         if return_indices:
             stacked = ops.stack(indices, axis=-1)
@@ -276,6 +279,10 @@ class ResidualVectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, kera
         Args:
             inputs: float tensor ``(..., D)``.
             num_stages: code with the first ``num_stages`` stages (all by default).
+
+        Raises:
+            TypeError: a non-float dtype. ValueError: NaN or ±inf values (when known: a
+                traced graph codes such a vector as 0 at every stage).
         """
         num_stages = self._check_num_stages(num_stages)
         inputs = _quantizer.built_input(self, inputs)
