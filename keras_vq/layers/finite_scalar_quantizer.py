@@ -73,14 +73,18 @@ class FiniteScalarQuantizer(ProjectionMixin, keras.layers.Layer):
         ẑ = round(f(z)) / ⌊L/2⌋,
 
     with a straight-through gradient for ``round`` (the gradient of ``ẑ`` is that of
-    ``f(z) / ⌊L/2⌋``). ``round(f(z))`` takes the ``L`` integers ``-⌊L/2⌋ … ⌈L/2⌉ - 1``, so
-    ``ẑ ∈ [-1, 1]`` (``[-1, 1 - 2/L]`` for even ``L``). The level of channel ``i`` is
+    ``f(z) / ⌊L/2⌋``). ``round`` rounds halves to even on every backend (as NumPy, ONNX's
+    ``Round`` and TFLite's ``ROUND`` do). ``round(f(z))`` is clipped to the ``L`` integers
+    ``-⌊L/2⌋ … ⌈L/2⌉ - 1`` (a no-op up to ``L = 1000``; from ``L = 1001`` on, the stretched
+    ``h`` would round one level past either end), so ``ẑ ∈ [-1, 1]`` (``[-1, 1 - 2/L]`` for
+    even ``L``) for every ``L``. The level of channel ``i`` is
     ``q_i = round(f(z_i)) + ⌊L_i/2⌋ ∈ [0, L_i)`` and the index of a code
 
         k = Σ_i q_i · Π_{j<i} L_j        (channel 0 least significant),
 
     so the implicit codebook has ``Π_i L_i`` codes. Bound, levels and indices are those of
-    vector-quantize-pytorch's ``FSQ`` (same codes for the same inputs). There is no codebook
+    vector-quantize-pytorch's ``FSQ`` (same codes for the same finite inputs while every
+    ``L ≤ 1000``; from 1001 on the peer's codes leave ``[-1, 1]``). There is no codebook
     to learn and no auxiliary loss.
 
     When the input's last axis ``D`` is not ``d``, a Dense layer projects the input to ``d``
@@ -88,6 +92,13 @@ class FiniteScalarQuantizer(ProjectionMixin, keras.layers.Layer):
     under every dtype policy (the input projection too), so the codes under
     ``mixed_bfloat16``/``mixed_float16`` are those of float32; the output has the dtype of the
     input.
+
+    Inputs are floating point: an integer or boolean dtype raises a ``TypeError`` (it would
+    be truncated). Non-finite inputs follow the rule of every keras_vq quantizer:
+    :meth:`encode` raises a ``ValueError`` when their values are known (eagerly); a call
+    (training included) and an ``encode`` traced into a graph (``tf.function``, ``jax.jit``,
+    an export) code a vector with any NaN or ±inf entry as index 0 and output NaN for
+    the whole vector.
 
     Args:
         levels: level count ``L_i ≥ 3`` of each channel, e.g. ``[8, 5, 5, 5]`` (1000 codes).

@@ -226,6 +226,13 @@ class LookupFreeQuantizer(ProjectionMixin, keras.layers.Layer):
     dtype of the input. When the input's last axis ``D`` is not ``k``, Dense layers project
     the input to ``k`` channels and the codes back to ``D``.
 
+    Inputs are floating point: an integer or boolean dtype raises a ``TypeError`` (it would
+    be truncated). Non-finite inputs follow the rule of every keras_vq quantizer:
+    :meth:`encode` raises a ``ValueError`` when their values are known (eagerly); a call
+    (training included) and an ``encode`` traced into a graph (``tf.function``, ``jax.jit``,
+    an export) code a vector with any NaN or ±inf entry as index 0 and output NaN for
+    the whole vector.
+
     Args:
         num_bits: ``k``, the bits per code.
         codebook_size: ``2^k``, instead of (or agreeing with) ``num_bits``.

@@ -65,6 +65,13 @@ class ResidualVectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, kera
     Codes, distances and losses are float32 under every dtype policy; the output has the
     dtype of the input.
 
+    Inputs are floating point: an integer or boolean dtype raises a ``TypeError`` (it would
+    be truncated). Non-finite inputs follow the rule of every keras_vq quantizer:
+    :meth:`encode` raises a ``ValueError`` when their values are known (eagerly); a call
+    (training included) and an ``encode`` traced into a graph (``tf.function``, ``jax.jit``,
+    an export) code a vector with any NaN or ±inf entry as index 0 at every active stage and
+    output NaN for the whole vector.
+
     Args:
         num_quantizers: number of stages S ≥ 1.
         num_embeddings: K, the codes per stage (``codebook_size``).

@@ -191,6 +191,13 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
     ``training=True`` calls of a trainable layer, and a batch with non-finite values leaves it
     untouched.
 
+    Inputs are floating point: an integer or boolean dtype raises a ``TypeError`` (it would
+    be truncated). Non-finite inputs follow the rule of every keras_vq quantizer:
+    :meth:`encode` raises a ``ValueError`` when their values are known (eagerly); a call
+    (training included) and an ``encode`` traced into a graph (``tf.function``, ``jax.jit``,
+    an export) code a vector with any NaN or ±inf entry as index 0 and output NaN for
+    the whole vector.
+
     Args:
         num_embeddings: K, the number of codes.
         embedding_dim: D; ``None`` takes it from the input's last axis at build time.
