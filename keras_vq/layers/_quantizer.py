@@ -11,7 +11,7 @@ Non-finite inputs, one rule for every quantizer:
 - ``encode`` raises a ``ValueError`` naming ``inputs`` when their values are known (an eager
   call), as ``VQVAE.encode`` does for images;
 - a call (training included: a float16 overflow must not stop ``fit``) and an ``encode``
-  inside a traced graph (``tf.function``, ``jax.jit``, an exported model), where the values are
+  inside a traced graph (``tf.function``, ``jax.jit``, a SavedModel), where the values are
   not known, code every vector with a NaN or ±inf entry as index 0 (every stage of a residual
   quantizer) and output NaN for the whole vector.
 """

@@ -97,7 +97,7 @@ class FiniteScalarQuantizer(ProjectionMixin, keras.layers.Layer):
     be truncated). Non-finite inputs follow the rule of every keras_vq quantizer:
     :meth:`encode` raises a ``ValueError`` when their values are known (eagerly); a call
     (training included) and an ``encode`` traced into a graph (``tf.function``, ``jax.jit``,
-    an export) code a vector with any NaN or ±inf entry as index 0 and output NaN for
+    a SavedModel) code a vector with any NaN or ±inf entry as index 0 and output NaN for
     the whole vector.
 
     Args:

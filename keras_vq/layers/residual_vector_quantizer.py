@@ -69,7 +69,7 @@ class ResidualVectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, kera
     be truncated). Non-finite inputs follow the rule of every keras_vq quantizer:
     :meth:`encode` raises a ``ValueError`` when their values are known (eagerly); a call
     (training included) and an ``encode`` traced into a graph (``tf.function``, ``jax.jit``,
-    an export) code a vector with any NaN or ±inf entry as index 0 at every active stage and
+    a SavedModel) code a vector with any NaN or ±inf entry as index 0 at every active stage and
     output NaN for the whole vector.
 
     Args:
