@@ -14,6 +14,7 @@ from keras import ops
 from keras_vq.layers._quantizer import (
     built_input,
     check_decode_input,
+    check_float_inputs,
     check_last_axis,
     quantizer_output_spec,
 )
@@ -73,7 +74,8 @@ class ProjectionMixin:
         )
 
     def _project_in(self, inputs):
-        """``inputs`` → float32 ``(..., code_dim)``."""
+        """``inputs`` → float32 ``(..., code_dim)``, after checking their dtype and last axis."""
+        check_float_inputs(inputs)
         self._check_last_axis(inputs.shape)
         z = ops.cast(inputs, "float32")
         return z if self.project_in is None else self.project_in(z)
@@ -96,6 +98,10 @@ class ProjectionMixin:
 
         Args:
             inputs: float tensor ``(..., D)``.
+
+        Raises:
+            TypeError: a non-float dtype. ValueError: NaN or ±inf values (when known: a
+                traced graph codes such a vector as 0).
         """
         inputs = built_input(self, inputs)
         return self._encode_projected(self._project_in(inputs))

@@ -9,11 +9,20 @@ import numpy as np
 from keras import ops
 
 from keras_vq import _validation
+from keras_vq.layers import _quantizer
 from keras_vq.layers._projection import ProjectionMixin
 
 # Half-widths are stretched by (1 + ε) so that tanh's open range still reaches the outer levels.
 BOUND_EPSILON = 1e-3
-INT32_MAX = np.iinfo(np.int32).max
+
+
+# Why a level count below 3 cannot work, by count.
+_TOO_FEW_LEVELS = {
+    2: "the bound puts two levels at {-1, 0}, saturated around 0 (use LookupFreeQuantizer "
+    "for binary codes)",
+    1: "one level is one code for every input: the channel carries nothing",
+    0: "a channel with no levels has no code at all",
+}
 
 
 def check_levels(levels) -> tuple[int, ...]:
@@ -30,17 +39,11 @@ def check_levels(levels) -> tuple[int, ...]:
     for i, level in enumerate(levels):
         level = _validation.check_int(f"levels[{i}]", level)
         if level < 3:
-            raise ValueError(
-                f"`levels[{i}]` must be >= 3, got {level}: the bound puts two levels at "
-                "{-1, 0}, saturated around 0 (use LookupFreeQuantizer for binary codes)."
-            )
+            reason = _TOO_FEW_LEVELS.get(level, "a level count cannot be negative")
+            raise ValueError(f"`levels[{i}]` must be >= 3, got {level}: {reason}.")
         checked.append(level)
     size = int(np.prod(checked, dtype=object))
-    if size > INT32_MAX:
-        raise ValueError(
-            f"`levels` give a codebook of {size} codes (the product of {checked}); int32 "
-            f"indices hold at most {INT32_MAX}."
-        )
+    _quantizer.check_codebook_size("levels", size, f" (the product of {checked})")
     return tuple(checked)
 
 
@@ -70,14 +73,18 @@ class FiniteScalarQuantizer(ProjectionMixin, keras.layers.Layer):
         ẑ = round(f(z)) / ⌊L/2⌋,
 
     with a straight-through gradient for ``round`` (the gradient of ``ẑ`` is that of
-    ``f(z) / ⌊L/2⌋``). ``round(f(z))`` takes the ``L`` integers ``-⌊L/2⌋ … ⌈L/2⌉ - 1``, so
-    ``ẑ ∈ [-1, 1]`` (``[-1, 1 - 2/L]`` for even ``L``). The level of channel ``i`` is
+    ``f(z) / ⌊L/2⌋``). ``round`` rounds halves to even on every backend (as NumPy, ONNX's
+    ``Round`` and TFLite's ``ROUND`` do). ``round(f(z))`` is clipped to the ``L`` integers
+    ``-⌊L/2⌋ … ⌈L/2⌉ - 1`` (a no-op up to ``L = 1000``; from ``L = 1001`` on, the stretched
+    ``h`` would round one level past either end), so ``ẑ ∈ [-1, 1]`` (``[-1, 1 - 2/L]`` for
+    even ``L``) for every ``L``. The level of channel ``i`` is
     ``q_i = round(f(z_i)) + ⌊L_i/2⌋ ∈ [0, L_i)`` and the index of a code
 
         k = Σ_i q_i · Π_{j<i} L_j        (channel 0 least significant),
 
     so the implicit codebook has ``Π_i L_i`` codes. Bound, levels and indices are those of
-    vector-quantize-pytorch's ``FSQ`` (same codes for the same inputs). There is no codebook
+    vector-quantize-pytorch's ``FSQ`` (same codes for the same finite inputs while every
+    ``L ≤ 1000``; from 1001 on the peer's codes leave ``[-1, 1]``). There is no codebook
     to learn and no auxiliary loss.
 
     When the input's last axis ``D`` is not ``d``, a Dense layer projects the input to ``d``
@@ -85,6 +92,13 @@ class FiniteScalarQuantizer(ProjectionMixin, keras.layers.Layer):
     under every dtype policy (the input projection too), so the codes under
     ``mixed_bfloat16``/``mixed_float16`` are those of float32; the output has the dtype of the
     input.
+
+    Inputs are floating point: an integer or boolean dtype raises a ``TypeError`` (it would
+    be truncated). Non-finite inputs follow the rule of every keras_vq quantizer:
+    :meth:`encode` raises a ``ValueError`` when their values are known (eagerly); a call
+    (training included) and an ``encode`` traced into a graph (``tf.function``, ``jax.jit``,
+    a SavedModel) code a vector with any NaN or ±inf entry as index 0 and output NaN for
+    the whole vector.
 
     Args:
         levels: level count ``L_i ≥ 3`` of each channel, e.g. ``[8, 5, 5, 5]`` (1000 codes).
@@ -120,6 +134,11 @@ class FiniteScalarQuantizer(ProjectionMixin, keras.layers.Layer):
         half_l, offset, shift = bound_constants(self.levels)
         self._bound = (shift, half_l, offset)
         self._half_width = np.asarray([level // 2 for level in self.levels], dtype=np.int32)
+        # round(f(z)) ∈ [-⌊L/2⌋, ⌈L/2⌉ - 1], enforced (see `_rounded_levels`).
+        self._level_range = (
+            -self._half_width.astype(np.float32),
+            np.asarray([(level - 1) // 2 for level in self.levels], dtype=np.float32),
+        )
         # basis_i = Π_{j<i} L_j; fits int32 because the product of all levels does.
         self._basis = np.cumprod([1, *self.levels[:-1]]).astype(np.int32)
 
@@ -129,10 +148,16 @@ class FiniteScalarQuantizer(ProjectionMixin, keras.layers.Layer):
         return int(np.prod(self.levels))
 
     def _rounded_levels(self, z):
-        """``round(f(z))`` as float32 integers, with the gradient of ``f(z)``."""
+        """``clip(round(f(z)))`` as float32 integers, with the gradient of ``f(z)``.
+
+        ``ops.round`` rounds half to even on every backend (as NumPy, ONNX ``Round`` and
+        TFLite ``ROUND`` do). The clip is a no-op for ``L ≤ 1000``; from ``L = 1001`` on, the
+        stretched bound ``h`` passes ``(L - 1)/2 + ½`` and would round to a level outside.
+        """
         shift, half_l, offset = (ops.convert_to_tensor(c) for c in self._bound)
         bounded = ops.subtract(ops.multiply(ops.tanh(ops.add(z, shift)), half_l), offset)
-        rounded = ops.round(bounded)
+        low, high = self._level_range
+        rounded = ops.minimum(ops.maximum(ops.round(ops.stop_gradient(bounded)), low), high)
         # Value exactly `rounded` (bounded - bounded is 0), gradient that of `bounded`.
         return rounded + (bounded - ops.stop_gradient(bounded))
 
@@ -142,18 +167,23 @@ class FiniteScalarQuantizer(ProjectionMixin, keras.layers.Layer):
 
     def call(self, inputs, training=None, return_indices=False, return_loss=False):
         z = self._project_in(inputs)
-        rounded = self._rounded_levels(z)
+        # Non-finite vectors: index 0 and NaN codes (see `_quantizer`); 0 keeps the casts sane.
+        finite = _quantizer.finite_rows(z)
+        rounded = self._rounded_levels(ops.where(finite[..., None], z, ops.zeros_like(z)))
         codes = ops.divide(rounded, ops.cast(self._half_width, "float32"))
-        outputs = self._project_out(codes, inputs.dtype)
+        outputs = self._project_out(_quantizer.nan_where_not(finite, codes), inputs.dtype)
         extras = []
         if return_indices:
-            extras.append(self._indices(rounded))
+            extras.append(_quantizer.zero_where_not(finite, self._indices(rounded)))
         if return_loss:
             extras.append(ops.zeros((), "float32"))
         return (outputs, *extras) if extras else outputs
 
     def _encode_projected(self, z):
-        return self._indices(self._rounded_levels(ops.stop_gradient(z)))
+        z = ops.stop_gradient(z)
+        finite = _quantizer.finite_rows(z)
+        rounded = self._rounded_levels(ops.where(finite[..., None], z, ops.zeros_like(z)))
+        return _quantizer.zero_where_not(finite, self._indices(rounded))
 
     def level_indices(self, indices):
         """Per-channel levels ``q_i = (k // Π_{j<i} L_j) mod L_i``, int32 ``(..., d)``.

@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 from keras_vq import _validation
+from keras_vq.layers import _quantizer
 from keras_vq.layers._projection import ProjectionMixin
 from keras_vq.layers._quantizer import config_entries
 
@@ -225,6 +226,13 @@ class LookupFreeQuantizer(ProjectionMixin, keras.layers.Layer):
     dtype of the input. When the input's last axis ``D`` is not ``k``, Dense layers project
     the input to ``k`` channels and the codes back to ``D``.
 
+    Inputs are floating point: an integer or boolean dtype raises a ``TypeError`` (it would
+    be truncated). Non-finite inputs follow the rule of every keras_vq quantizer:
+    :meth:`encode` raises a ``ValueError`` when their values are known (eagerly); a call
+    (training included) and an ``encode`` traced into a graph (``tf.function``, ``jax.jit``,
+    a SavedModel) code a vector with any NaN or ±inf entry as index 0 and output NaN for
+    the whole vector.
+
     Args:
         num_bits: ``k``, the bits per code.
         codebook_size: ``2^k``, instead of (or agreeing with) ``num_bits``.
@@ -306,7 +314,9 @@ class LookupFreeQuantizer(ProjectionMixin, keras.layers.Layer):
 
     def _indices(self, x):
         positive = ops.cast(ops.stop_gradient(x) > 0, "int32")
-        return ops.sum(ops.multiply(positive, bit_weights(self.num_bits)), axis=-1)
+        indices = ops.sum(ops.multiply(positive, bit_weights(self.num_bits)), axis=-1)
+        # A vector with NaN or ±inf is code 0 (see `_quantizer`), not the sign of its inf.
+        return _quantizer.zero_where_not(_quantizer.finite_rows(x), indices)
 
     def aux_loss(self, x, quantized):
         """``L`` of the class docstring for float32 ``x`` ``(..., k)`` and its codes ``q``."""
@@ -327,8 +337,11 @@ class LookupFreeQuantizer(ProjectionMixin, keras.layers.Layer):
         x = self._project_in(inputs)
         ones = ops.ones_like(x)
         quantized = ops.where(x > 0, ones, -ones)
-        # Value exactly ±1 (x - x is 0), gradient identity with respect to x.
-        straight_through = quantized + (x - ops.stop_gradient(x))
+        # Value exactly ±1 (x - x is 0), gradient identity with respect to x; a vector with
+        # NaN or ±inf is NaN throughout (inf - inf would make only those entries NaN).
+        straight_through = _quantizer.nan_where_not(
+            _quantizer.finite_rows(x), quantized + (x - ops.stop_gradient(x))
+        )
         loss = self.aux_loss(x, quantized) if training else ops.zeros((), "float32")
         if not return_loss:
             self.add_loss(loss)

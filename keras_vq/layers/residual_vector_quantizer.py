@@ -65,6 +65,13 @@ class ResidualVectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, kera
     Codes, distances and losses are float32 under every dtype policy; the output has the
     dtype of the input.
 
+    Inputs are floating point: an integer or boolean dtype raises a ``TypeError`` (it would
+    be truncated). Non-finite inputs follow the rule of every keras_vq quantizer:
+    :meth:`encode` raises a ``ValueError`` when their values are known (eagerly); a call
+    (training included) and an ``encode`` traced into a graph (``tf.function``, ``jax.jit``,
+    a SavedModel) code a vector with any NaN or ±inf entry as index 0 at every active stage and
+    output NaN for the whole vector.
+
     Args:
         num_quantizers: number of stages S ≥ 1.
         num_embeddings: K, the codes per stage (``codebook_size``).
@@ -252,6 +259,9 @@ class ResidualVectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, kera
             if projection_grads is not None:
                 grads = ops.reshape(projection_grads, ops.shape(inputs))
                 outputs = outputs + ops.cast(grads, inputs.dtype)
+        # A vector with NaN or ±inf is NaN throughout; its stages code it as 0 (`_quantizer`).
+        finite = ops.reshape(_quantizer.finite_rows(flat), ops.shape(inputs)[:-1])
+        outputs = _quantizer.nan_where_not(finite, outputs)
         extras = []
         if return_indices:
             stacked = ops.stack(indices, axis=-1)
@@ -276,6 +286,10 @@ class ResidualVectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, kera
         Args:
             inputs: float tensor ``(..., D)``.
             num_stages: code with the first ``num_stages`` stages (all by default).
+
+        Raises:
+            TypeError: a non-float dtype. ValueError: NaN or ±inf values (when known: a
+                traced graph codes such a vector as 0 at every stage).
         """
         num_stages = self._check_num_stages(num_stages)
         inputs = _quantizer.built_input(self, inputs)

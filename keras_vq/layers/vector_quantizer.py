@@ -193,6 +193,13 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
     ``training=True`` calls of a trainable layer, and a batch with non-finite values leaves it
     untouched.
 
+    Inputs are floating point: an integer or boolean dtype raises a ``TypeError`` (it would
+    be truncated). Non-finite inputs follow the rule of every keras_vq quantizer:
+    :meth:`encode` raises a ``ValueError`` when their values are known (eagerly); a call
+    (training included) and an ``encode`` traced into a graph (``tf.function``, ``jax.jit``,
+    a SavedModel) code a vector with any NaN or ±inf entry as index 0 and output NaN for
+    the whole vector.
+
     Args:
         num_embeddings: K, the number of codes.
         embedding_dim: D; ``None`` takes it from the input's last axis at build time.
@@ -259,6 +266,7 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.num_embeddings = _validation.check_int("num_embeddings", num_embeddings, minimum=1)
+        _quantizer.check_codebook_size("num_embeddings", self.num_embeddings)
         self.embedding_dim = (
             None
             if embedding_dim is None
@@ -457,10 +465,17 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
         self.initialized.assign(ops.logical_or(self.initialized.value, now))
         return ops.where(now, initial, current), now
 
+    def _nearest(self, h, table, finite=None):
+        """``nearest_code`` of ``h``, with index 0 for non-finite rows (see ``_quantizer``):
+        an argmin over NaN distances differs by backend. ``finite``: ``finite_rows(h)``."""
+        indices = nearest_code(h, table, self.chunk_size, self.distance)
+        finite = _quantizer.finite_rows(h) if finite is None else finite
+        return _quantizer.zero_where_not(finite, indices)
+
     def _lookup(self, h, codebook):
         """Nearest codes of ``h``: int32 indices ``(N,)`` and the codes ``(N, code_dim)``."""
         table = self._lookup_table(codebook)
-        indices = nearest_code(h, table, self.chunk_size, self.distance)
+        indices = self._nearest(h, table)
         return indices, vq_backend.gather_rows(table, indices)
 
     def _loss(self, h, quantized):
@@ -482,12 +497,13 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
         update = bool(training) and self.trainable and flat.shape[0] != 0
         h = self._to_code_space(flat)
         codebook, initialized_now = self._current_codebook(h, update)
-        fused = self._plain and "float" in keras.backend.standardize_dtype(inputs.dtype)
+        finite = _quantizer.finite_rows(h)
+        fused = self._plain
         if fused:
             # Straight-through estimator in the input's dtype (forward value e_k, gradient
             # exactly the identity w.r.t. z_e) and the VQ loss in one op with its own
             # gradient: no (N, D) temporary is kept for the backward pass.
-            indices = nearest_code(h, codebook, self.chunk_size, self.distance)
+            indices = self._nearest(h, codebook, finite)
             outputs, loss = vq_backend.straight_through_vq(
                 ops.reshape(inputs, (-1, self.embedding_dim)),
                 codebook,
@@ -496,7 +512,6 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
                 codebook_term=not self.uses_ema,
                 chunk_size=self.chunk_size,
             )
-            outputs = ops.reshape(outputs, ops.shape(inputs))
         else:
             indices, quantized = self._lookup(h, codebook)
             loss = self._loss(h, quantized)
@@ -509,11 +524,10 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
                 self._update_state, h, indices, codebook, initialized_now, None, self._uniforms()
             )
         if not fused:
-            # Integer inputs (the plain path's only unfused case) take no gradient: their
-            # output is the codes, cast.
-            if not self._plain:
-                quantized = self._from_code_space(self._transport(h, quantized))
-            outputs = ops.cast(ops.reshape(quantized, ops.shape(inputs)), inputs.dtype)
+            outputs = ops.cast(self._from_code_space(self._transport(h, quantized)), inputs.dtype)
+        # A vector with NaN or ±inf is NaN throughout (see `_quantizer`).
+        outputs = _quantizer.nan_where_not(finite, outputs)
+        outputs = ops.reshape(outputs, ops.shape(inputs))
         extras = []
         if return_indices:
             extras.append(ops.reshape(indices, ops.shape(inputs)[:-1]))
@@ -688,6 +702,10 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
 
         Args:
             inputs: float tensor ``(..., D)``.
+
+        Raises:
+            TypeError: a non-float dtype. ValueError: NaN or ±inf values (when known: a
+                traced graph codes such a vector as 0).
         """
         inputs = _quantizer.built_input(self, inputs)
         _, flat = self._flatten(inputs)

@@ -29,6 +29,26 @@ QUANTIZER_OPTIONS = (
 )
 
 
+class Unset:
+    """The default of a quantizer option that was not passed: it holds the default value and
+    shows as that value (so the signature reads ``beta=0.25``), but tells "not passed" apart
+    from an explicit ``beta=0.25`` (see :func:`check_quantizer_options`)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _passed(value) -> bool:
+    return not isinstance(value, Unset)
+
+
+def _value(value):
+    return value.value if isinstance(value, Unset) else value
+
+
 @keras.saving.register_keras_serializable(package="keras_vq")
 class VQVAE(_common.ConfigFromAttributes, PresetMixin, TrainStepMixin, ExportMixin, keras.Model):
     """Vector-quantised autoencoder with its own ``train_step``/``test_step``.
@@ -54,9 +74,12 @@ class VQVAE(_common.ConfigFromAttributes, PresetMixin, TrainStepMixin, ExportMix
     takes ``embedding_dim`` when given, else its own code size, ``len(levels)`` or ``num_bits``,
     16 for a vector quantizer without ``embedding_dim``, or a custom encoder's output channels).
     ``beta``, ``ema_decay``, ``dead_code_threshold`` and ``seed`` are the quantizer's own
-    options: leave them at their defaults (the model reports the quantizer's values, ``None``
-    where it has no such option; a quantizer without a ``seed`` keeps the model's). A value
-    passed that contradicts the quantizer raises a ``ValueError``. Codes are int32
+    options, and the model reports the quantizer's values (``None`` where it has no such
+    option). One rule: leave them unset, or pass exactly the value the model will report;
+    any other value passed explicitly, a default value included (``ema_decay=0.7`` next to
+    a quantizer without EMA, ``ema_decay=None`` next to one with 0.5), raises a
+    ``ValueError`` naming both values. The exception is ``seed`` next to a quantizer without
+    one (FSQ, LFQ): nothing there is random, and the model keeps the seed passed. Codes are int32
     ``(B, h, w)``, or ``(B, h, w, num_quantizers)`` for a residual quantizer (``code_shape``
     without the batch axis).
 
@@ -126,16 +149,16 @@ class VQVAE(_common.ConfigFromAttributes, PresetMixin, TrainStepMixin, ExportMix
         input_shape: tuple[int, int, int] | None = None,
         num_embeddings: int | None = None,
         embedding_dim: int | None = None,
-        beta: float = DEFAULT_BETA,
-        ema_decay: float | None = DEFAULT_EMA_DECAY,
+        beta: float = Unset(DEFAULT_BETA),
+        ema_decay: float | None = Unset(DEFAULT_EMA_DECAY),
         encoder: keras.Model | None = None,
         decoder: keras.Model | None = None,
         quantizer: keras.layers.Layer | None = None,
         filters: int | tuple[int, ...] | None = None,
         num_residual_blocks: int = 0,
         downsample: int | None = None,
-        dead_code_threshold: float = DEFAULT_DEAD_CODE_THRESHOLD,
-        seed: int | None = None,
+        dead_code_threshold: float = Unset(DEFAULT_DEAD_CODE_THRESHOLD),
+        seed: int | None = Unset(None),
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -165,7 +188,10 @@ class VQVAE(_common.ConfigFromAttributes, PresetMixin, TrainStepMixin, ExportMix
             )
             # The model's attributes are the one source of its configuration (get_config).
             quantizer = VectorQuantizer(
-                self.num_embeddings, self.embedding_dim, name="quantizer", **options
+                self.num_embeddings,
+                self.embedding_dim,
+                name="quantizer",
+                **{option: _value(value) for option, value in options.items()},
             )
             self._custom_quantizer = False
         else:
@@ -189,7 +215,9 @@ class VQVAE(_common.ConfigFromAttributes, PresetMixin, TrainStepMixin, ExportMix
         self.dead_code_threshold = values["dead_code_threshold"]
         # A quantizer without randomness (FSQ, LFQ) leaves the model's seed as passed.
         self.seed = (
-            values["seed"] if hasattr(quantizer, "seed") else _validation.check_seed("seed", seed)
+            values["seed"]
+            if hasattr(quantizer, "seed")
+            else _validation.check_seed("seed", _value(seed))
         )
         if decoder is None:
             latent_shape = (
@@ -380,30 +408,43 @@ def resolve_quantizer_sizes(quantizer, num_embeddings, embedding_dim, encoder) -
     return size, int(getattr(quantizer, "code_dim", None) or DEFAULT_EMBEDDING_DIM)
 
 
+def _option_holder(quantizer, option: str):
+    """The layer holding ``option`` for ``quantizer``: a residual quantizer's stages hold
+    its VectorQuantizer options, the residual quantizer itself its ``seed``."""
+    if isinstance(quantizer, ResidualVectorQuantizer) and option != "seed":
+        return quantizer.quantizers[0]
+    return quantizer
+
+
 def quantizer_options(quantizer) -> dict:
     """The quantizer's own ``beta``, ``ema_decay``, ``dead_code_threshold``, ``seed`` (``None``
     where it has no such option; a residual quantizer's are those of its stages)."""
-    source = quantizer.quantizers[0] if isinstance(quantizer, ResidualVectorQuantizer) else None
-    values = {}
-    for option, _ in QUANTIZER_OPTIONS:
-        holder = source if source is not None and option != "seed" else quantizer
-        values[option] = getattr(holder, option, None)
-    return values
+    return {
+        option: getattr(_option_holder(quantizer, option), option, None)
+        for option, _ in QUANTIZER_OPTIONS
+    }
 
 
 def check_quantizer_options(quantizer, passed: dict) -> None:
-    """Raise unless each passed VectorQuantizer option is its default, ``None`` or the
-    quantizer's own value: a passed quantizer is configured on the quantizer."""
+    """Raise unless each explicitly passed VectorQuantizer option equals the quantizer's.
+
+    An option left at its default (an :class:`Unset`) is taken from the quantizer; one passed
+    must be the value the model will report: the quantizer's own, or ``None`` for an option
+    the quantizer does not have (what ``get_config`` writes, so configs round-trip). The one
+    exception is ``seed`` next to a quantizer without randomness (no ``seed``): the model
+    keeps it.
+    """
     own = quantizer_options(quantizer)
-    for option, default in QUANTIZER_OPTIONS:
+    name = type(quantizer).__name__
+    for option, _ in QUANTIZER_OPTIONS:
         value = passed[option]
-        if value is None or value == default or value == own[option]:
+        has_option = hasattr(_option_holder(quantizer, option), option)
+        if not _passed(value) or (option == "seed" and not has_option):
             continue
-        if option == "seed" and not hasattr(quantizer, "seed"):
-            continue  # nothing random to seed: the model keeps it (see VQVAE)
-        owned = own[option]
-        detail = f"has {option}={owned!r}" if owned is not None else f"has no {option}"
+        if value == own[option]:
+            continue
+        detail = f"has {option}={own[option]!r}" if has_option else f"has no {option}"
         raise ValueError(
-            f"`{option}`={value!r} contradicts `quantizer`: the {type(quantizer).__name__} "
-            f"{detail}. Leave {option} at its default and set it on the quantizer itself."
+            f"`{option}`={value!r} contradicts `quantizer`: the {name} {detail}. Leave "
+            f"{option} unset (the model takes the quantizer's) or pass the quantizer's value."
         )

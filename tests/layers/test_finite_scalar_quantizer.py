@@ -6,6 +6,7 @@ import pytest
 from keras import ops
 
 from keras_vq.layers import FiniteScalarQuantizer
+from keras_vq.layers.finite_scalar_quantizer import bound_constants
 from tests.backend_grads import layer_gradients
 from tests.test_case import TestCase, to_numpy
 
@@ -262,3 +263,87 @@ def test_matches_vector_quantize_pytorch():
             np.testing.assert_array_equal(to_numpy(out), peer_out.numpy())
         else:
             np.testing.assert_allclose(to_numpy(out), peer_out.numpy(), atol=1e-5, rtol=1e-5)
+
+
+def clipped_reference(z: np.ndarray, levels) -> tuple[np.ndarray, np.ndarray]:
+    """``fsq_reference`` with ``round(f(z))`` clipped to ``[-⌊L/2⌋, ⌈L/2⌉ - 1]`` (NumPy)."""
+    z = np.asarray(z, np.float32)
+    codes = np.empty_like(z)
+    index = np.zeros(z.shape[:-1], np.int64)
+    stride = 1
+    for i, num_levels in enumerate(levels):
+        h = np.float32(num_levels - 1) * np.float32(1.001) / np.float32(2)
+        o = np.float32(0.5 if num_levels % 2 == 0 else 0.0)
+        f = np.tanh(z[..., i] + np.arctanh(o / h)) * h - o
+        integer = np.clip(np.round(f), -(num_levels // 2), (num_levels - 1) // 2)
+        codes[..., i] = integer / np.float32(num_levels // 2)
+        index += (integer.astype(np.int64) + num_levels // 2) * stride
+        stride *= num_levels
+    return codes, index
+
+
+class TestBoundAndRounding(TestCase):
+    @pytest.mark.parametrize("levels", [[1001], [1002, 3], [2000, 1001]])
+    def test_levels_from_1001_keep_codes_and_indices_in_range(self, levels):
+        # ±30 saturates tanh: the stretched bound used to round one level past the end.
+        z = np.concatenate(
+            [
+                np.full((2, len(levels)), 30.0),
+                np.full((2, len(levels)), -30.0),
+                3.0 * RNG.normal(size=(40, len(levels))),
+            ]
+        ).astype("float32")
+        layer = FiniteScalarQuantizer(levels)
+        outputs, indices = layer(z, return_indices=True)
+        outputs, indices = to_numpy(outputs), to_numpy(indices)
+        assert outputs.min() >= -1.0 and outputs.max() <= 1.0
+        assert indices.min() >= 0 and indices.max() < layer.codebook_size
+        codes, expected = clipped_reference(z, levels)
+        np.testing.assert_array_equal(indices, expected)
+        # level / ⌊L/2⌋: XLA may divide by multiplying with the reciprocal (1 ulp).
+        self.assertAllClose(outputs, codes, atol=1e-7, rtol=0)
+        np.testing.assert_array_equal(to_numpy(layer.encode(z)), expected)
+        self.assertAllClose(layer.decode(indices), codes, atol=1e-7, rtol=0)
+
+    def test_exact_ties_round_half_to_even_eager_and_traced(self):
+        # z = -s gives tanh(0) = 0 exactly, so f(z) = -½ exactly for every even L: half to
+        # even gives level ⌊L/2⌋ (code 0), half away from zero would give ⌊L/2⌋ - 1.
+        levels = [4, 6, 8, 3]
+        layer = FiniteScalarQuantizer(levels)
+        _, _, shift = bound_constants(levels)
+        z = np.stack([-shift, -shift]).astype("float32")
+        expected_levels = np.array([2, 3, 4, 1])
+        expected = int(np.sum(expected_levels * np.cumprod([1, 4, 6, 8])))
+        outputs, indices = layer(z, return_indices=True)
+        np.testing.assert_array_equal(to_numpy(indices), [expected, expected])
+        np.testing.assert_array_equal(to_numpy(outputs), np.zeros((2, 4), "float32"))
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            traced = tf.function(layer.encode)(z)
+        elif backend == "jax":
+            import jax
+
+            traced = jax.jit(layer.encode)(z)
+        else:
+            traced = layer.encode(z)
+        np.testing.assert_array_equal(to_numpy(traced), [expected, expected])
+
+    @pytest.mark.parametrize(
+        "level, reason",
+        [
+            (2, "the bound puts two levels at {-1, 0}"),
+            (1, "one level is one code for every input"),
+            (0, "a channel with no levels has no code at all"),
+            (-3, "a level count cannot be negative"),
+        ],
+    )
+    def test_too_few_levels_get_their_own_message(self, level, reason):
+        with pytest.raises(ValueError) as info:
+            FiniteScalarQuantizer([5, level])
+        assert str(info.value).startswith(f"`levels[1]` must be >= 3, got {level}: {reason}")
+
+    def test_codebook_beyond_int32_is_rejected(self):
+        with pytest.raises(ValueError, match=r"`levels` gives a codebook of 2147549184 codes"):
+            FiniteScalarQuantizer([2**16, 2**15 + 1])

@@ -221,3 +221,93 @@ class TestOutputSpec(TestCase):
             self.assertAllClose(
                 to_numpy(layer.decode(indices)), to_numpy(outputs), atol=1e-5, rtol=1e-5
             )
+
+
+def checked_layers():
+    """Every quantizer, plain and with the options that change its look-up (random weights)."""
+    rng = np.random.default_rng(7)
+    layers = [
+        *layers_under_test(),
+        VectorQuantizer(6, codebook_dim=2, distance="cosine", gradient="rotation"),
+        VectorQuantizer(6, ema_decay=0.9, dead_code_threshold=1.0, seed=1),
+        ResidualVectorQuantizer(3, 6, codebook_dim=3),
+        FiniteScalarQuantizer([3, 4]),  # projects 4 → 2 → 4
+        LookupFreeQuantizer(3, commitment_weight=0.5),  # projects 4 → 3 → 4
+    ]
+    for layer in layers:
+        layer.build((None, 4))
+        for weight in layer.trainable_weights:
+            weight.assign(rng.normal(size=tuple(weight.shape)).astype("float32"))
+    return layers
+
+
+def non_finite_batch():
+    """``(2, 4, 4)`` inputs whose vectors 1, 2, 3 and 6 hold NaN, +inf, -inf (all), -inf."""
+    x = np.random.default_rng(5).normal(size=(8, 4)).astype("float32")
+    x[1, 2] = np.nan
+    x[2, 0] = np.inf
+    x[3, :] = -np.inf
+    x[6, 1] = -np.inf
+    return x.reshape(2, 4, 4), np.array([1, 2, 3, 6])
+
+
+class TestInputValues(TestCase):
+    """The rules every quantizer shares for input dtypes and non-finite values."""
+
+    @pytest.mark.parametrize("dtype", ["int32", "uint8", "bool"])
+    def test_integer_and_boolean_inputs_raise_a_type_error(self, dtype):
+        match = rf"`inputs` must have a floating-point dtype, got dtype {dtype}"
+        for layer in checked_layers():
+            x = np.ones((2, 3, 4), dtype)
+            with pytest.raises(TypeError, match=match):
+                layer(x)
+            with pytest.raises(TypeError, match=match):
+                layer.encode(x)
+            with pytest.raises(TypeError, match=match):
+                layer(keras.Input((3, 4), dtype=dtype))
+
+    def test_encode_rejects_non_finite_inputs(self):
+        x, _ = non_finite_batch()
+        for layer in checked_layers():
+            with pytest.raises(ValueError) as info:
+                layer.encode(x)
+            expected = "`inputs` contains 7 NaN or Inf values; expected finite values."
+            assert_equal(str(info.value), expected)
+
+    @pytest.mark.parametrize("training", [False, True])
+    def test_calls_code_non_finite_vectors_as_zero_and_output_nan(self, training):
+        x, bad = non_finite_batch()
+        good = np.setdiff1d(np.arange(8), bad)
+        for layer in checked_layers():
+            expected = to_numpy(layer.encode(x.reshape(8, 4)[good]))
+            outputs, indices = layer(x, training=training, return_indices=True)
+            outputs, indices = to_numpy(outputs), to_numpy(indices)
+            stages = indices.shape[2:]
+            indices = indices.reshape(8, *stages)
+            outputs = outputs.reshape(8, 4)
+            name = type(layer).__name__
+            np.testing.assert_array_equal(indices[bad], np.zeros((4, *stages)), err_msg=name)
+            assert np.isnan(outputs[bad]).all(), name
+            assert np.isfinite(outputs[good]).all(), name
+            if not training:  # training moves codebooks: the codes of inference only
+                np.testing.assert_array_equal(indices[good], expected, err_msg=name)
+
+    def test_traced_encode_codes_non_finite_vectors_as_zero(self):
+        backend = keras.backend.backend()
+        if backend == "torch":
+            pytest.skip("torch runs eagerly: encode always sees values and raises")
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            def trace(fn):
+                return tf.function(fn)
+        else:
+            import jax
+
+            trace = jax.jit
+        x, bad = non_finite_batch()
+        for layer in checked_layers():
+            indices = to_numpy(trace(layer.encode)(x))
+            stages = indices.shape[2:]
+            indices = indices.reshape(8, *stages)
+            np.testing.assert_array_equal(indices[bad], np.zeros((4, *stages)))

@@ -342,3 +342,8 @@ class TestResidualVectorQuantizer(TestCase):
             rvq.decode(np.full((5, 3), 4, "int32"))
         with pytest.raises(ValueError, match="embedding_dim=2"):
             rvq(np.zeros((5, 3), "float32"))
+
+
+def test_num_embeddings_beyond_int32_indices_is_rejected():
+    with pytest.raises(ValueError, match=r"`num_embeddings` gives a codebook of 2147483648"):
+        ResidualVectorQuantizer(2, 2**31, 4)

@@ -255,3 +255,13 @@ class TestVectorQuantizer(TestCase):
             layer.decode(np.array([[0, 4]], "int32"))
         with pytest.raises(ValueError, match="indices"):
             layer.decode(np.array([[-1, 0]], "int32"))
+
+
+def test_num_embeddings_beyond_int32_indices_is_rejected():
+    message = (
+        r"`num_embeddings` gives a codebook of 2147483648 codes; int32 indices hold at most "
+        r"2147483647\."
+    )
+    with pytest.raises(ValueError, match=message):
+        VectorQuantizer(2**31, 4)
+    assert VectorQuantizer(2**31 - 1, 4).codebook_size == 2**31 - 1  # not built: no memory

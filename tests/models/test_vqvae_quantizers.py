@@ -324,3 +324,92 @@ def test_fsq_with_the_default_networks_trains_from_initialisation():
     assert all(changed), [
         w.path for w, c in zip(model.encoder.trainable_weights, changed) if not c
     ]
+
+
+@pytest.mark.parametrize(
+    "quantizer, kwargs, match",
+    [
+        # An explicit value equal to the model's default still has to match the quantizer.
+        (
+            lambda: VectorQuantizer(8, 4, ema_decay=0.5),
+            {"ema_decay": None},
+            r"`ema_decay`=None contradicts `quantizer`: the VectorQuantizer has ema_decay=0\.5",
+        ),
+        (
+            lambda: VectorQuantizer(8, 4),
+            {"ema_decay": 0.7},
+            r"`ema_decay`=0\.7 contradicts `quantizer`: the VectorQuantizer has ema_decay=None",
+        ),
+        (
+            lambda: VectorQuantizer(8, 4),
+            {"dead_code_threshold": 1.0},
+            r"`dead_code_threshold`=1\.0 contradicts .* has dead_code_threshold=0\.0",
+        ),
+        (
+            lambda: VectorQuantizer(8, 4),
+            {"beta": 0.25, "seed": None, "ema_decay": 0.7},
+            r"`ema_decay`=0\.7",
+        ),
+        (
+            lambda: VectorQuantizer(8, 4, seed=3),
+            {"seed": None},
+            r"`seed`=None contradicts .* has seed=3",
+        ),
+        # A residual quantizer has the option (on its stages): not "has no ema_decay".
+        (
+            lambda: ResidualVectorQuantizer(2, 8, 4),
+            {"ema_decay": 0.9},
+            r"`ema_decay`=0\.9 contradicts `quantizer`: the ResidualVectorQuantizer has "
+            r"ema_decay=None",
+        ),
+        (
+            lambda: FiniteScalarQuantizer([3, 4]),
+            {"beta": 0.25},
+            r"`beta`=0\.25 contradicts `quantizer`: the FiniteScalarQuantizer has no beta",
+        ),
+    ],
+)
+def test_explicit_options_must_match_the_quantizer(quantizer, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        VQVAE(input_shape=IMAGE_SHAPE, filters=(4,), quantizer=quantizer(), **kwargs)
+
+
+def test_options_left_unset_come_from_the_quantizer_and_show_their_defaults():
+    import inspect
+
+    parameters = inspect.signature(VQVAE).parameters
+    shown = {name: repr(parameters[name].default) for name, _ in vqvae_options()}
+    assert shown == {
+        "beta": "0.25",
+        "ema_decay": "0.7",
+        "dead_code_threshold": "1.0",
+        "seed": "None",
+    }
+    quantizer = VectorQuantizer(8, 4, beta=0.5, ema_decay=0.5, seed=4)
+    model = VQVAE(input_shape=IMAGE_SHAPE, filters=(4,), quantizer=quantizer)
+    assert (model.beta, model.ema_decay, model.dead_code_threshold, model.seed) == (
+        0.5,
+        0.5,
+        0.0,
+        4,
+    )
+    # Its config passes every option explicitly, and matches: from_config rebuilds it.
+    revived = VQVAE.from_config(model.get_config())
+    assert revived.get_config() == model.get_config()
+    # FSQ has none of them: the model reports None, and None passed back is accepted.
+    fsq = VQVAE(input_shape=IMAGE_SHAPE, filters=(4,), quantizer=FiniteScalarQuantizer([3]))
+    assert VQVAE.from_config(fsq.get_config()).get_config() == fsq.get_config()
+    # Without a quantizer the defaults build the VectorQuantizer, as before.
+    plain = VQVAE(input_shape=IMAGE_SHAPE, filters=(4,))
+    assert (plain.beta, plain.ema_decay, plain.dead_code_threshold, plain.seed) == (
+        0.25,
+        0.7,
+        1.0,
+        None,
+    )
+
+
+def vqvae_options():
+    from keras_vq.models.vqvae import QUANTIZER_OPTIONS
+
+    return QUANTIZER_OPTIONS
