@@ -25,12 +25,12 @@ import _run
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Export a VAE/VQVAE, or a VQVAE + PixelCNNPrior generator, as a "
+        description="Export a VAE/VQVAE, or a VQVAE + prior generator, as a "
         "SavedModel in the TF Serving layout <out>/<version>/.",
     )
     parser.add_argument("--model", help="a VAE or VQVAE saved as .keras")
     parser.add_argument("--vqvae", help="with --prior: the VQVAE (.keras) of a generator")
-    parser.add_argument("--prior", help="with --vqvae: the PixelCNNPrior (.keras) of a generator")
+    parser.add_argument("--prior", help="with --vqvae: the prior (.keras) of a generator")
     parser.add_argument(
         "--preset",
         help="a VAE/VQVAE preset, or a prior preset (a generator with its VQ-VAE preset): "

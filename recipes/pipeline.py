@@ -116,7 +116,7 @@ def pipeline(args, run: Run) -> dict:
     prior_metrics = run.stage(train_prior.RECIPE, prior_args, train_prior.train, train_prior.setup)
     vqvae = _inputs.load_model(vqvae_path, ("VQVAE",), "vqvae")
     prior = _inputs.load_model(
-        str(run.path("prior", train_prior.MODEL_FILE)), ("PixelCNNPrior",), "prior"
+        str(run.path("prior", train_prior.MODEL_FILE)), _inputs.PRIORS, "prior"
     )
     metrics = {
         "vqvae": vq_metrics,
