@@ -74,11 +74,31 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
+# The largest seed: seeds are int32 on every backend and in exported SavedModels, so one range,
+# [0, MAX_SEED], holds everywhere (larger ones would alias smaller ones on TF and torch and
+# overflow on JAX).
+MAX_SEED = 2**31 - 1
+
+
 def check_seed(name: str, value: Any) -> int | None:
-    """Seeds are ``None`` or a non-negative Python integer."""
+    """Seeds are ``None`` or an integer in ``[0, MAX_SEED]`` (``2**31 - 1``, int32).
+
+    Raises:
+        TypeError: a bool, float or other non-integer. ValueError: outside ``[0, MAX_SEED]``.
+    """
     if value is None:
         return None
-    return check_int(name, value, minimum=0)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an integer, got {value!r} ({type(value).__name__}).")
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"`{name}` must be an integer in [0, {MAX_SEED}] (int32), got {value}.")
+    return int(value)
+
+
+def offset_seed(seed: int | None, offset: int) -> int | None:
+    """The seed ``seed + offset`` of a derived stream (a chunk, a stage), wrapped into
+    ``[0, MAX_SEED]`` so that it is valid whenever ``seed`` is; ``None`` stays ``None``."""
+    return None if seed is None else (seed + offset) % (MAX_SEED + 1)
 
 
 def concrete_value(x: Any) -> np.ndarray | None:

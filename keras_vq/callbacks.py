@@ -122,7 +122,7 @@ class SampleImages(TensorBoardImages):
     Args:
         log_dir: folder of the event file.
         num_samples: images per epoch, ≥ 1.
-        seed: non-negative int.
+        seed: int in ``[0, 2**31 - 1]``.
         vqvae: the VQ-VAE decoding a prior's codes, or ``None``.
         name: the summary's tag.
         every_n_epochs: as in :class:`TensorBoardImages`.

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from keras_vq import _batches
-from keras_vq._validation import check_float, check_int
+from keras_vq._validation import check_float, check_int, check_seed, offset_seed
 from keras_vq.backend import to_numpy
 from keras_vq.metrics import code_usage
 from keras_vq.sample_quality import (
@@ -141,14 +141,14 @@ def evaluate_likelihood(
 ) -> dict[str, Any]:
     """Held-out ELBO and IWAE bound of a ``VAE``, in nats per example and bits per dimension.
 
-    Batch ``b`` (b = 1, 2, ...) draws its noise with seed ``seed + b``: the result is
-    repeatable for a given ``seed`` and batching of ``data``.
+    Batch ``b`` (b = 1, 2, ...) draws its noise with seed ``seed + b`` (mod ``2**31``): the
+    result is repeatable for a given ``seed`` and batching of ``data``.
 
     Args:
         vae: a ``VAE`` (``elbo``, ``log_likelihood`` and ``image_shape``).
         data: a dataset of ``images`` or ``(images, labels)`` batches, or an array of images.
         num_samples: importance samples S of the IWAE bound ``log (1/S) Σ_s w_s``.
-        seed: non-negative int.
+        seed: int in ``[0, 2**31 - 1]`` (batch seeds wrap around past the end).
         batch_size: batch size when ``data`` is an array.
         verbose: 0 silent, 1 a progress bar.
 
@@ -160,13 +160,15 @@ def evaluate_likelihood(
         ``iwae_samples``.
     """
     num_samples = check_int("num_samples", num_samples, minimum=1)
-    seed = check_int("seed", seed, minimum=0)
+    seed = check_seed("seed", seed)
+    if seed is None:
+        raise TypeError("`seed` must be an integer in [0, 2**31 - 1], got None.")
     batch_size = check_int("batch_size", batch_size, minimum=1)
     totals = {"elbo": 0.0, "iwae": 0.0, "count": 0}
 
     def add(step: int, images: np.ndarray) -> None:
-        totals["elbo"] += float(np.sum(to_numpy(vae.elbo(images, seed=seed + step))))
-        log_px = vae.log_likelihood(images, num_samples=num_samples, seed=seed + step)
+        totals["elbo"] += float(np.sum(to_numpy(vae.elbo(images, seed=offset_seed(seed, step)))))
+        log_px = vae.log_likelihood(images, num_samples=num_samples, seed=offset_seed(seed, step))
         totals["iwae"] += float(np.sum(to_numpy(log_px)))
         totals["count"] += len(images)
 

@@ -110,16 +110,17 @@ def export_generator(
 
     - ``sample`` (also ``serving_default``): ``num_samples`` (int32 scalar), ``labels``
       (int32 ``(B,)``) → ``images``, ``codes``; fresh randomness on every call.
-    - ``sample_seeded``: ``num_samples``, ``seed`` (int32 scalar), ``labels`` → the same, and
+    - ``sample_seeded``: ``num_samples``, ``seed`` (int32 scalar in ``[0, 2**31 - 1]``, the
+      range ``prior.sample`` accepts), ``labels`` → the same, and
       the same outputs for the same seed: the codes of ``prior.sample(num_samples,
       temperature, seed=seed, labels=labels)`` on the TensorFlow backend. JAX and torch draw
       other random numbers for the same seed, so there the codes equal those of the prior's
       sampler on TensorFlow's noise ``tf.random.stateless_uniform((B, h, w, K), [seed, 0],
       minval=tiny, maxval=1)``, not those of ``prior.sample(seed=seed)``.
 
-    Bad requests (``num_samples < 1``, a non-scalar ``num_samples`` or ``seed``, ``labels``
-    out of range or not of length ``num_samples``) fail at serving time with an
-    ``InvalidArgumentError`` naming the input.
+    Bad requests (``num_samples < 1``, a non-scalar ``num_samples`` or ``seed``, a negative
+    ``seed``, ``labels`` out of range or not of length ``num_samples``) fail at serving time
+    with an ``InvalidArgumentError`` naming the input.
 
     Args:
         vqvae: the built :class:`~keras_vq.models.VQVAE` whose codes the prior models.
@@ -405,7 +406,13 @@ def _generator_endpoints(
             checks = [
                 tf.debugging.assert_greater_equal(
                     num_samples, 1, message="`num_samples` must be >= 1"
-                )
+                ),
+                # int32 bounds it above; below, the range of check_seed (prior.sample's).
+                tf.debugging.assert_greater_equal(
+                    seed,
+                    0,
+                    message=f"`seed` must be an integer in [0, {_validation.MAX_SEED}] (int32)",
+                ),
             ]
             if num_classes is not None:
                 checks += [

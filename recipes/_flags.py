@@ -11,6 +11,15 @@ import json
 import os
 from collections.abc import Callable
 
+from _defaults import (
+    OneLineParser,
+    add_model_arg,
+    non_negative_float,
+    positive_float,
+    seed_int,
+    unit_interval,
+)
+
 DEFAULT_DATASET = "digits"
 DEFAULT_IMAGE_SIZE = 32
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -38,7 +47,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def new_parser(doc: str | None) -> argparse.ArgumentParser:
     """A parser whose description is the recipe's docstring and whose help shows defaults."""
-    return argparse.ArgumentParser(description=doc, formatter_class=_HelpFormatter)
+    return OneLineParser(description=doc, formatter_class=_HelpFormatter)
 
 
 def positive_int(text: str) -> int:
@@ -53,6 +62,10 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+positive_int.invalid, non_negative_int.invalid = ("0", "1.5"), ("-1",)  # tried by the tests
+VQVAE, PIXELCNN = ("models/vqvae.py", "VQVAE"), ("models/pixelcnn.py", "PixelCNNPrior")
 
 
 def add_data_args(parser: argparse.ArgumentParser, image_size: bool = True) -> None:
@@ -88,9 +101,9 @@ def add_train_args(
     learning_rate: float,
 ) -> None:
     group = parser.add_argument_group("training")
-    group.add_argument("--epochs", type=positive_int, default=epochs)
-    group.add_argument("--batch-size", type=positive_int, default=batch_size)
-    group.add_argument("--learning-rate", type=float, default=learning_rate, help="Adam")
+    group.add_argument("--epochs", type=positive_int, default=epochs, help="training epochs")
+    group.add_argument("--batch-size", type=positive_int, default=batch_size, help="per step")
+    group.add_argument("--learning-rate", type=positive_float, default=learning_rate, help="Adam")
     group.add_argument(
         "--steps-per-epoch",
         type=positive_int,
@@ -108,38 +121,25 @@ def add_vqvae_args(parser: argparse.ArgumentParser) -> None:
         help="vq: VectorQuantizer; rvq: ResidualVectorQuantizer; fsq: FiniteScalarQuantizer; "
         "lfq: LookupFreeQuantizer (default: %(default)s)",
     )
-    group.add_argument(
-        "--num-embeddings",
-        type=positive_int,
-        default=128,
-        help="codebook size K (vq; rvq: per stage)",
-    )
-    group.add_argument(
+
+    def model_arg(flag, type, help_text, **kwargs):  # VQVAE's argument named like the flag
+        owners = [("", *VQVAE, flag[2:].replace("-", "_"))]
+        add_model_arg(group, flag, owners, help_text, type=type, **kwargs)
+
+    model_arg("--num-embeddings", positive_int, "codebook size K (vq; rvq: per stage)")
+    model_arg(
         "--embedding-dim",
-        type=positive_int,
-        default=None,
-        help="code size D, the encoder's output channels (vq, rvq: default 16; fsq, lfq: "
-        "default len(--levels) or --num-bits, another value adds a projection)",
+        positive_int,
+        "code size D, the encoder's output channels (vq, rvq; fsq, lfq: len(--levels) or "
+        "--num-bits unless set, another value adds a projection)",
     )
-    group.add_argument(
-        "--filters",
-        type=positive_int,
-        nargs="+",
-        default=[32, 64],
-        help="encoder filters; each halves the image size (32x32 -> 8x8 codes with two)",
-    )
-    group.add_argument("--beta", type=float, default=0.25, help="commitment weight")
-    group.add_argument(
-        "--ema-decay",
-        type=float,
-        default=0.99,
-        help="EMA codebook decay; 0 learns the codebook by gradients instead",
-    )
-    group.add_argument(
+    model_arg("--filters", positive_int, "encoder widths, one per halving of the size", nargs="+")
+    model_arg("--beta", non_negative_float, "commitment weight (vq, rvq)")
+    model_arg("--ema-decay", unit_interval, "EMA codebook decay (vq, rvq); 0: by gradients")
+    model_arg(
         "--dead-code-threshold",
-        type=float,
-        default=1.0,
-        help="restart codes assigned fewer than this many vectors per batch (EMA); 0 disables",
+        non_negative_float,
+        "restart codes assigned fewer than this many vectors per batch (vq, rvq); 0 disables",
     )
     add_quantizer_args(parser)
 
@@ -168,10 +168,16 @@ def add_quantizer_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_prior_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("PixelCNN prior")
-    group.add_argument("--num-layers", type=positive_int, default=6, help="gated blocks")
-    group.add_argument("--prior-filters", type=positive_int, default=64)
-    group.add_argument("--kernel-size", type=positive_int, default=5, help="odd, >= 3")
+    group = parser.add_argument_group("prior (--num-layers: either prior; the rest: PixelCNN)")
+    transformer = ("TransformerPrior: ", "models/transformer.py", "TransformerPrior", "num_layers")
+    owners = [("PixelCNNPrior: ", *PIXELCNN, "num_layers"), transformer]
+    add_model_arg(
+        group, "--num-layers", owners, "gated blocks or transformer blocks", type=positive_int
+    )
+    owners = [("", *PIXELCNN, "filters")]
+    add_model_arg(group, "--prior-filters", owners, "PixelCNN channels", type=positive_int)
+    owners = [("", *PIXELCNN, "kernel_size")]
+    add_model_arg(group, "--kernel-size", owners, "PixelCNN kernel, odd, >= 3", type=positive_int)
     group.add_argument(
         "--conditional", action="store_true", help="condition the prior on class labels"
     )
@@ -226,7 +232,9 @@ def add_sampling_args(parser: argparse.ArgumentParser, num_samples: int = 64) ->
     group.add_argument(
         "--num-samples", type=non_negative_int, default=num_samples, help="images in the grid"
     )
-    group.add_argument("--temperature", type=float, default=1.0, help="prior temperature")
+    group.add_argument(
+        "--temperature", type=non_negative_float, default=1.0, help="prior temperature; 0: greedy"
+    )
     group.add_argument(
         "--labels",
         default=None,
@@ -244,7 +252,7 @@ def add_run_args(parser: argparse.ArgumentParser, *, out: str) -> None:
     group.add_argument(
         "--overwrite", action="store_true", help="replace a finished or different run in --out"
     )
-    group.add_argument("--seed", type=non_negative_int, default=0, help="keras random seed")
+    group.add_argument("--seed", type=seed_int, default=0, help="random seed, in [0, 2**31 - 1]")
     group.add_argument(
         "--backend",
         choices=BACKENDS,

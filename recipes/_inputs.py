@@ -10,6 +10,9 @@ import argparse
 
 from _flags import RecipeError
 
+# The prior classes every recipe accepts wherever it takes a prior.
+PRIORS = ("PixelCNNPrior", "TransformerPrior")
+
 
 def image_size(args: argparse.Namespace) -> int | None:
     return args.image_size or None

@@ -52,10 +52,14 @@ def run_recipe(
         config = make_config(recipe, args)
         check_distribute(args.distribute, config["backend"])
         run = Run(args.out, config, args)
-        run.check(args.overwrite)
+        run.check(args.overwrite, unset_later=True)
         import_keras()
         run.strategy = setup_runtime(args)
         inputs = setup(args, run) if setup is not None else {}
+        # setup filled the unset model flags with the models' values: config.json records
+        # them, and a resumed run must have used the same.
+        run.config = make_config(recipe, args)
+        run.check(args.overwrite)
         run.start(args.overwrite)
         metrics = fn(args, run, **inputs)
         metrics["wall_time_s"] = round(time.time() - start, 1)

@@ -71,19 +71,41 @@ def make_config(recipe: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _config_differences(saved: dict, config: dict) -> list[str]:
+def _config_differences(saved: dict, config: dict, unset_later: bool = False) -> list[str]:
+    """What differs between two configs, as lines; with ``unset_later``, arguments unset now
+    are left out (a model flag takes the model's value in the recipe's setup)."""
     diffs = []
     if saved.get("recipe") != config["recipe"]:
         diffs.append(f"recipe: {saved.get('recipe')!r} (saved) vs {config['recipe']!r} (now)")
     if saved.get("backend") != config["backend"]:
         diffs.append(f"backend: {saved.get('backend')!r} (saved) vs {config['backend']!r} (now)")
     old, new = saved.get("args", {}), config["args"]
-    for key in sorted(set(old) | set(new)):
-        if key not in _NOT_COMPARED and old.get(key) != new.get(key):
+    for key in _differing_keys(old, new):
+        if not (unset_later and new.get(key) is None):
             diffs.append(
                 f"--{key.replace('_', '-')}: {old.get(key)!r} (saved) vs {new.get(key)!r}"
             )
     return diffs
+
+
+def _saved_flags(saved: dict, config: dict, unset_later: bool) -> str:
+    """The differing arguments as flags with their saved values, e.g. ``--filters 32 64``."""
+    flags = []
+    for key in _differing_keys(saved.get("args", {}), config["args"]):
+        if unset_later and config["args"].get(key) is None:
+            continue
+        value, flag = saved["args"].get(key), f"--{key.replace('_', '-')}"
+        if isinstance(value, bool) or value is None:
+            flags.append(f"{flag}: {'unset' if value is None else value}")
+        else:
+            values = value if isinstance(value, list) else [value]
+            flags.append(" ".join([flag, *map(str, values)]))
+    return ", ".join(flags) if flags else "the same flags"
+
+
+def _differing_keys(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if k not in _NOT_COMPARED and old.get(k) != new.get(k)]
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -173,8 +195,9 @@ class Run:
         except ValueError as error:
             raise RecipeError(f"{self.path(CONFIG_FILE)} is not valid JSON ({error}).") from None
 
-    def check(self, overwrite: bool) -> None:
-        """Check ``--out`` against the saved run; writes nothing (runs before importing Keras).
+    def check(self, overwrite: bool, unset_later: bool = False) -> None:
+        """Check ``--out`` against the saved run; writes nothing (runs before importing Keras,
+        with ``unset_later``: flags still unset are compared once the models resolved them).
 
         Raises:
             RecipeError: a finished run, a different configuration, or a directory that is not
@@ -191,14 +214,15 @@ class Run:
                 "another --out."
             )
         if not overwrite and saved is not None:
-            diffs = _config_differences(saved, self.config)
+            diffs = _config_differences(saved, self.config, unset_later)
             if diffs:
+                resume = _saved_flags(saved, self.config, unset_later)
                 raise RecipeError(
                     f"--out {self.out} holds an unfinished run with a different configuration "
                     "(config mismatch), so it cannot be resumed:\n  "
                     + "\n  ".join(diffs)
-                    + "\nRerun with the saved arguments to resume it, pass --overwrite to "
-                    "start over, or choose another --out."
+                    + f"\nTo finish it, rerun with the saved values ({resume}); to discard it "
+                    "and start over, add --overwrite; or choose another --out."
                 )
             self.resumed = True
         elif not overwrite and self.out.is_dir() and any(self.out.iterdir()):

@@ -28,18 +28,22 @@ def build_model(run: Run, learning_rate: float, build: Callable[[], Any]):
 
 
 def setup_autoencoder(
-    args, run: Run, model_class: Callable[..., Any], flags: tuple[str, ...], **kwargs: Any
+    args, run: Run, model_class: Callable[..., Any], flags: tuple[str, ...], recorded=()
 ) -> dict[str, Any]:
     """The inputs of :func:`fit_autoencoder`: the data (``_inputs.training_data``) and the
-    compiled model (see :func:`build_model`) ``model_class(input_shape=..., filters=...,
-    seed=..., **kwargs)`` with the values of ``flags`` (named like its arguments)."""
+    compiled model (see :func:`build_model`) ``model_class(input_shape=..., seed=...)`` with
+    the values of the set ``flags`` (named like its arguments; an unset flag passes nothing,
+    so the model's default applies). The unset ``flags`` and ``recorded`` then take the
+    values the model reports (``get_config``), for config.json."""
+    from _defaults import record_model_values
+
     data = _inputs.training_data(args)
-    kwargs.update({flag: getattr(args, flag) for flag in flags})
-    kwargs.update(input_shape=data.pop("image_shape"), filters=tuple(args.filters), seed=args.seed)
-    return {
-        "model": build_model(run, args.learning_rate, lambda: model_class(**kwargs)),
-        "data": data,
-    }
+    kwargs = {flag: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
+    kwargs.update(input_shape=data.pop("image_shape"), seed=args.seed)
+    model = build_model(run, args.learning_rate, lambda: model_class(**kwargs))
+    config = model.get_config()
+    record_model_values(args, {flag: config.get(flag) for flag in (*flags, *recorded)})
+    return {"model": model, "data": data}
 
 
 def fit(

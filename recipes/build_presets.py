@@ -31,7 +31,10 @@ COMMON = "--backend tensorflow --seed 0 --verbose 2 --overwrite"
 PRESETS = {
     "vqvae_digits": (
         "VQ-VAE on the 32x32 offline digits: 128 codes of size 16 on an 8x8 grid (EMA codebook)",
-        "recipes/train_vqvae.py --out {work}/vqvae_digits --epochs 15 " + COMMON,
+        # The widths and EMA decay it was built with (the recipe's defaults then; VQVAE's
+        # defaults, which unset flags now take, are (32, 128) and 0.7).
+        "recipes/train_vqvae.py --out {work}/vqvae_digits --epochs 15 --filters 32 64 "
+        "--ema-decay 0.99 " + COMMON,
     ),
     "pixelcnn_digits": (
         "Class-conditional gated PixelCNN prior over the codes of vqvae_digits (10 classes)",

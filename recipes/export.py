@@ -20,17 +20,19 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+import _defaults
+import _flags
 import _run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Export a VAE/VQVAE, or a VQVAE + PixelCNNPrior generator, as a "
-        "SavedModel in the TF Serving layout <out>/<version>/.",
+    parser = _flags.new_parser(
+        "Export a VAE/VQVAE, or a VQVAE + prior generator, as a SavedModel in the TF Serving "
+        "layout <out>/<version>/."
     )
     parser.add_argument("--model", help="a VAE or VQVAE saved as .keras")
     parser.add_argument("--vqvae", help="with --prior: the VQVAE (.keras) of a generator")
-    parser.add_argument("--prior", help="with --vqvae: the PixelCNNPrior (.keras) of a generator")
+    parser.add_argument("--prior", help="with --vqvae: the prior (.keras) of a generator")
     parser.add_argument(
         "--preset",
         help="a VAE/VQVAE preset, or a prior preset (a generator with its VQ-VAE preset): "
@@ -43,13 +45,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         "(default: exports/<name of the --model file>, or exports/generator)",
     )
     parser.add_argument(
-        "--version", type=int, default=None, help="version number (default: next free one)"
+        "--version",
+        type=_flags.non_negative_int,
+        default=None,
+        help="version number, >= 0 (default: next free one)",
     )
     parser.add_argument(
         "--temperature",
-        type=float,
+        type=_defaults.non_negative_float,
         default=1.0,
-        help="generator sampling temperature; 0 = greedy (default: 1.0)",
+        help="generator sampling temperature; 0 = greedy",
     )
     args = parser.parse_args(argv)
     if args.preset is not None:

@@ -23,6 +23,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import _defaults
 import _flags
 import _inputs
 import _run
@@ -31,6 +32,7 @@ import train_vqvae
 from _rundir import Run, stage_args
 
 RECIPE = "pipeline"
+PRIOR_FLAGS = tuple(train_prior.MODEL_FLAGS["pixelcnn"])  # the pipeline trains a PixelCNN
 
 
 def build_parser():
@@ -42,8 +44,9 @@ def build_parser():
     group.add_argument("--epochs", type=_flags.positive_int, default=15, help="VQ-VAE epochs")
     group.add_argument("--prior-epochs", type=_flags.positive_int, default=15, help="prior epochs")
     group.add_argument("--batch-size", type=_flags.positive_int, default=64, help="both stages")
-    group.add_argument("--learning-rate", type=float, default=1e-3, help="VQ-VAE (Adam)")
-    group.add_argument("--prior-learning-rate", type=float, default=1e-3, help="prior (Adam)")
+    rate = _defaults.positive_float
+    group.add_argument("--learning-rate", type=rate, default=1e-3, help="VQ-VAE (Adam)")
+    group.add_argument("--prior-learning-rate", type=rate, default=1e-3, help="prior (Adam)")
     group.add_argument(
         "--steps-per-epoch",
         type=_flags.positive_int,
@@ -90,14 +93,18 @@ def setup(args, run: Run) -> dict:
     import keras
 
     out = Path(args.out)
-    vqvae = train_vqvae.setup(vqvae_stage_args(args, out / "vqvae"), run)["model"]
     num_classes = None
     if args.conditional:
         num_classes = _inputs.dataset_info(args).num_classes
         if num_classes is None:
             raise _flags.RecipeError(f"--conditional: {args.dataset!r} has no class labels.")
+    vqvae_args = vqvae_stage_args(args, out / "vqvae")
+    vqvae = train_vqvae.setup(vqvae_args, run)["model"]
     prior_args = prior_stage_args(args, out / "prior", str(out / "vqvae" / "vqvae.keras"))
     train_prior.build_prior(prior_args, run, vqvae, num_classes)
+    # config.json (and the stages') records what the models use for the unset model flags.
+    for stage, flags in ((vqvae_args, train_vqvae.MODEL_FLAGS), (prior_args, PRIOR_FLAGS)):
+        _defaults.record_model_values(args, {flag: getattr(stage, flag) for flag in flags})
     if args.num_samples:
         _inputs.class_labels(args.labels, args.num_samples, num_classes)
     # The stages build their own models: start them from the random state a standalone
@@ -116,7 +123,7 @@ def pipeline(args, run: Run) -> dict:
     prior_metrics = run.stage(train_prior.RECIPE, prior_args, train_prior.train, train_prior.setup)
     vqvae = _inputs.load_model(vqvae_path, ("VQVAE",), "vqvae")
     prior = _inputs.load_model(
-        str(run.path("prior", train_prior.MODEL_FILE)), ("PixelCNNPrior",), "prior"
+        str(run.path("prior", train_prior.MODEL_FILE)), _inputs.PRIORS, "prior"
     )
     metrics = {
         "vqvae": vq_metrics,

@@ -33,9 +33,11 @@ def build_parser():
         "vae_digits), preset directory, hf:// or kaggle:// handle",
     )
     parser.add_argument("--split", default=None, help="split (unset: --eval-split)")
-    parser.add_argument("--num-images", type=_flags.positive_int, default=32)
+    parser.add_argument("--num-images", type=_flags.positive_int, default=32, help="in the grid")
     parser.add_argument("--ncols", type=_flags.positive_int, default=8, help="images per row")
-    parser.add_argument("--batch-size", type=_flags.positive_int, default=128)
+    parser.add_argument(
+        "--batch-size", type=_flags.positive_int, default=128, help="images per model call"
+    )
     _flags.add_run_args(parser, out="runs/reconstruct")
     return parser
 

@@ -3,9 +3,9 @@
 --preset NAME_OR_DIR: a VAE preset, or a prior preset together with the VQ-VAE preset its
 metadata names (python -c "import keras_vq; print(keras_vq.presets.list())" lists the
 bundled ones). VAE (--vae vae.keras): decode z ~ N(0, I). VQ-VAE (--vqvae vqvae.keras
---prior prior.keras): draw code maps from the PixelCNN prior and decode them; --labels
-picks the classes of a class-conditional prior (default: cycle through all classes, one per
-column).
+--prior prior.keras): draw code maps from the prior (PixelCNN or transformer) and decode
+them; --labels picks the classes of a class-conditional prior (default: cycle through all
+classes, one per column).
 Writes to --out: config.json, samples.png, logs/ (the grid as a TensorBoard image) and
 metrics.json.
 
@@ -40,7 +40,9 @@ def build_parser():
     )
     group.add_argument("--vae", default=None, help="trained VAE (.keras)")
     group.add_argument("--vqvae", default=None, help="trained VQ-VAE (.keras)")
-    group.add_argument("--prior", default=None, help="PixelCNN prior of --vqvae (.keras)")
+    group.add_argument(
+        "--prior", default=None, help="PixelCNN or transformer prior of --vqvae (.keras)"
+    )
     _flags.add_sampling_args(parser)
     _flags.add_run_args(parser, out="runs/sample")
     return parser
@@ -70,7 +72,7 @@ def setup(args, run: Run) -> dict:
     if args.vae:
         return {"vae": _inputs.load_model(args.vae, ("VAE",), "--vae")}
     vqvae = _inputs.load_model(args.vqvae, ("VQVAE",), "--vqvae")
-    prior = _inputs.load_model(args.prior, ("PixelCNNPrior",), "--prior")
+    prior = _inputs.load_model(args.prior, _inputs.PRIORS, "--prior")
     if prior.num_embeddings != vqvae.num_embeddings or tuple(prior.latent_shape) != tuple(
         vqvae.latent_shape
     ):
@@ -86,7 +88,7 @@ def setup_preset(args) -> dict:
     """The models of ``--preset``: a VAE, or a prior and the VQ-VAE preset it names."""
     import keras_vq.presets
 
-    kinds = ("VAE", "PixelCNNPrior", "TransformerPrior")
+    kinds = ("VAE", *_inputs.PRIORS)
     try:
         kind = keras_vq.presets.metadata(args.preset).get("class_name")
     except (FileNotFoundError, ImportError, ValueError, TypeError) as error:

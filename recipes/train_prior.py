@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import sys
 
+import _defaults
 import _flags
 import _inputs
 import _run
@@ -29,6 +30,15 @@ from _rundir import Run
 
 RECIPE = "train_prior"
 MODEL_FILE = "prior.keras"
+# The prior's flags and the argument each sets, per --prior.
+MODEL_FLAGS = {
+    "pixelcnn": {
+        "num_layers": "num_layers",
+        "prior_filters": "filters",
+        "kernel_size": "kernel_size",
+    },
+    "transformer": {f: f for f in ("num_layers", "num_heads", "hidden_dim", "dropout")},
+}
 
 
 def build_parser():
@@ -50,18 +60,14 @@ def add_prior_args(parser) -> None:
     _flags.add_prior_args(parser)
     group = parser.add_argument_group("prior choice and transformer prior")
     group.add_argument("--prior", choices=PRIORS, default="pixelcnn", help="prior model")
-    group.add_argument(
-        "--num-heads", type=_flags.positive_int, default=4, help="transformer attention heads"
-    )
-    group.add_argument(
-        "--hidden-dim",
-        type=_flags.positive_int,
-        default=128,
-        help="transformer width; a multiple of --num-heads",
-    )
-    group.add_argument(
-        "--dropout", type=float, default=0.0, help="transformer dropout rate, in [0, 1)"
-    )
+
+    def model_arg(flag, help_text, type):  # TransformerPrior's argument named like the flag
+        owners = [("", "models/transformer.py", "TransformerPrior", flag[2:].replace("-", "_"))]
+        _defaults.add_model_arg(group, flag, owners, help_text, type=type)
+
+    model_arg("--num-heads", "transformer attention heads", _flags.positive_int)
+    model_arg("--hidden-dim", "transformer width; a multiple of --num-heads", _flags.positive_int)
+    model_arg("--dropout", "transformer dropout rate, in [0, 1)", _defaults.unit_interval)
 
 
 def setup(args, run: Run) -> dict:
@@ -108,27 +114,23 @@ def setup(args, run: Run) -> dict:
 
 
 def build_prior(args, run: Run, vqvae, num_classes: int | None):
-    """The compiled prior (``--prior``) for ``vqvae``'s codes; bad flags are a usage error."""
+    """The compiled prior (``--prior``) for ``vqvae``'s codes; bad flags are a usage error.
+    Unset flags pass nothing (the prior's defaults apply) and then record its values."""
     from keras_vq.models import PixelCNNPrior, TransformerPrior
 
-    common = {
-        "num_embeddings": vqvae.num_embeddings,
-        "latent_shape": tuple(vqvae.latent_shape),
-        "num_layers": args.num_layers,
-        "num_classes": num_classes,
-    }
-
-    def model():
-        if args.prior == "transformer":
-            return TransformerPrior(
-                num_heads=args.num_heads,
-                hidden_dim=args.hidden_dim,
-                dropout=args.dropout,
-                **common,
-            )
-        return PixelCNNPrior(filters=args.prior_filters, kernel_size=args.kernel_size, **common)
-
-    return _train.build_model(run, args.learning_rate, model)
+    flags = MODEL_FLAGS[args.prior]
+    kwargs = {arg: getattr(args, flag) for flag, arg in flags.items()}
+    kwargs = {arg: value for arg, value in kwargs.items() if value is not None}
+    kwargs.update(
+        num_embeddings=vqvae.num_embeddings,
+        latent_shape=tuple(vqvae.latent_shape),
+        num_classes=num_classes,
+    )
+    model_class = TransformerPrior if args.prior == "transformer" else PixelCNNPrior
+    prior = _train.build_model(run, args.learning_rate, lambda: model_class(**kwargs))
+    config = prior.get_config()
+    _defaults.record_model_values(args, {flag: config[arg] for flag, arg in flags.items()})
+    return prior
 
 
 def train(args, run: Run, *, vqvae, prior, train_images, eval_images) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 
+import _defaults
 import _flags
 import _run
 import _train
@@ -22,23 +23,30 @@ RECIPE = "train_vae"
 MODEL_FILE = "vae.keras"
 
 
+# The flags passed to VAE(...), named like its arguments.
+MODEL_FLAGS = ("latent_dim", "filters", "likelihood", "beta")
+
+
 def vae_args(parser) -> None:
     group = parser.add_argument_group("VAE")
-    group.add_argument("--latent-dim", type=_flags.positive_int, default=16)
-    group.add_argument(
+
+    def model_arg(flag, help_text, **kwargs):  # VAE's argument named like the flag
+        owners = [("", "models/vae.py", "VAE", flag[2:].replace("-", "_"))]
+        _defaults.add_model_arg(group, flag, owners, help_text, **kwargs)
+
+    model_arg("--latent-dim", "latent dimensions", type=_flags.positive_int)
+    model_arg(
         "--filters",
+        "encoder widths, one per halving (reversed for the decoder)",
         type=_flags.positive_int,
         nargs="+",
-        default=[32, 64],
-        help="encoder filters (reversed for the decoder)",
     )
-    group.add_argument(
+    model_arg(
         "--likelihood",
+        "p(x|z); discretized_logistic: 256 bins per pixel, for colour images",
         choices=("bernoulli", "gaussian", "discretized_logistic"),
-        default="bernoulli",
-        help="p(x|z); discretized_logistic: 256 bins per pixel, for colour images",
     )
-    group.add_argument("--beta", type=float, default=1.0, help="KL weight (1: the ELBO)")
+    model_arg("--beta", "KL weight (1: the ELBO)", type=_defaults.non_negative_float)
     group.add_argument(
         "--iwae-samples",
         type=_flags.positive_int,
@@ -60,7 +68,7 @@ def setup(args, run: Run) -> dict:
     """Check the data and build the VAE (a usage error if either fails); writes nothing."""
     from keras_vq.models import VAE
 
-    return _train.setup_autoencoder(args, run, VAE, ("latent_dim", "likelihood", "beta"))
+    return _train.setup_autoencoder(args, run, VAE, MODEL_FLAGS)
 
 
 def train(args, run: Run, *, model, data) -> dict:

@@ -26,7 +26,9 @@ from _rundir import Run
 
 RECIPE = "train_vqvae"
 MODEL_FILE = "vqvae.keras"
-DEFAULT_EMBEDDING_DIM = 16  # of vq and rvq; fsq and lfq default to their own code size
+# The VQ-VAE's flags, named like VQVAE's arguments (and config.json's record of them).
+VQ_FLAGS = ("num_embeddings", "embedding_dim", "beta", "ema_decay", "dead_code_threshold")
+MODEL_FLAGS = ("filters", *VQ_FLAGS)
 
 
 def build_parser():
@@ -40,36 +42,43 @@ def setup(args, run: Run) -> dict:
     from keras_vq.models import VQVAE
 
     if args.quantizer == "vq":
-        return _train.setup_autoencoder(
-            args,
-            run,
-            VQVAE,
-            ("num_embeddings", "beta", "dead_code_threshold"),
-            embedding_dim=args.embedding_dim or DEFAULT_EMBEDDING_DIM,
-            ema_decay=args.ema_decay or None,  # 0: a codebook learnt by gradients
-        )
+
+        def build_vq(**kwargs):
+            if kwargs.get("ema_decay") == 0:  # 0: a codebook learnt by gradients
+                kwargs["ema_decay"] = None
+            return VQVAE(**kwargs)
+
+        return _train.setup_autoencoder(args, run, build_vq, MODEL_FLAGS)
 
     def build(**kwargs):
         # Built here, inside the run's distribution scope, like the model around it.
-        return VQVAE(quantizer=make_quantizer(args), embedding_dim=args.embedding_dim, **kwargs)
+        return VQVAE(quantizer=make_quantizer(args), **kwargs)
 
-    return _train.setup_autoencoder(args, run, build, ())
+    # The other quantizers take the VQ flags themselves (rvq) or have none (fsq, lfq).
+    recorded = VQ_FLAGS[:1] + VQ_FLAGS[2:] if args.quantizer == "rvq" else ()
+    return _train.setup_autoencoder(args, run, build, ("filters", "embedding_dim"), recorded)
 
 
 def make_quantizer(args):
-    """The quantizer layer of ``--quantizer`` (not ``vq``) from its flags."""
+    """The quantizer layer of ``--quantizer`` (not ``vq``) from its flags; rvq's stages take
+    the VQ flags, unset ones the defaults of VQVAE's own quantizer."""
     from keras_vq.layers import FiniteScalarQuantizer, LookupFreeQuantizer, ResidualVectorQuantizer
+    from keras_vq.models import vqvae
+
+    def flag(name: str):
+        value = getattr(args, name)
+        return getattr(vqvae, f"DEFAULT_{name.upper()}") if value is None else value
 
     if args.quantizer == "rvq":
         return ResidualVectorQuantizer(
             args.num_quantizers,
-            args.num_embeddings,
-            args.embedding_dim or DEFAULT_EMBEDDING_DIM,
+            flag("num_embeddings"),
+            flag("embedding_dim"),
             quantize_dropout=args.quantize_dropout,
             seed=args.seed,
-            beta=args.beta,
-            ema_decay=args.ema_decay or None,
-            dead_code_threshold=args.dead_code_threshold,
+            beta=flag("beta"),
+            ema_decay=flag("ema_decay") or None,
+            dead_code_threshold=flag("dead_code_threshold"),
         )
     if args.quantizer == "fsq":
         return FiniteScalarQuantizer(args.levels)

@@ -286,6 +286,10 @@ def served(tmp_path_factory):
         "vqvae.codes_negative": ("decode", {"codes": with_value(codes, (0, 1, 0), -1)}),
         "generator.num_samples_rank": ("sample", {"num_samples": np.array([3], "int32")}),
         "generator.num_samples_dtype": ("sample", {"num_samples": np.int64(3)}),
+        "generator.negative_seed": (
+            "sample_seeded",
+            {"num_samples": np.int32(3), "seed": np.int32(-1)},
+        ),
         "generator.seed_rank": (
             "sample_seeded",
             {"num_samples": np.int32(3), "seed": np.array([1, 2], "int32")},
@@ -492,6 +496,9 @@ class TestServedSignatures:
 
     def test_bad_generator_requests_fail_with_a_message(self, served):
         assert "`num_samples` must be >= 1" in served.result("generator.zero")["error"]
+        # The seeds prior.sample accepts, and no others (int32 bounds them above).
+        error = served.result("generator.negative_seed")["error"]
+        assert error is not None and "`seed` must be an integer in [0, 2147483647]" in error
         assert "`labels` must lie in [0, 2]" in served.result("greedy.bad_labels")["error"]
 
     @pytest.mark.parametrize(

@@ -70,6 +70,17 @@ def outputs(model, inputs) -> np.ndarray:
     return to_numpy(model(inputs, training=False))
 
 
+def record_digests(directory, digests=True) -> None:
+    """Rewrite metadata.json's digests for the files as they are now (``digests=False``:
+    remove them, as in a preset saved before they were recorded)."""
+    path = directory / "metadata.json"
+    meta = json.loads(path.read_text())
+    meta.pop("sha256")
+    if digests:
+        meta["sha256"] = presets.file_digests(directory)
+    path.write_text(json.dumps(meta))
+
+
 @pytest.fixture
 def saved(tmp_path):
     """A VQVAE preset with perturbed weights: (model, inputs, directory)."""
@@ -244,6 +255,61 @@ def test_truncated_weights_are_a_value_error_naming_the_file(saved):
         VQVAE.from_preset(directory)
 
 
+def flip_byte(path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_saved_preset_records_the_sha256_of_each_file(saved):
+    import hashlib
+
+    _, _, directory = saved
+    digests = presets.metadata(directory)["sha256"]
+    assert sorted(digests) == ["config.json", "model.weights.h5", "reference.npz"]
+    for name, digest in digests.items():
+        assert digest == hashlib.sha256((directory / name).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_preset_records_the_digests_of_its_files(name):
+    import hashlib
+
+    directory = presets.resolve(name)
+    digests = presets.metadata(name)["sha256"]
+    assert sorted(digests) == ["config.json", "model.weights.h5", "reference.npz"]
+    for file_name, digest in digests.items():
+        assert digest == hashlib.sha256((directory / file_name).read_bytes()).hexdigest()
+
+
+def test_a_flipped_byte_in_the_weights_is_a_value_error_naming_the_file(saved):
+    model, _, directory = saved
+    path = directory / "model.weights.h5"
+    # A byte inside a weight array: h5py reads the file without complaint, so only the digest
+    # tells (found as the offset where the bytes of the model's last weight are stored).
+    last = np.ascontiguousarray(to_numpy(model.weights[-1].value)).tobytes()
+    offset = path.read_bytes().find(last)
+    assert offset > 0
+    flip_byte(path, offset + 1)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*SHA-256"):
+        VQVAE.from_preset(directory)
+    # Without the recorded digests (an older preset) it loads, and the weights differ.
+    record_digests(directory, digests=False)
+    loaded = VQVAE.from_preset(directory)
+    assert not np.array_equal(to_numpy(loaded.weights[-1].value), to_numpy(model.weights[-1]))
+
+
+@pytest.mark.parametrize("digests", [True, False], ids=["with_digests", "without_digests"])
+def test_a_truncated_reference_is_a_value_error_naming_the_file(saved, digests):
+    _, _, directory = saved
+    path = directory / "reference.npz"
+    path.write_bytes(path.read_bytes()[:100])
+    if not digests:  # NumPy's reader fails (zipfile.BadZipFile), not the digest
+        record_digests(directory, digests=False)
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        presets.verify(directory)
+
+
 def test_weights_of_another_architecture_are_a_value_error_naming_the_file(saved, tmp_path):
     _, _, directory = saved
     other = VQVAE(input_shape=(8, 8, 1), num_embeddings=8, embedding_dim=4, filters=(4, 8))
@@ -272,6 +338,7 @@ def test_config_of_an_unregistered_class_is_a_value_error_naming_the_file(saved)
     config = json.loads(path.read_text())
     config["registered_name"] = config["class_name"] = "NotAModel"
     path.write_text(json.dumps(config))
+    record_digests(directory)  # as another package would have saved it
     with pytest.raises(ValueError, match=re.escape(str(path)) + ".*NotAModel"):
         presets.load(directory)
 

@@ -55,8 +55,9 @@ class StepMixinBase:
     def validate_batch(self, data) -> None:
         """Check one batch of ``fit``/``evaluate``/``predict`` data (concrete values).
 
-        Only the JAX step calls it, before the batch enters the jitted step; elsewhere the
-        model's own call checks its inputs (``keras_vq.backend.checks``).
+        The JAX and torch steps call it before the forward pass (JAX: before the batch enters
+        the jitted step; torch: so that the error is not wrapped by ``Layer.__call__``); on
+        TensorFlow the model's own call checks its inputs (``keras_vq.backend.checks``).
         """
 
     def _wrap_step_function(self, fn):

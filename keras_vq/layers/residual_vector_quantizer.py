@@ -139,7 +139,7 @@ class ResidualVectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, kera
             VectorQuantizer(
                 self.num_embeddings,
                 self.embedding_dim,
-                seed=None if self.seed is None else self.seed + s + 1,
+                seed=_validation.offset_seed(self.seed, s + 1),
                 name=f"quantizer_{s}",
                 **stage_kwargs,
             )

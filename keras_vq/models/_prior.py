@@ -207,7 +207,7 @@ class PriorMixin:
                     minval=_TINY,
                     maxval=1.0,
                     dtype="float32",
-                    seed=None if seed is None else seed + i,
+                    seed=_validation.offset_seed(seed, i),
                 )
                 chunk_labels = ops.take(labels, positions, axis=0)
                 yield self._sample_from_uniform(uniform, temperature, chunk_labels, **options)

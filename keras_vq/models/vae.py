@@ -144,7 +144,9 @@ class VAE(_common.ConfigFromAttributes, PresetMixin, TrainStepMixin, ExportMixin
             kernel_size=network.kernel_size,
         )
         self.sampler = Sampling(seed=seed, name="sampling")
-        self.prior_seed_generator = keras.random.SeedGenerator(None if seed is None else seed + 1)
+        self.prior_seed_generator = keras.random.SeedGenerator(
+            _validation.offset_seed(self.seed, 1)
+        )
         self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
         self.kl_loss_tracker = keras.metrics.Mean(name="kl_loss")
         self.build((None, *self.image_shape))
@@ -260,7 +262,7 @@ class VAE(_common.ConfigFromAttributes, PresetMixin, TrainStepMixin, ExportMixin
 
         Args:
             num_samples: number of images ≥ 1.
-            seed: non-negative int, or ``None`` for the model's own random stream.
+            seed: int in ``[0, 2**31 - 1]``, or ``None`` for the model's own random stream.
             batch_size: latents decoded per decoder call, ≥ 1; ``None``: all at once.
 
         Returns:

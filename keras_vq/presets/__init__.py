@@ -6,9 +6,14 @@ A preset is a directory in KerasHub's layout, readable with plain ``keras.saving
                        (rebuild with keras.saving.deserialize_keras_object)
     model.weights.h5   model.save_weights(...)   (load with model.load_weights)
     metadata.json      keras_vq and Keras versions, backend, class, parameter count, date,
-                       held-out metrics and the recipe command that reproduces it
+                       held-out metrics, the recipe command that reproduces it and the
+                       SHA-256 digest of each other file (``"sha256"``)
     reference.npz      optional: a few inputs and the outputs the model gave for them when it
                        was saved (``verify`` recomputes them on the current backend)
+
+Loading checks each file against the digest recorded for it, so a damaged or modified file is
+a ``ValueError`` naming it rather than a model with silently wrong weights; presets saved
+without digests (older ones) load unchecked.
 
 The presets bundled with the package (small models trained on the offline ``digits`` data by
 ``recipes/build_presets.py``) are listed by :func:`list` and ``<Model>.presets``. A
@@ -32,9 +37,11 @@ from __future__ import annotations
 
 import builtins
 import datetime
+import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +51,7 @@ import numpy as np
 __all__ = [
     "BUNDLED_DIR",
     "PresetMixin",
+    "file_digests",
     "list",
     "load",
     "load_pair",
@@ -62,6 +70,8 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 _REMOTE_PREFIXES = ("hf://", "kaggle://")
 # What a damaged JSON or HDF5 file raises from deep inside json, h5py and Keras.
 _READ_ERRORS = (OSError, KeyError, EOFError, UnicodeDecodeError, ValueError)
+# The metadata entry holding {file name: SHA-256 hex digest} of the preset's other files.
+DIGESTS_KEY = "sha256"
 
 
 # --------------------------------------------------------------------------- finding presets
@@ -183,6 +193,44 @@ def _checked_dir(preset: str | os.PathLike) -> Path:
     return directory
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_digests(directory: str | os.PathLike) -> dict[str, str]:
+    """``{file name: SHA-256 hex digest}`` of a preset directory's files other than
+    metadata.json (which records them, see :func:`save`).
+
+    Example:
+        >>> keras_vq.presets.file_digests("my_vqvae")["model.weights.h5"]   # 64 hex digits
+    """
+    directory = Path(os.fspath(directory))
+    return {
+        name: _sha256(directory / name)
+        for name in _PRESET_FILES
+        if name != METADATA_FILE and (directory / name).is_file()
+    }
+
+
+def _check_digest(directory: Path, name: str, info: dict[str, Any]) -> None:
+    """Compare ``directory/name`` with the digest recorded in ``info`` (metadata.json), if
+    one is; a preset saved without digests is not checked."""
+    digests = info.get(DIGESTS_KEY)
+    if not isinstance(digests, dict) or name not in digests:
+        return
+    path = directory / name
+    if _sha256(path) != digests[name]:
+        raise ValueError(
+            f"Preset file {str(path)!r} does not match the SHA-256 digest recorded in "
+            f"{METADATA_FILE}: it is corrupted or was modified after the preset was saved. "
+            "Download, copy or save the preset again."
+        )
+
+
 def metadata(preset: str | os.PathLike) -> dict[str, Any]:
     """The preset's ``metadata.json`` (versions, metrics, the command that made it).
 
@@ -205,10 +253,16 @@ def load(preset: str | os.PathLike, model_class: type | None = None) -> keras.Mo
     Returns:
         The model, uncompiled.
 
+    Checked: config.json and model.weights.h5 against the SHA-256 digests metadata.json
+    records (when it records them; every preset saved by :func:`save` does), so any changed
+    byte is an error. Not checked here: that the model reproduces its reference outputs on
+    this backend (see :func:`verify`).
+
     Raises:
         FileNotFoundError: no such preset, or one of its files is missing (named).
-        ValueError: a corrupted file (named), a config Keras cannot rebuild in safe mode,
-            weights that do not fit the model, or a preset of another class.
+        ValueError: a corrupted file (named; a digest mismatch included), a config Keras
+            cannot rebuild in safe mode, weights that do not fit the model, or a preset of
+            another class.
 
     Example:
         >>> prior = keras_vq.presets.load("pixelcnn_digits")
@@ -217,8 +271,10 @@ def load(preset: str | os.PathLike, model_class: type | None = None) -> keras.Mo
 
     directory = _checked_dir(preset)
     config_path = directory / CONFIG_FILE
-    config = _read_json(config_path)
-    _read_json(directory / METADATA_FILE)  # a damaged metadata file is an error, too
+    info = _read_json(directory / METADATA_FILE)  # a damaged metadata file is an error, too
+    config = _read_json(config_path)  # invalid JSON says so before the digest does
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        _check_digest(directory, name, info)
     stored = _stored_class(config, config_path)
     if model_class is not None and not issubclass(stored, model_class):
         raise ValueError(
@@ -317,7 +373,8 @@ def save(
         model: a keras_vq model (or any registered, serialisable Keras model).
         preset_dir: the directory; created if missing.
         metadata: extra JSON-serialisable entries for metadata.json (``metrics``,
-            ``recipe_command``, ``vqvae_preset``, ``description``, ...).
+            ``recipe_command``, ``vqvae_preset``, ``description``, ...); ``"sha256"`` is
+            set by this function (the digests of the files written).
         reference_inputs: a few inputs (images; codes or ``[codes, labels]`` for a prior)
             whose outputs are stored in reference.npz, so that any backend can check it
             reproduces them (:func:`verify`).
@@ -380,6 +437,9 @@ def save(
         model.save_weights(str(tmp / WEIGHTS_FILE))
         if reference_inputs is not None:
             np.savez_compressed(tmp / REFERENCE_FILE, **_reference_arrays(model, reference_inputs))
+        # Digests of the files as written: from_preset and verify check them.
+        info[DIGESTS_KEY] = file_digests(tmp)
+        metadata_text = json.dumps(info, indent=2, sort_keys=True)
         (tmp / METADATA_FILE).write_text(metadata_text + "\n", encoding="utf-8")
         directory.mkdir(exist_ok=True)
         for name in _PRESET_FILES:
@@ -445,7 +505,8 @@ def verify(preset: str | os.PathLike, model: keras.Model | None = None) -> dict[
         ``{output name: max |Δ|}`` between the stored and the recomputed outputs.
 
     Raises:
-        FileNotFoundError: the preset has no reference.npz. ValueError: it is corrupted.
+        FileNotFoundError: the preset has no reference.npz. ValueError: it is corrupted
+            (truncated, unreadable or not matching its recorded digest), naming it.
 
     Example:
         >>> keras_vq.presets.verify("vqvae_digits")    # e.g. on JAX, of a TF-built preset
@@ -453,13 +514,15 @@ def verify(preset: str | os.PathLike, model: keras.Model | None = None) -> dict[
     """
     from keras_vq.backend import no_grad
 
-    path = _checked_dir(preset) / REFERENCE_FILE
+    directory = _checked_dir(preset)
+    path = directory / REFERENCE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"Preset file {str(path)!r} does not exist.")
+    _check_digest(directory, REFERENCE_FILE, _read_json(directory / METADATA_FILE))
     try:
         with np.load(path) as data:
             stored = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(f"Preset file {str(path)!r} is corrupted: {_one_line(error)}") from error
     model = load(preset) if model is None else model
     with no_grad():
