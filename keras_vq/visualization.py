@@ -28,6 +28,7 @@ __all__ = [
     "save_image_grid",
     "side_by_side",
     "write_tensorboard_images",
+    "write_tensorboard_scalars",
 ]
 
 
@@ -176,6 +177,42 @@ def write_tensorboard_images(
     writer = summary_writer(log_dir)
     with writer.as_default():
         image_summary(name, images, step)
+    writer.close()
+
+
+def write_tensorboard_scalars(
+    log_dir: str | os.PathLike, scalars: dict[str, float], step: int = 0
+) -> None:
+    """Write named numbers to TensorBoard (scalar summaries in a new event file in ``log_dir``),
+    e.g. a run's final metrics, so that runs compare side by side in the Scalars tab.
+
+    Args:
+        log_dir: folder of the event file (created if missing).
+        scalars: ``{tag: value}``; each value a real number (an int, float or 0-d array).
+        step: the step (e.g. epoch) the values belong to.
+
+    Raises:
+        TypeError: a tag that is not a string or a value that is not a real number.
+
+    Example:
+        >>> write_tensorboard_scalars("runs/x/logs/quality", {"sample_fd": 18.3})
+    """
+    values = {}
+    for tag, value in scalars.items():
+        if not isinstance(tag, str) or isinstance(value, bool | np.bool_):
+            raise TypeError(f"`scalars` must map names to numbers, got {tag!r}: {value!r}.")
+        try:
+            values[tag] = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"`scalars` must map names to numbers, got {tag!r}: {value!r}."
+            ) from None
+    import tensorflow as tf
+
+    writer = summary_writer(log_dir)
+    with writer.as_default():
+        for tag, value in values.items():
+            tf.summary.scalar(tag, value, step=step)
     writer.close()
 
 

@@ -244,6 +244,13 @@ def add_sampling_args(parser: argparse.ArgumentParser, num_samples: int = 64) ->
     group.add_argument(
         "--sample-batch-size", type=positive_int, default=32, help="maps drawn per sampler call"
     )
+    group.add_argument(
+        "--quality-samples",
+        type=non_negative_int,
+        default=500,
+        help="images drawn (every class in turn) to measure sample quality against --eval-split "
+        "(FD, precision, recall, classifier scores; 32x32x1 images only); 0: off",
+    )
 
 
 def add_run_args(parser: argparse.ArgumentParser, *, out: str) -> None:

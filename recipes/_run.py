@@ -74,8 +74,31 @@ def run_recipe(
         raise
     if args.verbose:
         print(json.dumps(metrics, indent=2, sort_keys=True, default=json_default))
-    print(f"Finished {recipe}: outputs in {run.out}", flush=True)
+    print(f"Finished {recipe}: outputs in {run.out}{headline(metrics)}", flush=True)
     return 0
+
+
+# The numbers of metrics.json repeated on the final line: reconstruction, prior fit, samples.
+HEADLINE = (
+    "test_reconstruction_mse",
+    "test_bits_per_code",
+    "prior_test_bits_per_code",
+    "sample_fd",
+    "sample_precision",
+    "sample_recall",
+    "sample_confident_share",
+    "sample_accuracy",
+)
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """``" (name=value, ...)"`` of the :data:`HEADLINE` numbers in ``metrics``, or ``""``."""
+    values = [
+        f"{name}={metrics[name]:.4g}"
+        for name in HEADLINE
+        if isinstance(metrics.get(name), int | float) and not isinstance(metrics[name], bool)
+    ]
+    return f" ({', '.join(values)})" if values else ""
 
 
 # --------------------------------------------------------------------------- runtime

@@ -109,8 +109,9 @@ def first_examples(data, model, count: int = 4):
 
 def write_preset(run: Run, model, metrics: dict[str, Any], reference) -> None:
     """Save the trained ``model`` as a keras_vq preset in ``<out>/preset/`` whose metadata holds
-    the held-out metrics (``test_*``), the command that trained it and, for a prior, the
-    VQ-VAE preset (``<dir of --vqvae>/preset``, relative to this one) it was trained on."""
+    the held-out metrics (``test_*``) and sample quality (``sample_*``), the command that
+    trained it and, for a prior, the VQ-VAE preset (``<dir of --vqvae>/preset``, relative to
+    this one) it was trained on."""
     import os
     import shlex
     import sys
@@ -126,7 +127,7 @@ def write_preset(run: Run, model, metrics: dict[str, Any], reference) -> None:
         "recipe_args": run.config["args"],
         "dataset": getattr(args, "dataset", None),
         "eval_split": getattr(args, "eval_split", None),
-        "metrics": {k: v for k, v in metrics.items() if k.startswith("test_")},
+        "metrics": {k: v for k, v in metrics.items() if k.startswith(("test_", "sample_"))},
     }
     metadata = json.loads(json.dumps(metadata, default=json_default))  # NumPy scalars too
     preset_dir = run.path(PRESET_DIR)

@@ -56,7 +56,7 @@ PRESETS = {
 QUICK = "--epochs 1 --steps-per-epoch 2"
 QUICK_EXTRA = {
     "vqvae_digits": "--num-images 0",
-    "pixelcnn_digits": "--num-samples 2",
+    "pixelcnn_digits": "--num-samples 2 --quality-samples 8",
     "vae_digits": "--num-images 0 --num-samples 0 --iwae-samples 2",
     "digits_classifier": "--num-reference 20",
 }

@@ -10,7 +10,9 @@ Writes to --out:
     samples.png                 codes ~ prior, decoded by the VQ-VAE
     export/vqvae/1/             SavedModel: serving_default (reconstruct), encode, decode
     export/generator/1/         SavedModel: sample(num_samples) -> images, codes
-    metrics.json, DONE          final numbers of every stage
+    logs/sample_quality/        TensorBoard scalars of the sample quality
+    metrics.json, DONE          final numbers of every stage and the sample quality of
+                                --quality-samples images (sample_fd, sample_precision, ...)
 
 `tensorboard --logdir runs/pipeline` shows both stages. Killed midway, the same command
 resumes: finished stages are reused and the running one continues from its last epoch.
@@ -26,6 +28,7 @@ from pathlib import Path
 import _defaults
 import _flags
 import _inputs
+import _quality
 import _run
 import train_prior
 import train_vqvae
@@ -83,6 +86,7 @@ def prior_stage_args(args, out, vqvae_path: str):
         epochs=args.prior_epochs,
         learning_rate=args.prior_learning_rate,
         num_samples=0,  # the pipeline draws its own grid
+        quality_samples=0,  # and measures its own sample quality
     )
 
 
@@ -107,6 +111,7 @@ def setup(args, run: Run) -> dict:
         _defaults.record_model_values(args, {flag: getattr(stage, flag) for flag in flags})
     if args.num_samples:
         _inputs.class_labels(args.labels, args.num_samples, num_classes)
+    _quality.held_out(args, vqvae.image_shape)  # a bad --quality-samples or split fails now
     # The stages build their own models: start them from the random state a standalone
     # recipe starts from, as if these checks had not drawn any numbers.
     keras.utils.set_random_seed(args.seed)
@@ -137,6 +142,8 @@ def pipeline(args, run: Run) -> dict:
     if args.num_samples:
         train_prior.write_samples(args, run, vqvae, prior, "samples.png")
         metrics["samples"] = "samples.png"
+    draw = _quality.prior_sampler(args, vqvae, prior)
+    metrics.update(_quality.measure(args, run, draw, vqvae.image_shape, prior.num_classes))
     if args.export:
         export_root = run.path("export")
         shutil.rmtree(export_root, ignore_errors=True)  # a partial export of a killed run

@@ -6,6 +6,10 @@ bundled ones). VAE (--vae vae.keras): decode z ~ N(0, I). VQ-VAE (--vqvae vqvae.
 --prior prior.keras): draw code maps from the prior (PixelCNN or transformer) and decode
 them; --labels picks the classes of a class-conditional prior (default: cycle through all
 classes, one per column).
+--quality-samples more images are drawn (every class in turn) and compared with --dataset's
+--eval-split (default: the digits' test split): sample_fd, sample_precision, sample_recall,
+sample_confident_share, sample_class_histogram, sample_accuracy (conditional) in
+metrics.json, logs/sample_quality and the final line; 32x32x1 images only.
 Writes to --out: config.json, samples.png, logs/ (the grid as a TensorBoard image) and
 metrics.json.
 
@@ -22,6 +26,7 @@ import sys
 
 import _flags
 import _inputs
+import _quality
 import _run
 import train_prior
 from _rundir import Run
@@ -44,6 +49,7 @@ def build_parser():
         "--prior", default=None, help="PixelCNN or transformer prior of --vqvae (.keras)"
     )
     _flags.add_sampling_args(parser)
+    _flags.add_data_args(parser, image_size=False)  # the held-out images of --quality-samples
     _flags.add_run_args(parser, out="runs/sample")
     return parser
 
@@ -107,8 +113,17 @@ def setup_preset(args) -> dict:
     return {"vqvae": vqvae, "prior": prior}
 
 
-def sample(args, run: Run, *, vae=None, vqvae=None, prior=None) -> dict:
-    """Draw the samples with the models :func:`setup` loaded; returns the metrics."""
+def setup_with_quality(args, run: Run) -> dict:
+    """:func:`setup`, then the held-out images of ``--quality-samples`` (loaded before
+    anything is written, so a bad --dataset or --eval-split fails at once)."""
+    inputs = setup(args, run)
+    model = inputs["vae"] if "vae" in inputs else inputs["vqvae"]
+    return {**inputs, "real": _quality.held_out(args, tuple(model.image_shape))}
+
+
+def sample(args, run: Run, *, vae=None, vqvae=None, prior=None, real=None) -> dict:
+    """Draw the samples with the models :func:`setup` loaded and measure their quality
+    against ``real``; returns the metrics."""
     from keras_vq import visualization
     from keras_vq.backend import to_numpy
 
@@ -116,13 +131,17 @@ def sample(args, run: Run, *, vae=None, vqvae=None, prior=None) -> dict:
         images = to_numpy(vae.sample(args.num_samples, seed=args.seed))
         visualization.save_image_grid(run.path("samples.png"), images)
         visualization.write_tensorboard_images(run.log_dir / "images", "samples", images[:16])
+        draw, num_classes = (lambda count, _labels: vae.sample(count, seed=args.seed)), None
     else:
         images = train_prior.write_samples(args, run, vqvae, prior, "samples.png")
+        draw, num_classes = _quality.prior_sampler(args, vqvae, prior), prior.num_classes
+    shape = tuple(images.shape[1:])
     return {
         "num_samples": args.num_samples,
-        "image_shape": list(images.shape[1:]),
+        "image_shape": list(shape),
         "pixel_mean": float(images.mean()),
         "grid": "samples.png",
+        **_quality.measure(args, run, draw, shape, num_classes, real),
     }
 
 
@@ -130,7 +149,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = _flags.parse_args(parser, argv)
     check_models(parser, args)
-    return _run.run_recipe(RECIPE, args, sample, setup)
+    return _run.run_recipe(RECIPE, args, sample, setup_with_quality)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ The images of --dataset are encoded once by the trained VQ-VAE (--vqvae, a .kera
 train_vqvae.py) with keras_vq.data.encode_dataset; --conditional adds the class labels.
 Writes to --out: config.json, prior.keras, logs/ (TensorBoard), backup/ (checkpoint every
 epoch; rerun the same command to resume), samples.png (codes ~ prior, decoded by the VQ-VAE;
-a conditional prior shows one class per column) and metrics.json (held-out NLL per code).
+a conditional prior shows one class per column) and metrics.json (held-out NLL per code and
+the sample quality of --quality-samples images: sample_fd, sample_precision, ...; also in
+logs/sample_quality).
 
 Example:
     python recipes/train_vqvae.py --out runs/train_vqvae
@@ -24,6 +26,7 @@ import sys
 import _defaults
 import _flags
 import _inputs
+import _quality
 import _run
 import _train
 from _rundir import Run
@@ -104,6 +107,7 @@ def setup(args, run: Run) -> dict:
     images("train", batch_size=args.batch_size, drop_remainder=True)
     if args.num_samples:
         _inputs.class_labels(args.labels, args.num_samples, num_classes)
+    _quality.enabled(args)  # a bad --quality-samples fails before training
     prior = build_prior(args, run, vqvae, num_classes)
     return {
         "vqvae": vqvae,
@@ -173,6 +177,8 @@ def train(args, run: Run, *, vqvae, prior, train_images, eval_images) -> dict:
     }
     if args.num_samples:
         write_samples(args, run, vqvae, prior, "samples.png")
+    draw = _quality.prior_sampler(args, vqvae, prior)
+    metrics.update(_quality.measure(args, run, draw, vqvae.image_shape, prior.num_classes))
     return {**summary, **metrics, "model": MODEL_FILE, "vqvae": args.vqvae}
 
 

@@ -234,6 +234,9 @@ def test_sample_vqvae_with_prior_and_labels(vqvae_dir, prior_dir, tmp_path):
     metrics = check_run_dir(out, "sample")
     assert metrics["num_samples"] == 6 and metrics["image_shape"] == [8, 8, 1]
     assert png_size(out / "samples.png") == grid_size(6, 3)
+    # The default feature model judges 32x32x1 images only: 8x8 samples are not measured.
+    assert "takes 32x32x1 images, these are 8x8x1" in metrics["sample_quality_note"]
+    assert "sample_fd" not in metrics
 
 
 @pytest.mark.subprocess

@@ -28,16 +28,28 @@ pytestmark = [
 QUICK = "--epochs 1 --steps-per-epoch 2 --batch-size 16".split()
 
 
-@pytest.mark.parametrize(("preset", "num_samples"), [("pixelcnn_digits", 10), ("vae_digits", 6)])
-def test_sample_preset_writes_a_png_grid(preset, num_samples, tmp_path):
+@pytest.mark.parametrize(
+    ("preset", "num_samples", "quality_samples"),
+    [("pixelcnn_digits", 10, 20), ("vae_digits", 6, 0)],
+)
+def test_sample_preset_writes_a_png_grid(preset, num_samples, quality_samples, tmp_path):
     out = tmp_path / "sample"
-    run("sample", "--preset", preset, "--num-samples", str(num_samples), "--out", str(out))
+    flags = ["--num-samples", str(num_samples), "--quality-samples", str(quality_samples)]
+    run("sample", "--preset", preset, *flags, "--out", str(out))
     metrics = check_run_dir(out, "sample")
     assert metrics["num_samples"] == num_samples
     assert metrics["image_shape"] == [32, 32, 1]
     width, height = png_size(out / "samples.png")
     assert width > 32 and height > 32
     assert 0.0 < metrics["pixel_mean"] < 1.0
+    if not quality_samples:
+        assert not any(key.startswith("sample_") for key in metrics)
+        return
+    # The conditional preset, asked for each digit in turn, draws it far above chance (0.1):
+    # about 0.6 of the time over 500 samples (its metadata).
+    assert metrics["sample_accuracy"] > 0.3
+    assert sum(metrics["sample_class_histogram"]) == quality_samples
+    assert metrics["sample_fd"] > 0.0 and 0.0 <= metrics["sample_precision"] <= 1.0
 
 
 def test_sample_rejects_a_preset_that_cannot_sample_alone(tmp_path):
@@ -83,7 +95,7 @@ def test_recorded_commands_of_the_bundled_pair_still_run_and_write_presets(tmp_p
 
     for name, extra in (
         ("vqvae_digits", ["--num-images", "0"]),
-        ("pixelcnn_digits", ["--num-samples", "0"]),
+        ("pixelcnn_digits", ["--num-samples", "0", "--quality-samples", "8"]),
     ):
         argv = recorded_command(name, tmp_path) + extra
         result = subprocess.run(
@@ -97,6 +109,9 @@ def test_recorded_commands_of_the_bundled_pair_still_run_and_write_presets(tmp_p
         assert shlex.split(meta["recipe_command"])[2:] == argv[2:]
         assert max(presets.verify(preset_dir).values()) <= 1e-5  # the same backend
     assert meta["vqvae_preset"] == "../../vqvae_digits/preset"
+    # The prior's preset carries its sample quality (train_prior's --quality-samples).
+    assert meta["metrics"]["sample_fd"] >= 0.0 and 0.0 <= meta["metrics"]["sample_accuracy"] <= 1
+    assert sum(meta["metrics"]["sample_class_histogram"]) == 8
     vqvae, prior = presets.load_pair(tmp_path / "pixelcnn_digits" / "preset")
     assert prior.num_classes == 10 and vqvae.num_embeddings == prior.num_embeddings
 

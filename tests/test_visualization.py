@@ -117,3 +117,21 @@ def test_write_tensorboard_images_holds_every_image(tmp_path):
     for png, image in zip(encoded[2:], images):
         decoded = tf.io.decode_png(png).numpy()
         np.testing.assert_allclose(decoded, image * 255, atol=1)
+
+
+def test_write_tensorboard_scalars_holds_every_value(tmp_path):
+    import tensorflow as tf
+
+    scalars = {"sample_fd": 18.25, "sample_recall": np.float32(0.5), "count": 7}
+    visualization.write_tensorboard_scalars(tmp_path, scalars, step=3)
+    written = {
+        value.tag: (event.step, float(tf.make_ndarray(value.tensor)))
+        for path in tmp_path.glob("events.out.tfevents.*")
+        for event in tf.compat.v1.train.summary_iterator(str(path))
+        for value in event.summary.value
+    }
+    assert written == {"sample_fd": (3, 18.25), "sample_recall": (3, 0.5), "count": (3, 7.0)}
+    with pytest.raises(TypeError, match="histogram"):
+        visualization.write_tensorboard_scalars(tmp_path, {"histogram": [1, 2]})
+    with pytest.raises(TypeError, match="flag"):
+        visualization.write_tensorboard_scalars(tmp_path, {"flag": True})
