@@ -175,6 +175,13 @@ def add_prior_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--conditional", action="store_true", help="condition the prior on class labels"
     )
+    group.add_argument(
+        "--label-dropout",
+        type=float,
+        default=None,
+        help="with --conditional: probability in [0, 1) of training on a null class instead "
+        "of the label, which enables --guidance-scale (unset: the model's default, 0)",
+    )
 
 
 def add_image_args(parser: argparse.ArgumentParser, num_samples: bool = False) -> None:
@@ -235,6 +242,25 @@ def add_sampling_args(parser: argparse.ArgumentParser, num_samples: int = 64) ->
     )
     group.add_argument(
         "--sample-batch-size", type=positive_int, default=32, help="maps drawn per sampler call"
+    )
+    group.add_argument(
+        "--top-k",
+        type=positive_int,
+        default=None,
+        help="keep the k most likely codes (unset: all)",
+    )
+    group.add_argument(
+        "--top-p",
+        type=float,
+        default=None,
+        help="nucleus sampling: keep the likeliest codes up to this mass, in (0, 1] (unset: all)",
+    )
+    group.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale s >= 0 (1: plain conditional, > 1: sharper "
+        "classes); needs a prior trained with --conditional --label-dropout (unset: no guidance)",
     )
 
 

@@ -97,7 +97,9 @@ def setup(args, run: Run) -> dict:
         if num_classes is None:
             raise _flags.RecipeError(f"--conditional: {args.dataset!r} has no class labels.")
     prior_args = prior_stage_args(args, out / "prior", str(out / "vqvae" / "vqvae.keras"))
-    train_prior.build_prior(prior_args, run, vqvae, num_classes)
+    prior = train_prior.build_prior(prior_args, run, vqvae, num_classes)
+    if args.num_samples or args.export:
+        train_prior.sampling_options(args, prior)
     if args.num_samples:
         _inputs.class_labels(args.labels, args.num_samples, num_classes)
     # The stages build their own models: start them from the random state a standalone
@@ -137,7 +139,11 @@ def pipeline(args, run: Run) -> dict:
         paths = {
             "vqvae": export_saved_model(vqvae, export_root / "vqvae"),
             "generator": export_generator(
-                vqvae, prior, export_root / "generator", temperature=args.temperature
+                vqvae,
+                prior,
+                export_root / "generator",
+                temperature=args.temperature,
+                **train_prior.sampling_options(args, prior),
             ),
         }
         metrics["export"] = {k: os.path.relpath(v, run.out) for k, v in paths.items()}

@@ -5,7 +5,8 @@ metadata names (python -c "import keras_vq; print(keras_vq.presets.list())" list
 bundled ones). VAE (--vae vae.keras): decode z ~ N(0, I). VQ-VAE (--vqvae vqvae.keras
 --prior prior.keras): draw code maps from the PixelCNN prior and decode them; --labels
 picks the classes of a class-conditional prior (default: cycle through all classes, one per
-column).
+column); --top-k, --top-p (nucleus) and --guidance-scale (classifier-free guidance, for a prior
+trained with --label-dropout) shape the draw.
 Writes to --out: config.json, samples.png, logs/ (the grid as a TensorBoard image) and
 metrics.json.
 
@@ -61,6 +62,8 @@ def check_models(parser, args) -> None:
         parser.error("--num-samples must be >= 1")
     if args.vae and args.labels is not None:
         parser.error("--labels needs --vqvae with a class-conditional --prior")
+    if args.vae and (args.top_k, args.top_p, args.guidance_scale) != (None, None, None):
+        parser.error("--top-k, --top-p and --guidance-scale need --vqvae with --prior")
 
 
 def setup(args, run: Run) -> dict:
@@ -79,6 +82,7 @@ def setup(args, run: Run) -> dict:
             f"--vqvae has {vqvae.num_embeddings} codes on a {vqvae.latent_shape} grid."
         )
     _inputs.class_labels(args.labels, args.num_samples, prior.num_classes)
+    train_prior.sampling_options(args, prior)
     return {"vqvae": vqvae, "prior": prior}
 
 
@@ -94,6 +98,8 @@ def setup_preset(args) -> dict:
     if kind == "VAE":
         if args.labels is not None:
             raise _flags.RecipeError("--labels needs a class-conditional prior preset.")
+        if (args.top_k, args.top_p, args.guidance_scale) != (None, None, None):
+            raise _flags.RecipeError("--top-k, --top-p and --guidance-scale need a prior preset.")
         return {"vae": _inputs.load_preset(args.preset, ("VAE",))}
     if kind not in kinds:
         raise _flags.RecipeError(
@@ -102,6 +108,7 @@ def setup_preset(args) -> dict:
         )
     vqvae, prior = _inputs.load_preset_pair(args.preset)
     _inputs.class_labels(args.labels, args.num_samples, prior.num_classes)
+    train_prior.sampling_options(args, prior)
     return {"vqvae": vqvae, "prior": prior}
 
 
