@@ -97,6 +97,9 @@ def export_generator(
     version: int | None = None,
     *,
     temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    guidance_scale: float | None = None,
     jit_compile: bool = False,
 ) -> str:
     """Write a two-stage generator (``codes ~ prior``, ``images = vqvae.decode(codes)``).
@@ -104,7 +107,14 @@ def export_generator(
     The SavedModel carries the prior's own fast sampler, as plain TensorFlow ops with a
     dynamic batch (:meth:`PixelCNNPrior.sample`'s row-cached raster-order loop, or
     :meth:`TransformerPrior.sample`'s key/value-cached loop): position ``(i, j)`` takes
-    ``argmax_k(logits_k + T·g_k)`` with Gumbel noise ``g`` — a draw from ``softmax(logits/T)``.
+    ``argmax_k(logits_k + T·g_k)`` with Gumbel noise ``g`` — a draw from ``softmax(logits/T)``,
+    after top-k, nucleus (top-p) and classifier-free guidance as in ``prior.sample``.
+
+    The sampling configuration (``temperature``, ``top_k``, ``top_p``, ``guidance_scale``) is
+    fixed into the artifact as constants, not signature inputs: one artifact is one sampler,
+    its signatures are the same whatever the configuration, and a client cannot ask for a
+    guided draw from a prior trained without label dropout. Export one artifact (version) per
+    configuration to serve several.
 
     Signatures (``labels`` only for a class-conditional prior):
 
@@ -113,12 +123,14 @@ def export_generator(
     - ``sample_seeded``: ``num_samples``, ``seed`` (int32 scalar in ``[0, 2**31 - 1]``, the
       range ``prior.sample`` accepts), ``labels`` → the same, and
       the same outputs for the same seed: the codes of ``prior.sample(num_samples,
-      temperature, seed=seed, labels=labels)`` on the TensorFlow backend. JAX and torch draw
+      temperature, seed=seed, labels=labels, top_k=top_k, top_p=top_p,
+      guidance_scale=guidance_scale)`` on the TensorFlow backend. JAX and torch draw
       other random numbers for the same seed, so there the codes equal those of the prior's
       sampler on TensorFlow's noise ``tf.random.stateless_uniform((B, h, w, K), [seed, 0],
       minval=tiny, maxval=1)``, not those of ``prior.sample(seed=seed)``.
 
-    Bad requests (``num_samples < 1``, a non-scalar ``num_samples`` or ``seed``, a negative
+    ``labels`` lie in ``[0, num_classes)``, or equal ``prior.null_label`` when the prior has
+    one. Bad requests (``num_samples < 1``, a non-scalar ``num_samples`` or ``seed``, a negative
     ``seed``, ``labels`` out of range or not of length ``num_samples``) fail at serving time
     with an ``InvalidArgumentError`` naming the input.
 
@@ -130,6 +142,11 @@ def export_generator(
             ``ResidualVectorQuantizer``'s stacked codes is not supported).
         export_dir, version: as in :func:`export_saved_model`.
         temperature: T ≥ 0 fixed into the artifact; 0 is the greedy (argmax) path.
+        top_k, top_p: fixed into the artifact: keep the k largest logits (1 ≤ k ≤ K), then
+            the nucleus of mass p in (0, 1] (see :meth:`PixelCNNPrior.sample`); ``None``: off.
+        guidance_scale: classifier-free guidance scale s ≥ 0 fixed into the artifact (the
+            prior must have a ``null_label``: trained with ``label_dropout > 0``); ``None``:
+            plain sampling.
         jit_compile: compile the sampling loop with XLA when the artifact runs (per batch
             size, on the first call). Faster, above all for the transformer's many small
             per-position ops, but the server must have XLA (TensorFlow's Python package
@@ -140,6 +157,7 @@ def export_generator(
 
     Example:
         >>> path = export_generator(vqvae, prior, "exports/generator", jit_compile=True)
+        >>> guided = export_generator(vqvae, prior, "exports/guided", guidance_scale=3.0)
         >>> tf.saved_model.load(path).signatures["sample_seeded"](
         ...     num_samples=tf.constant(4), seed=tf.constant(0))["images"]
     """
@@ -163,9 +181,10 @@ def export_generator(
             f"latent_shape={tuple(vqvae.latent_shape)}."
         )
     temperature = _validation.check_float("temperature", temperature, minimum=0.0)
+    options = prior.sampling_options(top_k=top_k, top_p=top_p, guidance_scale=guidance_scale)
     jit_compile = _validation.check_bool("jit_compile", jit_compile)
     target = str(_version_dir(export_dir, version))
-    return _export_generator(vqvae, prior, target, temperature, jit_compile)
+    return _export_generator(vqvae, prior, target, temperature, options, jit_compile)
 
 
 @runs_in_tensorflow("model")
@@ -180,9 +199,10 @@ def _export_generator(
     prior: PixelCNNPrior | TransformerPrior,
     target: str,
     temperature: float,
+    options: dict,
     jit_compile: bool,
 ) -> str:
-    endpoints = _generator_endpoints(vqvae, prior, temperature, jit_compile)
+    endpoints = _generator_endpoints(vqvae, prior, temperature, options, jit_compile)
     return _write_archive([vqvae, prior], endpoints, Path(target))
 
 
@@ -299,6 +319,15 @@ def _range_check(value, name: str, size: int, size_name: str):
     return tf.debugging.Assert(valid, [message, low_high], name=f"check_{name}_range")
 
 
+def _label_range_check(labels, prior):
+    """``labels`` in ``[0, num_classes)``, or up to the null label when the prior has one."""
+    if prior.null_label is None:
+        return _range_check(labels, "labels", prior.num_classes, "num_classes")
+    return _range_check(
+        labels, "labels", prior.num_label_rows, "num_classes + 1 with the null label"
+    )
+
+
 def _checked(checks: list, *values):
     """``values`` as identities that run after every assertion in ``checks``."""
     import tensorflow as tf
@@ -381,12 +410,20 @@ def _generator_endpoints(
     vqvae: VQVAE,
     prior: PixelCNNPrior | TransformerPrior,
     temperature: float,
+    options: dict | None = None,
     jit_compile: bool = False,
 ) -> list[_Endpoint]:
-    """TensorFlow-only: the batch size comes from the value of ``num_samples``."""
+    """TensorFlow-only: the batch size comes from the value of ``num_samples``; ``options``:
+    ``prior.sampling_options(...)``, fixed into the graph."""
     import tensorflow as tf
 
     (height, width), k, num_classes = prior.latent_shape, prior.num_embeddings, prior.num_classes
+    options = options or {}
+    top_k = options.get("top_k")
+    constants = {
+        name: None if options.get(name) is None else tf.constant(options[name], tf.float32)
+        for name in ("top_p", "guidance_scale")
+    }
     # The noise's shape comes from a value, which XLA cannot compile; the loop alone can be,
     # once per batch size, when the artifact runs.
     sample_loop = prior._sample_loop
@@ -421,7 +458,7 @@ def _generator_endpoints(
                         num_samples,
                         message="`labels` must have num_samples entries",
                     ),
-                    _range_check(labels, "labels", num_classes, "num_classes"),
+                    _label_range_check(labels, prior),
                 ]
         # Every later op (the noise's shape, the prior's label lookup) reads these identities.
         num_samples, seed = _checked(shapes + checks, num_samples, seed)
@@ -440,7 +477,9 @@ def _generator_endpoints(
         )
         # The prior's own cached sampling loop (one implementation per prior), traced with a
         # dynamic batch (XLA only when asked: a server need not have it).
-        codes = sample_loop(uniform, tf.constant(temperature, tf.float32), labels)
+        codes = sample_loop(
+            uniform, tf.constant(temperature, tf.float32), labels, top_k, **constants
+        )
         codes = tf.cast(codes, tf.int32)
         return {"images": tf.cast(vqvae.decode(codes), tf.float32), "codes": codes}
 

@@ -168,7 +168,7 @@ def add_quantizer_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_prior_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("prior (--num-layers: either prior; the rest: PixelCNN)")
+    group = parser.add_argument_group("prior (--num-layers, --label-dropout: either prior; the rest: PixelCNN)")
     transformer = ("TransformerPrior: ", "models/transformer.py", "TransformerPrior", "num_layers")
     owners = [("PixelCNNPrior: ", *PIXELCNN, "num_layers"), transformer]
     add_model_arg(
@@ -180,6 +180,15 @@ def add_prior_args(parser: argparse.ArgumentParser) -> None:
     add_model_arg(group, "--kernel-size", owners, "PixelCNN kernel, odd, >= 3", type=positive_int)
     group.add_argument(
         "--conditional", action="store_true", help="condition the prior on class labels"
+    )
+    owners = [("", *PIXELCNN, "label_dropout")]
+    add_model_arg(
+        group,
+        "--label-dropout",
+        owners,
+        "with --conditional: probability of training on a null class instead of the label, "
+        "which enables --guidance-scale",
+        type=unit_interval,
     )
 
 
@@ -225,32 +234,6 @@ def training_parser(
     extra_args(parser)
     add_run_args(parser, out=out)
     return parser
-
-
-def add_sampling_args(parser: argparse.ArgumentParser, num_samples: int = 64) -> None:
-    group = parser.add_argument_group("sampling")
-    group.add_argument(
-        "--num-samples", type=non_negative_int, default=num_samples, help="images in the grid"
-    )
-    group.add_argument(
-        "--temperature", type=non_negative_float, default=1.0, help="prior temperature; 0: greedy"
-    )
-    group.add_argument(
-        "--labels",
-        default=None,
-        help="class-conditional prior: one int, a comma list (cycled), or 'cycle' "
-        "(0, 1, ..., K-1, 0, ...; also when unset)",
-    )
-    group.add_argument(
-        "--sample-batch-size", type=positive_int, default=32, help="maps drawn per sampler call"
-    )
-    group.add_argument(
-        "--quality-samples",
-        type=non_negative_int,
-        default=500,
-        help="images drawn (every class in turn) to measure sample quality against --eval-split "
-        "(FD, precision, recall, classifier scores; 32x32x1 images only); 0: off",
-    )
 
 
 def add_run_args(parser: argparse.ArgumentParser, *, out: str) -> None:

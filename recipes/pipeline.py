@@ -30,6 +30,7 @@ import _flags
 import _inputs
 import _quality
 import _run
+import _sampling
 import train_prior
 import train_vqvae
 from _rundir import Run, stage_args
@@ -62,7 +63,7 @@ def build_parser():
         default=32,
         help="test images in vqvae/reconstructions.png",
     )
-    _flags.add_sampling_args(parser)
+    _sampling.add_sampling_args(parser)
     group = parser.add_argument_group("export")
     group.add_argument(
         "--no-export", dest="export", action="store_false", help="skip the SavedModel export"
@@ -105,7 +106,8 @@ def setup(args, run: Run) -> dict:
     vqvae_args = vqvae_stage_args(args, out / "vqvae")
     vqvae = train_vqvae.setup(vqvae_args, run)["model"]
     prior_args = prior_stage_args(args, out / "prior", str(out / "vqvae" / "vqvae.keras"))
-    train_prior.build_prior(prior_args, run, vqvae, num_classes)
+    prior = train_prior.build_prior(prior_args, run, vqvae, num_classes)
+    train_prior.sampling_options(args, prior)  # the grid, the quality draw and the export
     # config.json (and the stages') records what the models use for the unset model flags.
     for stage, flags in ((vqvae_args, train_vqvae.MODEL_FLAGS), (prior_args, PRIOR_FLAGS)):
         _defaults.record_model_values(args, {flag: getattr(stage, flag) for flag in flags})
@@ -151,7 +153,11 @@ def pipeline(args, run: Run) -> dict:
         paths = {
             "vqvae": export_saved_model(vqvae, export_root / "vqvae"),
             "generator": export_generator(
-                vqvae, prior, export_root / "generator", temperature=args.temperature
+                vqvae,
+                prior,
+                export_root / "generator",
+                temperature=args.temperature,
+                **train_prior.sampling_options(args, prior),
             ),
         }
         metrics["export"] = {k: os.path.relpath(v, run.out) for k, v in paths.items()}

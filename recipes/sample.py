@@ -9,7 +9,9 @@ classes, one per column).
 --quality-samples more images are drawn (every class in turn) and compared with --dataset's
 --eval-split (default: the digits' test split): sample_fd, sample_precision, sample_recall,
 sample_confident_share, sample_class_histogram, sample_accuracy (conditional) in
-metrics.json, logs/sample_quality and the final line; 32x32x1 images only.
+metrics.json, logs/sample_quality and the final line; 32x32x1 images only. --top-k, --top-p
+(nucleus) and --guidance-scale (classifier-free guidance, for a prior trained with
+--label-dropout) shape the draw.
 Writes to --out: config.json, samples.png, logs/ (the grid as a TensorBoard image) and
 metrics.json.
 
@@ -28,6 +30,7 @@ import _flags
 import _inputs
 import _quality
 import _run
+import _sampling
 import train_prior
 from _rundir import Run
 
@@ -48,7 +51,7 @@ def build_parser():
     group.add_argument(
         "--prior", default=None, help="PixelCNN or transformer prior of --vqvae (.keras)"
     )
-    _flags.add_sampling_args(parser)
+    _sampling.add_sampling_args(parser)
     _flags.add_data_args(parser, image_size=False)  # the held-out images of --quality-samples
     _flags.add_run_args(parser, out="runs/sample")
     return parser
@@ -69,6 +72,8 @@ def check_models(parser, args) -> None:
         parser.error("--num-samples must be >= 1")
     if args.vae and args.labels is not None:
         parser.error("--labels needs --vqvae with a class-conditional --prior")
+    if args.vae and (args.top_k, args.top_p, args.guidance_scale) != (None, None, None):
+        parser.error("--top-k, --top-p and --guidance-scale need --vqvae with --prior")
 
 
 def setup(args, run: Run) -> dict:
@@ -87,6 +92,7 @@ def setup(args, run: Run) -> dict:
             f"--vqvae has {vqvae.num_embeddings} codes on a {vqvae.latent_shape} grid."
         )
     _inputs.class_labels(args.labels, args.num_samples, prior.num_classes)
+    train_prior.sampling_options(args, prior)
     return {"vqvae": vqvae, "prior": prior}
 
 
@@ -102,6 +108,8 @@ def setup_preset(args) -> dict:
     if kind == "VAE":
         if args.labels is not None:
             raise _flags.RecipeError("--labels needs a class-conditional prior preset.")
+        if (args.top_k, args.top_p, args.guidance_scale) != (None, None, None):
+            raise _flags.RecipeError("--top-k, --top-p and --guidance-scale need a prior preset.")
         return {"vae": _inputs.load_preset(args.preset, ("VAE",))}
     if kind not in kinds:
         raise _flags.RecipeError(
@@ -110,6 +118,7 @@ def setup_preset(args) -> dict:
         )
     vqvae, prior = _inputs.load_preset_pair(args.preset)
     _inputs.class_labels(args.labels, args.num_samples, prior.num_classes)
+    train_prior.sampling_options(args, prior)
     return {"vqvae": vqvae, "prior": prior}
 
 

@@ -4,7 +4,8 @@
 wide, --num-heads heads, --dropout).
 
 The images of --dataset are encoded once by the trained VQ-VAE (--vqvae, a .keras file from
-train_vqvae.py) with keras_vq.data.encode_dataset; --conditional adds the class labels.
+train_vqvae.py) with keras_vq.data.encode_dataset; --conditional adds the class labels, and
+--label-dropout trains a null class too, for classifier-free guidance (--guidance-scale).
 Writes to --out: config.json, prior.keras, logs/ (TensorBoard), backup/ (checkpoint every
 epoch; rerun the same command to resume), samples.png (codes ~ prior, decoded by the VQ-VAE;
 a conditional prior shows one class per column) and metrics.json (held-out NLL per code and
@@ -16,6 +17,8 @@ Example:
     python recipes/train_prior.py --vqvae runs/train_vqvae/vqvae.keras --out runs/prior
     python recipes/train_prior.py --vqvae runs/train_vqvae/vqvae.keras --out runs/tprior \
         --prior transformer --num-layers 4 --hidden-dim 128 --num-heads 4
+    python recipes/train_prior.py --vqvae runs/train_vqvae/vqvae.keras --out runs/cfg \
+        --conditional --label-dropout 0.1 --guidance-scale 3 --top-p 0.9
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import _flags
 import _inputs
 import _quality
 import _run
+import _sampling
 import _train
 from _rundir import Run
 
@@ -39,8 +43,11 @@ MODEL_FLAGS = {
         "num_layers": "num_layers",
         "prior_filters": "filters",
         "kernel_size": "kernel_size",
+        "label_dropout": "label_dropout",
     },
-    "transformer": {f: f for f in ("num_layers", "num_heads", "hidden_dim", "dropout")},
+    "transformer": {
+        f: f for f in ("num_layers", "num_heads", "hidden_dim", "dropout", "label_dropout")
+    },
 }
 
 
@@ -49,7 +56,7 @@ def build_parser():
         __doc__,
         "runs/train_prior",
         add_prior_args,
-        _flags.add_sampling_args,
+        _sampling.add_sampling_args,
         model_file=("--vqvae", "trained VQ-VAE (.keras)"),
     )
 
@@ -109,6 +116,8 @@ def setup(args, run: Run) -> dict:
         _inputs.class_labels(args.labels, args.num_samples, num_classes)
     _quality.enabled(args)  # a bad --quality-samples fails before training
     prior = build_prior(args, run, vqvae, num_classes)
+    if args.num_samples:
+        sampling_options(args, prior)
     return {
         "vqvae": vqvae,
         "prior": prior,
@@ -182,6 +191,17 @@ def train(args, run: Run, *, vqvae, prior, train_images, eval_images) -> dict:
     return {**summary, **metrics, "model": MODEL_FILE, "vqvae": args.vqvae}
 
 
+def sampling_options(args, prior) -> dict:
+    """``--top-k``, ``--top-p`` and ``--guidance-scale`` checked against ``prior`` (a usage
+    error if they do not fit it); the keyword arguments of ``generate``."""
+    options = {"top_k": args.top_k, "top_p": args.top_p, "guidance_scale": args.guidance_scale}
+    try:
+        prior.sampling_options(**options)
+    except (TypeError, ValueError) as error:
+        raise _flags.RecipeError(f"--top-k/--top-p/--guidance-scale: {error}") from None
+    return options
+
+
 def write_samples(args, run: Run, vqvae, prior, name: str):
     """Sample ``--num-samples`` images (codes ~ prior, then decode) into a PNG grid and the
     first 16 into TensorBoard; returns them."""
@@ -200,6 +220,7 @@ def write_samples(args, run: Run, vqvae, prior, name: str):
         seed=args.seed,
         labels=labels,
         batch_size=args.sample_batch_size,
+        **sampling_options(args, prior),
     )
     images = to_numpy(images)
     ncols = prior.num_classes if labels is not None and args.labels in (None, "cycle") else None

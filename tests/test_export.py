@@ -79,7 +79,7 @@ def tiny_vqvae():
     return VQVAE(input_shape=IMAGE_SHAPE, num_embeddings=K, embedding_dim=4, filters=(4,))
 
 
-def tiny_prior(latent_shape, num_classes=None, num_embeddings=K):
+def tiny_prior(latent_shape, num_classes=None, num_embeddings=K, label_dropout=0.0):
     return PixelCNNPrior(
         num_embeddings,
         latent_shape,
@@ -87,6 +87,7 @@ def tiny_prior(latent_shape, num_classes=None, num_embeddings=K):
         filters=4,
         kernel_size=3,
         num_classes=num_classes,
+        label_dropout=label_dropout,
     )
 
 
@@ -228,6 +229,13 @@ def served(tmp_path_factory):
         "greedy", export_generator, vqvae, conditional_prior, s.root / "greedy", temperature=0
     )
     s.export("transformer", export_generator, vqvae, transformer, s.root / "transformer")
+    # Classifier-free guidance, top-k and top-p fixed into the artifact.
+    guided_prior = tiny_prior(vqvae.latent_shape, num_classes=3, label_dropout=0.2)
+    randomize(guided_prior, seed=4)
+    s.guided_options = {"temperature": 1.3, "top_k": 6, "top_p": 0.8, "guidance_scale": 2.5}
+    s.export(
+        "guided", export_generator, vqvae, guided_prior, s.root / "guided", **s.guided_options
+    )
 
     images = rng.random((3, *IMAGE_SHAPE), dtype="float32")
     one = images[:1]
@@ -266,6 +274,11 @@ def served(tmp_path_factory):
     s.add("transformer.fresh", "sample", {"num_samples": np.int32(2), "labels": labels[:2]})
     bad_labels = {"num_samples": np.int32(2), "labels": np.array([0, 3], "int32")}
     s.add("transformer.bad_labels", "sample", bad_labels)
+    guided_labels = np.array([0, 2, 3], "int32")  # 3: the null label
+    seeded = {"num_samples": np.int32(3), "seed": np.int32(7), "labels": guided_labels}
+    s.add("guided.seed7", "sample_seeded", seeded)
+    bad_labels = {"num_samples": np.int32(2), "labels": np.array([0, 4], "int32")}
+    s.add("guided.bad_labels", "sample", bad_labels)
 
     # Requests that do not fit the signature: the Keras models never see them.
     bad = {
@@ -329,6 +342,18 @@ def served(tmp_path_factory):
     if "transformer" not in s.errors:
         served_codes = s.outputs("transformer.seed7")["codes"]
         s.expected["transformer.seed7"] = {"images": vqvae.decode(served_codes)}
+    # The guided prior's in-process sampler on the served noise, and its own seeded draw.
+    options = dict(s.guided_options)
+    temperature = options.pop("temperature")
+    s.guided_fast_seed7 = to_numpy(
+        guided_prior._sample_from_uniform(s.seed7_noise, temperature, guided_labels, **options)
+    )
+    s.guided_prior_seed7 = to_numpy(
+        guided_prior.sample(3, seed=7, labels=guided_labels, **s.guided_options)
+    )
+    s.guided_plain_seed7 = to_numpy(
+        guided_prior._sample_from_uniform(s.seed7_noise, temperature, guided_labels)
+    )
     return s
 
 
@@ -486,6 +511,18 @@ class TestServedSignatures:
     def test_transformer_generator_rejects_out_of_range_labels(self, served):
         error = served.result("transformer.bad_labels")["error"]
         assert error is not None and "`labels` must lie in [0, 2] (num_classes=3)" in error
+
+    def test_guided_generator_draws_what_the_guided_sampler_draws(self, served):
+        # Any backend: guidance, top-k and top-p baked into the artifact give the codes of
+        # the prior's own guided sampler on the served noise (labels with the null label).
+        codes = served.outputs("guided.seed7")["codes"]
+        assert codes.shape == (3, 4, 4) and len(np.unique(codes)) > 2
+        np.testing.assert_array_equal(codes, served.guided_fast_seed7)
+        assert not np.array_equal(codes, served.guided_plain_seed7)  # the options mattered
+        if keras.backend.backend() == "tensorflow":  # the same RNG as prior.sample(seed=7)
+            np.testing.assert_array_equal(codes, served.guided_prior_seed7)
+        error = served.result("guided.bad_labels")["error"]
+        assert error is not None and "`labels` must lie in [0, 3]" in error
 
     def test_generator_serving_default_is_sample(self, served):
         assert signature_keys(served, "generator.default") == (
@@ -655,6 +692,12 @@ class TestBadModels:
             export_generator(vqvae, tiny_prior((4, 4)), tmp_path, temperature=-1.0)
         with pytest.raises(TypeError, match="`jit_compile` must be True or False, got 'yes'"):
             export_generator(vqvae, tiny_prior((4, 4)), tmp_path, jit_compile="yes")
+        with pytest.raises(ValueError, match="`guidance_scale` needs a class-conditional prior"):
+            export_generator(vqvae, tiny_prior((4, 4), num_classes=2), tmp_path, guidance_scale=2)
+        with pytest.raises(ValueError, match=r"`top_p` must be in \(0, 1\]"):
+            export_generator(vqvae, tiny_prior((4, 4)), tmp_path, top_p=0.0)
+        with pytest.raises(ValueError, match="`top_k` must be at most num_embeddings=8"):
+            export_generator(vqvae, tiny_prior((4, 4)), tmp_path, top_k=9)
         assert list(tmp_path.iterdir()) == []
 
 

@@ -124,7 +124,7 @@ def vqvae_dir(tmp_path_factory):
 def prior_dir(vqvae_dir):
     out = vqvae_dir.parent / "prior"
     vqvae = str(vqvae_dir / "vqvae.keras")
-    extra = "--conditional --num-samples 10".split()
+    extra = "--conditional --label-dropout 0.2 --guidance-scale 2 --num-samples 10".split()
     run("train_prior", "--vqvae", vqvae, "--out", str(out), *extra, *TINY_PRIOR, *TINY_RUN)
     return out
 
@@ -217,6 +217,7 @@ def test_train_prior_on_vqvae_codes_with_labels(prior_dir):
     prior = load(prior_dir / "prior.keras")
     assert type(prior).__name__ == "PixelCNNPrior"
     assert prior.num_classes == 10 and prior.num_embeddings == 8
+    assert prior.label_dropout == 0.2 and prior.null_label == 10  # guidance-ready
     # One class per column: ten samples fill one row.
     assert png_size(prior_dir / "samples.png") == grid_size(10, 10)
     assert "epoch_accuracy" in event_tags(prior_dir / "logs" / "train")
@@ -230,8 +231,11 @@ def test_sample_vqvae_with_prior_and_labels(vqvae_dir, prior_dir, tmp_path):
     out = tmp_path / "sample"
     models = ["--vqvae", str(vqvae_dir / "vqvae.keras"), "--prior", str(prior_dir / "prior.keras")]
     extra = "--labels 3,4 --num-samples 6 --sample-batch-size 4 --verbose 2".split()
+    extra += "--guidance-scale 3 --top-k 6 --top-p 0.9".split()
     run("sample", *models, *extra, "--out", str(out))
     metrics = check_run_dir(out, "sample")
+    args = read_json(out / "config.json")["args"]
+    assert (args["guidance_scale"], args["top_k"], args["top_p"]) == (3.0, 6, 0.9)
     assert metrics["num_samples"] == 6 and metrics["image_shape"] == [8, 8, 1]
     assert png_size(out / "samples.png") == grid_size(6, 3)
     # The default feature model judges 32x32x1 images only: 8x8 samples are not measured.
@@ -272,7 +276,7 @@ def test_reconstruct_writes_pairs_and_mse(vqvae_dir, tmp_path):
 @pytest.mark.subprocess
 def test_pipeline_trains_samples_and_exports(tmp_path):
     out = tmp_path / "pipeline"
-    extra = "--prior-epochs 1 --num-samples 4".split()
+    extra = "--prior-epochs 1 --num-samples 4 --top-k 6 --top-p 0.95".split()
     run("pipeline", "--out", str(out), *TINY_VQVAE, *TINY_PRIOR, *extra, *TINY_RUN)
     metrics = check_run_dir(out, "pipeline")
     assert math.isfinite(metrics["test_reconstruction_mse"])
@@ -463,6 +467,21 @@ def test_pipeline_checks_the_prior_flags_before_training(tmp_path):
     assert "kernel_size" in result.stderr and "Traceback" not in result.stderr
     assert "Epoch" not in result.stdout, "refused before the VQ-VAE stage trained"
     assert not out.exists()
+
+
+@pytest.mark.subprocess
+def test_guidance_flags_that_do_not_fit_the_prior_are_usage_errors(vqvae_dir, tmp_path):
+    vqvae = str(vqvae_dir / "vqvae.keras")
+    for flags, message in [
+        ("--conditional --guidance-scale 2", "`guidance_scale` needs a class-conditional"),
+        ("--label-dropout 0.2", "--label-dropout needs --conditional"),
+    ]:
+        out = tmp_path / "bad"
+        args = ["--vqvae", vqvae, "--out", str(out), *flags.split(), *TINY_PRIOR, *TINY_RUN]
+        result = run("train_prior", *args, check=False, timeout=120)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert not out.exists()
 
 
 @pytest.mark.subprocess

@@ -131,3 +131,32 @@ def conv(inputs, kernel, padding="valid"):
 def _range(start, length):
     start = int(start)
     return builtins.slice(start, start + int(length))
+
+
+# --- the code choice (keras_vq.models._prior.CodePicker): top-p, guidance ------------------
+def concatenate(xs, axis=0):
+    return torch.cat(list(xs), dim=axis)
+
+
+def unstack(x, axis=0):
+    return list(torch.unbind(x, dim=axis))
+
+
+def sort(x, axis=-1):
+    return torch.sort(x, dim=axis).values
+
+
+def exp(x):
+    return torch.exp(x)
+
+
+def cumsum(x, axis=None):
+    return torch.cumsum(x, dim=axis)
+
+
+def zeros_like(x):
+    return torch.zeros_like(x)
+
+
+def min(x, axis=None, keepdims=False):
+    return torch.amin(x, dim=axis, keepdim=keepdims)

@@ -274,8 +274,9 @@ def loop_ops() -> Any:
     itself. Torch runs it eagerly, one Python call per op, and on one position's small
     tensors ``keras.ops``' dispatch costs more than the op: there it is a namespace of the
     same torch kernels called directly (the same numbers), for the ops the samplers use:
-    ``argmax cast conv gelu layer_normalization matmul pad relu reshape sigmoid slice
-    slice_update softmax swapaxes take tanh top_k transpose where`` (``conv``: 2-D,
+    ``argmax cast concatenate conv cumsum exp gelu layer_normalization matmul min pad relu
+    reshape sigmoid slice slice_update softmax sort swapaxes take tanh top_k transpose
+    unstack where zeros_like`` (``conv``: 2-D,
     "valid"; ``take``: rows of a 2-D table). Its ``slice_update`` writes in place:
     the caller must not read ``inputs`` again (true of a loop carry).
 

@@ -15,6 +15,7 @@ from keras_vq.layers.pixelcnn import GatedPixelCNNBlock, dense_weights
 from keras_vq.models._export import ExportMixin
 from keras_vq.models._prior import (  # _TINY: tests import the noise floor from here
     _TINY,  # noqa: F401
+    CodePicker,
     PriorMixin,
     join_chunks,
 )
@@ -31,7 +32,10 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
     categorical cross-entropy ``-log p(c_i | c_<i)`` averaged over positions (nats per code).
 
     ``fit`` data are code maps ``codes`` or, with ``num_classes``, ``(codes, labels)`` (labels
-    int ``(B,)``); an unconditional prior ignores any ``y``. Logs ``loss`` (nats per code),
+    int ``(B,)``); an unconditional prior ignores any ``y``. With ``label_dropout`` p > 0 the
+    prior also learns ``p(c)`` without a class, for classifier-free guidance (Ho & Salimans,
+    2022): a null class ``null_label = num_classes`` gets its own class biases, and while
+    training each label is replaced by it with probability p. Logs ``loss`` (nats per code),
     ``accuracy`` (fraction of positions where the argmax is the target code) and
     ``bits_per_code`` (``loss / ln 2``). Compiled metrics receive the logits as ``y_pred``;
     prefer the built-in ``accuracy``.
@@ -43,10 +47,14 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
         filters: channels of the embedding and of both stacks.
         kernel_size: odd kernel size k ≥ 3 of the blocks.
         num_classes: number of classes for class-conditional priors, or ``None``.
+        label_dropout: probability in ``[0, 1)`` of training on the null label instead of a
+            sample's label; > 0 needs ``num_classes`` and enables ``guidance_scale``.
         **kwargs: ``keras.Model`` arguments (``name``, ``dtype``).
 
     Call arguments:
-        inputs: int codes ``(B, h, w)``; with ``num_classes``, the list ``[codes, labels]``.
+        inputs: int codes ``(B, h, w)``; with ``num_classes``, the list ``[codes, labels]``
+            (labels in ``[0, num_classes)``, or ``null_label`` when the prior has one).
+        training: with ``label_dropout``, drop labels to the null label (``fit`` does).
 
     Returns:
         float32 logits ``(B, h, w, num_embeddings)``.
@@ -57,10 +65,14 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
         >>> prior.fit(codes, epochs=10)                       # codes: int (N, 7, 7)
         >>> new_codes = prior.sample(16, temperature=1.0, seed=0)   # int32 (16, 7, 7)
         >>> images = generate(vqvae, prior, 16, seed=0)
+        >>> guided = PixelCNNPrior(64, (7, 7), num_classes=10, label_dropout=0.1)
+        >>> # ... fit on (codes, labels), then sample with classifier-free guidance:
+        >>> digits = guided.sample(10, labels=range(10), guidance_scale=3.0, top_p=0.9)
 
     Reference:
         van den Oord et al. "Conditional Image Generation with PixelCNN Decoders", 2016;
-        van den Oord, Vinyals, Kavukcuoglu. "Neural Discrete Representation Learning", 2017.
+        van den Oord, Vinyals, Kavukcuoglu. "Neural Discrete Representation Learning", 2017;
+        Ho, Salimans. "Classifier-Free Diffusion Guidance", 2022.
     """
 
     _CONFIG_KEYS = ("num_layers", "filters", "kernel_size")
@@ -73,10 +85,11 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
         filters: int = 64,
         kernel_size: int = 5,
         num_classes: int | None = None,
+        label_dropout: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._init_prior(num_embeddings, latent_shape, num_classes)
+        self._init_prior(num_embeddings, latent_shape, num_classes, label_dropout)
         self.num_layers = _validation.check_int("num_layers", num_layers, minimum=1)
         self.filters = _validation.check_int("filters", filters, minimum=1)
         self.kernel_size = _validation.check_odd_int("kernel_size", kernel_size, minimum=3)
@@ -88,7 +101,7 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
             GatedPixelCNNBlock(
                 self.filters,
                 self.kernel_size,
-                num_classes=self.num_classes,
+                num_classes=self.num_label_rows,
                 mask_type="A" if i == 0 else "B",
                 name=f"gated_block_{i}",
                 **sub,
@@ -123,6 +136,7 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
 
     def call(self, inputs, training=None):
         codes, labels = self._split_inputs(inputs)
+        labels = self._drop_labels(labels, training)
         x = self.embedding(ops.cast(codes, "int32"))
         v, h = x, x
         for block in self.blocks:
@@ -138,12 +152,25 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
         seed: int | None = None,
         labels: Any = None,
         batch_size: int | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        guidance_scale: float | None = None,
     ):
         """Draw code maps ``c ~ p(c)`` (or ``p(c | label)``) in raster order.
 
         Position ``(i, j)`` takes ``argmax_k(logits_k + T · g_k)``, ``g`` Gumbel noise, i.e. a
         draw from ``softmax(logits / T)``; ``T = 0`` is the greedy (argmax) path. All noise of a
-        call is drawn up front from ``seed``, so one seed always gives the same maps. The loop
+        call is drawn up front from ``seed``, so one seed always gives the same maps.
+
+        ``top_k`` keeps the k largest logits, ``top_p`` then the nucleus: the most probable
+        codes of ``softmax(logits / T)`` until their probability reaches p (the most probable
+        always; codes tied with the last kept one too). With ``guidance_scale`` s
+        (classifier-free guidance, for a prior trained with ``label_dropout``) the logits
+        are ``l_null + s·(l_label − l_null)`` before both: one batched pass of 2B rows (the
+        labels, then the null label) per position, each sample's two rows fed the code drawn
+        from their combination. ``s = 1`` draws exactly the maps of plain conditional
+        sampling with the same seed, ``s = 0`` those of ``labels=null_label``; ``s > 1``
+        sharpens the class. The loop
         over positions runs in one compiled function (XLA on TF and JAX): the vertical stack is
         advanced by one row per row and the horizontal stack by one pixel per pixel, so each
         position costs one pixel of each block.
@@ -162,18 +189,41 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
             num_samples: number of maps B ≥ 1.
             temperature: T ≥ 0.
             seed: non-negative int, or ``None`` for fresh randomness.
-            labels: with ``num_classes``: an int class for all samples or int ``(B,)``.
+            labels: with ``num_classes``: an int class for all samples or int ``(B,)``
+                (``null_label`` allowed).
             batch_size: maps drawn per sampler call, ≥ 1; ``None``: all at once.
+            top_k: keep the k largest logits at each position (1 ≤ k ≤ K), or ``None``.
+            top_p: nucleus mass in (0, 1], or ``None`` (1 keeps every code).
+            guidance_scale: s ≥ 0, or ``None`` for plain sampling (no extra cost); needs
+                ``null_label`` (``label_dropout > 0``).
 
         Returns:
             int32 backend tensor ``(B, h, w)``.
         """
-        return self._draw(num_samples, temperature, seed, labels, batch_size)
+        return self._draw(
+            num_samples,
+            temperature,
+            seed,
+            labels,
+            batch_size,
+            top_k=top_k,
+            top_p=top_p,
+            guidance_scale=guidance_scale,
+        )
 
-    def _sample_loop(self, uniform, temperature, labels):
+    def _sample_loop(
+        self, uniform, temperature, labels, top_k=None, top_p=None, guidance_scale=None
+    ):
+        """The row-cached sampler on uniform noise ``(B, h, w, K)``; ``top_k`` static, ``top_p``
+        and ``guidance_scale`` scalars or ``None`` (see :class:`CodePicker`)."""
         batch = ops.shape(uniform)[0]  # a tensor in a graph with a dynamic batch (export)
         (height, width), n, f = self.latent_shape, self.kernel_size // 2, self.filters
         num_layers, k, dtype = self.num_layers, self.num_embeddings, self.compute_dtype
+        pick = CodePicker(temperature, top_k, top_p, guidance_scale)
+        # The network's rows: B, or with guidance the B conditional then the B null rows, one
+        # batched pass; both halves of a sample read the code drawn from their combination.
+        labels = self.guided_labels(labels, guidance_scale)
+        rows = 2 * batch if pick.guided else batch
         # Loop invariants, prepared once: per-block biases and weights, the noise.
         biases = [block.label_bias(labels) for block in self.blocks]
         weights = [block.sampling_weights(dtype) for block in self.blocks]
@@ -188,28 +238,27 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
         def pixel(i, j, codes, row_in, h_ins, offsets):
             """Sample (i, j). row_in: row i of the codes, embedded; h_ins[l]: row i of block
             l+1's horizontal input; both with n zero columns on the left, flattened to
-            (B, (W+n)·F), so a window of columns is one slice."""
-            window = xops.slice(row_in, [0, j * f], [batch, n * f])
+            (rows, (W+n)·F), so a window of columns is one slice."""
+            window = xops.slice(row_in, [0, j * f], [rows, n * f])
             h = self.blocks[0].horizontal_pixel(window, at(offsets[0], j), weights=weights[0])
             new_h_ins = []
             for layer in range(1, num_layers):
                 h_in = xops.slice_update(h_ins[layer - 1], [0, (j + n) * f], h)
                 new_h_ins.append(h_in)
-                window = xops.slice(h_in, [0, j * f], [batch, (n + 1) * f])
+                window = xops.slice(h_in, [0, j * f], [rows, (n + 1) * f])
                 h = self.blocks[layer].horizontal_pixel(
                     window, at(offsets[layer], j), h, weights=weights[layer]
                 )
             hidden = xops.relu(xops.relu(h) @ hidden_w + hidden_b)
             logits = xops.cast(hidden @ logits_w + logits_b, "float32")
-            scores = logits + xops.slice(noise, [0, (i * width + j) * k], [batch, k])
-            code = xops.cast(xops.argmax(scores, axis=-1), "int32")
+            code = pick(logits, xops.slice(noise, [0, (i * width + j) * k], [batch, k]), xops)
             codes = xops.slice_update(codes, [0, i, j], xops.reshape(code, (batch, 1, 1)))
-            embedded = xops.take(embeddings, code, axis=0)
+            embedded = xops.take(embeddings, pick.feed(code, xops), axis=0)
             row_in = xops.slice_update(row_in, [0, (j + n) * f], embedded)
             return codes, row_in, new_h_ins
 
         def at(offsets, j):
-            return xops.slice(offsets, [0, j * 2 * f], [batch, 2 * f])
+            return xops.slice(offsets, [0, j * 2 * f], [rows, 2 * f])
 
         def row(i, carry):
             codes, v_ins, offsets = carry
@@ -217,32 +266,30 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
             def column(j, carry):
                 return pixel(i, j, *carry, offsets)
 
-            row_in = ops.zeros((batch, (width + n) * f), dtype)
-            h_ins = [ops.zeros((batch, (width + n) * f), dtype) for _ in range(num_layers - 1)]
+            row_in = ops.zeros((rows, (width + n) * f), dtype)
+            h_ins = [ops.zeros((rows, (width + n) * f), dtype) for _ in range(num_layers - 1)]
             codes, row_in, _ = ops.fori_loop(0, width, column, (codes, row_in, h_ins))
             # Row i is complete: advance every vertical stack by row i, which gives the
             # offsets of row i+1. v_ins hold each block's vertical input with n zero rows on
             # top and n zero columns on each side; rows i-n..i are padded rows i..i+n.
-            x = xops.reshape(row_in[:, n * f :], (batch, 1, width, f))
+            x = xops.reshape(row_in[:, n * f :], (rows, 1, width, f))
             new_v_ins, new_offsets = [], []
             for layer, block in enumerate(self.blocks):
                 x = xops.pad(x, [[0, 0], [0, 0], [n, n], [0, 0]])
                 v_in = xops.slice_update(v_ins[layer], [0, i + n, 0, 0], x)
-                window = xops.slice(v_in, [0, i, 0, 0], [batch, n + 1, width + 2 * n, f])
+                window = xops.slice(v_in, [0, i, 0, 0], [rows, n + 1, width + 2 * n, f])
                 x, offset = block.vertical_row(window, biases[layer], weights=weights[layer])
                 new_v_ins.append(v_in)
-                new_offsets.append(xops.reshape(offset, (batch, width * 2 * f)))
+                new_offsets.append(xops.reshape(offset, (rows, width * 2 * f)))
             return codes, new_v_ins, new_offsets
 
         codes = ops.zeros((batch, height, width), "int32")
-        v_ins = [
-            ops.zeros((batch, height + n, width + 2 * n, f), dtype) for _ in range(num_layers)
-        ]
+        v_ins = [ops.zeros((rows, height + n, width + 2 * n, f), dtype) for _ in range(num_layers)]
         # Row 0 sees no row above: no link term at all (as in ``call``), only the biases.
         offsets = [
             ops.reshape(
-                block.first_row_offset(batch, width, bias, weights=w, dtype=dtype),
-                (batch, width * 2 * f),
+                block.first_row_offset(rows, width, bias, weights=w, dtype=dtype),
+                (rows, width * 2 * f),
             )
             for block, w, bias in zip(self.blocks, weights, biases)
         ]
@@ -259,6 +306,9 @@ def generate(
     seed: int | None = None,
     labels: Any = None,
     batch_size: int | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    guidance_scale: float | None = None,
 ):
     """Two-stage generation: ``codes ~ prior``, then ``images = vqvae.decode(codes)``.
 
@@ -272,9 +322,14 @@ def generate(
         num_samples, temperature, seed, labels: as in :meth:`PixelCNNPrior.sample`.
         batch_size: maps sampled and decoded per call, ``None``: all at once. The codes are
             those of ``prior.sample(..., batch_size=batch_size)`` (see there).
+        top_k, top_p, guidance_scale: as in :meth:`PixelCNNPrior.sample` (for either prior):
+            top-k and nucleus sampling, classifier-free guidance.
 
     Returns:
         Decoded images ``(B, H, W, C)``.
+
+    Example:
+        >>> images = generate(vqvae, prior, 10, labels=range(10), guidance_scale=3.0, seed=0)
     """
     if not callable(getattr(prior, "sample", None)) or not isinstance(
         getattr(prior, "num_embeddings", None), int
@@ -306,7 +361,16 @@ def generate(
             f"`vqvae` has num_embeddings={codebook_size} but `prior` models "
             f"num_embeddings={prior.num_embeddings} codes."
         )
-    chunks = prior._sample_chunks(num_samples, temperature, seed, labels, batch_size)
+    chunks = prior._sample_chunks(
+        num_samples,
+        temperature,
+        seed,
+        labels,
+        batch_size,
+        top_k=top_k,
+        top_p=top_p,
+        guidance_scale=guidance_scale,
+    )
     # Each call's maps are decoded at once, the surplus of the last one included, so that
     # every decoder call has the same batch size.
     return join_chunks([vqvae.decode(codes) for codes in chunks], num_samples)

@@ -13,7 +13,7 @@ from keras_vq import _validation
 from keras_vq.backend import TrainStepMixin, inference
 from keras_vq.backend.ops import loop_ops
 from keras_vq.models._export import ExportMixin
-from keras_vq.models._prior import PriorMixin
+from keras_vq.models._prior import CodePicker, PriorMixin
 from keras_vq.presets import PresetMixin
 
 # Masked attention scores: exp underflows to exactly 0 in float32, and no inf - inf NaNs.
@@ -182,6 +182,9 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
 
     ``fit`` data are code maps ``codes`` or, with ``num_classes``, ``(codes, labels)``; logs
     ``loss`` (nats per code), ``accuracy`` and ``bits_per_code``, as :class:`PixelCNNPrior`.
+    With ``label_dropout`` p > 0 the class embedding has a row for the null class
+    ``null_label = num_classes``, which replaces each label with probability p while training
+    (for classifier-free guidance, as in :class:`PixelCNNPrior`).
 
     Args:
         num_embeddings: K, the number of codes.
@@ -191,10 +194,14 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
         hidden_dim: width D of the embeddings and blocks.
         num_classes: number of classes for class-conditional priors, or ``None``.
         dropout: dropout rate in ``[0, 1)`` on the attention and MLP outputs while training.
+        label_dropout: probability in ``[0, 1)`` of training on the null label instead of a
+            sample's label; > 0 needs ``num_classes`` and enables ``guidance_scale``.
         **kwargs: ``keras.Model`` arguments (``name``, ``dtype``).
 
     Call arguments:
-        inputs: int codes ``(B, h, w)``; with ``num_classes``, the list ``[codes, labels]``.
+        inputs: int codes ``(B, h, w)``; with ``num_classes``, the list ``[codes, labels]``
+            (labels in ``[0, num_classes)``, or ``null_label`` when the prior has one).
+        training: dropout and label dropout on (``fit`` does).
 
     Returns:
         float32 logits ``(B, h, w, num_embeddings)``; position t depends on codes ``< t`` only.
@@ -204,6 +211,9 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
         >>> prior.compile(optimizer="adam")
         >>> prior.fit(codes, epochs=10)                       # codes: int (N, 8, 8)
         >>> new_codes = prior.sample(16, seed=0, top_k=32)    # int32 (16, 8, 8)
+        >>> guided = TransformerPrior(64, (8, 8), num_classes=10, label_dropout=0.1)
+        >>> # ... fit on (codes, labels), then sample with classifier-free guidance:
+        >>> digits = guided.sample(10, labels=range(10), guidance_scale=3.0, top_p=0.9)
 
     Reference:
         Vaswani et al. "Attention Is All You Need", 2017; Esser, Rombach, Ommer. "Taming
@@ -221,10 +231,11 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
         hidden_dim: int = 128,
         num_classes: int | None = None,
         dropout: float = 0.0,
+        label_dropout: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._init_prior(num_embeddings, latent_shape, num_classes)
+        self._init_prior(num_embeddings, latent_shape, num_classes, label_dropout)
         self.num_layers = _validation.check_int("num_layers", num_layers, minimum=1)
         self.num_heads = _validation.check_int("num_heads", num_heads, minimum=1)
         self.hidden_dim = _validation.check_int("hidden_dim", hidden_dim, minimum=1)
@@ -244,7 +255,7 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
         self.class_embedding = (
             None
             if self.num_classes is None
-            else keras.layers.Embedding(self.num_classes, d, name="class_embedding", **sub)
+            else keras.layers.Embedding(self.num_label_rows, d, name="class_embedding", **sub)
         )
         self.blocks = [
             _Block(d, self.num_heads, self.dropout, name=f"block_{i}", **sub)
@@ -291,7 +302,7 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
 
     def call(self, inputs, training=None):
         codes, labels = self._split_inputs(inputs)
-        return self._forward(codes, labels, training)
+        return self._forward(codes, self._drop_labels(labels, training), training)
 
     def _forward(self, codes, labels=None, training=None):
         """``call`` without the input checks (their TF assertions do not compile with XLA)."""
@@ -316,6 +327,8 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
         labels: Any = None,
         top_k: int | None = None,
         batch_size: int | None = None,
+        top_p: float | None = None,
+        guidance_scale: float | None = None,
     ):
         """Draw code maps ``c ~ p(c)`` (or ``p(c | label)``) in raster order.
 
@@ -325,32 +338,46 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
         (preallocated caches of ``h·w`` positions), so a position costs one token's pass on
         weights prepared once per call, in one compiled loop (XLA on TF and JAX; on torch
         eagerly without autograd, on native ops: ``keras_vq.backend.ops.loop_ops``).
+        ``top_k``, ``top_p`` and ``guidance_scale`` (classifier-free guidance: the caches hold
+        2B rows, the labels and the null label) work as in :meth:`PixelCNNPrior.sample`.
 
         Args:
             num_samples: number of maps B ≥ 1.
             temperature: T ≥ 0.
             seed: non-negative int, or ``None`` for fresh randomness.
-            labels: with ``num_classes``: an int class for all samples or int ``(B,)``.
+            labels: with ``num_classes``: an int class for all samples or int ``(B,)``
+                (``null_label`` allowed).
             top_k: keep only the k largest logits at each position (1 ≤ k ≤ K), or ``None``.
             batch_size: maps drawn per sampler call (bounds memory), ``None``: all at once; as
                 in :meth:`PixelCNNPrior.sample`, call ``i`` uses ``seed + i``.
+            top_p: nucleus mass in (0, 1], or ``None``.
+            guidance_scale: s ≥ 0, or ``None`` for plain sampling; needs ``null_label``.
 
         Returns:
             int32 backend tensor ``(B, h, w)``.
         """
-        if top_k is not None:
-            top_k = _validation.check_int("top_k", top_k, minimum=1)
-            if top_k > self.num_embeddings:
-                raise ValueError(
-                    f"`top_k` must be at most num_embeddings={self.num_embeddings}, got {top_k}."
-                )
-            if top_k == self.num_embeddings:
-                top_k = None  # nothing to mask: one compiled sampler less
-        return self._draw(num_samples, temperature, seed, labels, batch_size, top_k=top_k)
+        return self._draw(
+            num_samples,
+            temperature,
+            seed,
+            labels,
+            batch_size,
+            top_k=top_k,
+            top_p=top_p,
+            guidance_scale=guidance_scale,
+        )
 
-    def _sample_loop(self, uniform, temperature, labels, top_k: int | None = None):
-        """The cached sampler on uniform noise ``(B, h, w, K)``; ``top_k`` static."""
+    def _sample_loop(
+        self, uniform, temperature, labels, top_k=None, top_p=None, guidance_scale=None
+    ):
+        """The cached sampler on uniform noise ``(B, h, w, K)``; ``top_k`` static, ``top_p``
+        and ``guidance_scale`` scalars or ``None`` (see :class:`CodePicker`)."""
         batch = ops.shape(uniform)[0]  # a tensor in a graph with a dynamic batch (export)
+        pick = CodePicker(temperature, top_k, top_p, guidance_scale)
+        # The network's rows: B, or with guidance the B conditional then the B null rows, one
+        # batched pass; both halves of a sample read the code drawn from their combination.
+        labels = self.guided_labels(labels, guidance_scale)
+        rows = 2 * batch if pick.guided else batch
         height, width = self.latent_shape
         length, k, d = height * width, self.num_embeddings, self.hidden_dim
         dtype = self.compute_dtype
@@ -374,21 +401,17 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
                 x, cache = block.step(x, cache, t, visible, weights=w)
                 new_caches.append(cache)
             x = _Block._norm(self.final_norm, x, final_norm)
-            logits = xops.cast(xops.reshape(x, (batch, d)) @ head_kernel + head_bias, "float32")
-            if top_k is not None:
-                kth = xops.top_k(logits, top_k, sorted=True)[0][:, -1:]
-                logits = xops.where(logits >= kth, logits, float("-inf"))
-            scores = logits + xops.slice(noise, [0, t * k], [batch, k])
-            code = xops.cast(xops.argmax(scores, axis=-1), "int32")
+            logits = xops.cast(xops.reshape(x, (rows, d)) @ head_kernel + head_bias, "float32")
+            code = pick(logits, xops.slice(noise, [0, t * k], [batch, k]), xops)
             codes = xops.slice_update(codes, [0, t], xops.reshape(code, (batch, 1)))
-            token = xops.reshape(xops.take(embeddings, code, axis=0), (batch, 1, d))
-            return codes, token, new_caches
+            token = xops.take(embeddings, pick.feed(code, xops), axis=0)
+            return codes, xops.reshape(token, (rows, 1, d)), new_caches
 
-        token = ops.reshape(self._start_tokens(labels, batch), (batch, 1, d))
+        token = ops.reshape(self._start_tokens(labels, rows), (rows, 1, d))
         caches = [
             (
-                ops.zeros((batch, self.num_heads, head_dim, length), dtype),
-                ops.zeros((batch, self.num_heads, length, head_dim), dtype),
+                ops.zeros((rows, self.num_heads, head_dim, length), dtype),
+                ops.zeros((rows, self.num_heads, length, head_dim), dtype),
             )
             for _ in self.blocks
         ]
