@@ -168,7 +168,9 @@ def add_quantizer_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_prior_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("prior (--num-layers, --label-dropout: either prior; the rest: PixelCNN)")
+    group = parser.add_argument_group(
+        "prior (--num-layers, --label-dropout: either prior; the rest: PixelCNN)"
+    )
     transformer = ("TransformerPrior: ", "models/transformer.py", "TransformerPrior", "num_layers")
     owners = [("PixelCNNPrior: ", *PIXELCNN, "num_layers"), transformer]
     add_model_arg(
