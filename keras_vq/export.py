@@ -146,7 +146,7 @@ def export_generator(
             the nucleus of mass p in (0, 1] (see :meth:`PixelCNNPrior.sample`); ``None``: off.
         guidance_scale: classifier-free guidance scale s ≥ 0 fixed into the artifact (the
             prior must have a ``null_label``: trained with ``label_dropout > 0``); ``None``:
-            plain sampling.
+            the prior's own ``guidance_scale`` (``None`` unless set: plain sampling).
         jit_compile: compile the sampling loop with XLA when the artifact runs (per batch
             size, on the first call). Faster, above all for the transformer's many small
             per-position ops, but the server must have XLA (TensorFlow's Python package

@@ -22,6 +22,7 @@ from typing import Any
 NONE_MEANS = {
     ("models/vqvae.py", "VQVAE", "filters"): "(32, 128): 32 then 128 per halving",
     ("models/vae.py", "VAE", "filters"): "(32, 64): 32 doubling per halving",
+    ("models/vqvae.py", "VQVAE", "downsample"): "4, or 2**len(--filters) when --filters is set",
 }
 
 
@@ -34,7 +35,8 @@ def _module_tree(module: str) -> ast.Module:
 
 def model_default(module: str, class_name: str, arg: str) -> Any:
     """The default of ``arg`` in ``class_name.__init__`` of ``keras_vq/<module>``: a literal,
-    or a module constant (``DEFAULT_<ARG>`` stands in for a ``None`` default when it exists).
+    ``Unset(literal)``, or a module constant (``DEFAULT_<ARG>`` stands in for a ``None``
+    default when it exists).
 
     Example:
         >>> model_default("models/vqvae.py", "VQVAE", "ema_decay")    # 0.7
@@ -58,6 +60,8 @@ def model_default(module: str, class_name: str, arg: str) -> Any:
     defaults = dict(zip((a.arg for a in args), init.args.defaults, strict=True))
     defaults.update((a.arg, d) for a, d in zip(init.args.kwonlyargs, init.args.kw_defaults))
     node = defaults[arg]
+    if isinstance(node, ast.Call) and len(node.args) == 1:
+        node = node.args[0]  # ``Unset(value)``: a default that tells whether it was passed
     if isinstance(node, ast.Name):
         node = constants[node.id]
     value = ast.literal_eval(node)

@@ -134,6 +134,7 @@ def add_vqvae_args(parser: argparse.ArgumentParser) -> None:
         "--num-bits unless set, another value adds a projection)",
     )
     model_arg("--filters", positive_int, "encoder widths, one per halving of the size", nargs="+")
+    model_arg("--downsample", positive_int, "image size / code map size, a power of 2")
     model_arg("--beta", non_negative_float, "commitment weight (vq, rvq)")
     model_arg("--ema-decay", unit_interval, "EMA codebook decay (vq, rvq); 0: by gradients")
     model_arg(
@@ -181,7 +182,10 @@ def add_prior_args(parser: argparse.ArgumentParser) -> None:
     owners = [("", *PIXELCNN, "kernel_size")]
     add_model_arg(group, "--kernel-size", owners, "PixelCNN kernel, odd, >= 3", type=positive_int)
     group.add_argument(
-        "--conditional", action="store_true", help="condition the prior on class labels"
+        "--conditional",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="condition the prior on class labels",
     )
     owners = [("", *PIXELCNN, "label_dropout")]
     add_model_arg(

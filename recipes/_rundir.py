@@ -104,7 +104,8 @@ def _saved_flags(saved: dict, config: dict, unset_later: bool) -> str:
 
 
 def _differing_keys(old: dict, new: dict) -> list[str]:
-    keys = sorted(set(old) | set(new))
+    # A flag the saved run does not know came later: the run had that flag's behaviour.
+    keys = sorted(old)
     return [k for k in keys if k not in _NOT_COMPARED and old.get(k) != new.get(k)]
 
 

@@ -30,17 +30,17 @@ COMMON = "--backend tensorflow --seed 0 --verbose 2 --overwrite"
 # trained on the VQ-VAE above it.
 PRESETS = {
     "vqvae_digits": (
-        "VQ-VAE on the 32x32 offline digits: 128 codes of size 16 on an 8x8 grid (EMA codebook)",
-        # The widths and EMA decay it was built with (the recipe's defaults then; VQVAE's
-        # defaults, which unset flags now take, are (32, 128) and 0.7).
-        "recipes/train_vqvae.py --out {work}/vqvae_digits --epochs 15 --filters 32 64 "
-        "--ema-decay 0.99 " + COMMON,
+        "VQ-VAE on the 32x32 offline digits: 64 codes of size 16 on a 4x4 grid (EMA codebook), "
+        "the main job's configuration, chosen for the samples of its prior",
+        "recipes/train_vqvae.py --out {work}/vqvae_digits --epochs 15 --downsample 8 "
+        "--num-embeddings 64 " + COMMON,
     ),
     "pixelcnn_digits": (
-        "Class-conditional gated PixelCNN prior over the codes of vqvae_digits (10 classes)",
+        "Class-conditional gated PixelCNN prior over the codes of vqvae_digits (10 classes), "
+        "trained with label dropout; samples with classifier-free guidance (scale 2) by default",
         "recipes/train_prior.py --vqvae {work}/vqvae_digits/vqvae.keras "
-        "--out {work}/pixelcnn_digits --conditional --num-layers 4 --prior-filters 48 "
-        "--kernel-size 3 --epochs 40 --num-samples 20 " + COMMON,
+        "--out {work}/pixelcnn_digits --conditional --label-dropout 0.1 --guidance-scale 2 "
+        "--epochs 15 --num-samples 20 " + COMMON,
     ),
     "vae_digits": (
         "VAE on the 32x32 offline digits: 16 latent dimensions, Bernoulli likelihood",

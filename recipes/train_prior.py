@@ -37,16 +37,26 @@ from _rundir import Run
 
 RECIPE = "train_prior"
 MODEL_FILE = "prior.keras"
-# The prior's flags and the argument each sets, per --prior.
+# The prior's flags and the argument each sets, per --prior. --guidance-scale (a sampling flag)
+# is also the prior's own default guidance, so the saved prior samples as the run did.
 MODEL_FLAGS = {
     "pixelcnn": {
         "num_layers": "num_layers",
         "prior_filters": "filters",
         "kernel_size": "kernel_size",
         "label_dropout": "label_dropout",
+        "guidance_scale": "guidance_scale",
     },
     "transformer": {
-        f: f for f in ("num_layers", "num_heads", "hidden_dim", "dropout", "label_dropout")
+        f: f
+        for f in (
+            "num_layers",
+            "num_heads",
+            "hidden_dim",
+            "dropout",
+            "label_dropout",
+            "guidance_scale",
+        )
     },
 }
 

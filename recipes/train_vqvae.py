@@ -28,7 +28,7 @@ RECIPE = "train_vqvae"
 MODEL_FILE = "vqvae.keras"
 # The VQ-VAE's flags, named like VQVAE's arguments (and config.json's record of them).
 VQ_FLAGS = ("num_embeddings", "embedding_dim", "beta", "ema_decay", "dead_code_threshold")
-MODEL_FLAGS = ("filters", *VQ_FLAGS)
+MODEL_FLAGS = ("filters", "downsample", *VQ_FLAGS)
 
 
 def build_parser():
@@ -56,7 +56,9 @@ def setup(args, run: Run) -> dict:
 
     # The other quantizers take the VQ flags themselves (rvq) or have none (fsq, lfq).
     recorded = VQ_FLAGS[:1] + VQ_FLAGS[2:] if args.quantizer == "rvq" else ()
-    return _train.setup_autoencoder(args, run, build, ("filters", "embedding_dim"), recorded)
+    return _train.setup_autoencoder(
+        args, run, build, ("filters", "downsample", "embedding_dim"), recorded
+    )
 
 
 def make_quantizer(args):

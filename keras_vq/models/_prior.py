@@ -58,7 +58,9 @@ class PriorMixin(SeedStateMixin):
     # The model's own constructor arguments, which get_config returns besides the shared ones.
     _CONFIG_KEYS: tuple[str, ...] = ()
 
-    def _init_prior(self, num_embeddings, latent_shape, num_classes, label_dropout=0.0) -> None:
+    def _init_prior(
+        self, num_embeddings, latent_shape, num_classes, label_dropout=0.0, guidance_scale=None
+    ) -> None:
         """Checks and stores what every prior has; creates its trackers and sampler cache."""
         self.num_embeddings = _validation.check_int("num_embeddings", num_embeddings, minimum=1)
         self.latent_shape = check_prior_shape(latent_shape)
@@ -76,6 +78,11 @@ class PriorMixin(SeedStateMixin):
         # The generator's state is saved with the weights (SeedStateMixin): a resumed run
         # drops the labels an uninterrupted one would.
         self.seed_generator = keras.random.SeedGenerator() if self.label_dropout > 0.0 else None
+        # Checked like sample's argument, against the null label just set up.
+        self.guidance_scale = None
+        self.guidance_scale = self.sampling_options(guidance_scale=guidance_scale)[
+            "guidance_scale"
+        ]
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
         self.bits_tracker = keras.metrics.Mean(name="bits_per_code")
         self._sampler = _SamplerCache()
@@ -96,7 +103,7 @@ class PriorMixin(SeedStateMixin):
 
     def get_config(self):
         config = super().get_config()
-        keys = ("num_embeddings", "latent_shape", "num_classes", "label_dropout")
+        keys = ("num_embeddings", "latent_shape", "num_classes", "label_dropout", "guidance_scale")
         for key in (*keys, *self._CONFIG_KEYS):
             value = getattr(self, key)
             config[key] = list(value) if isinstance(value, tuple) else value
@@ -227,7 +234,8 @@ class PriorMixin(SeedStateMixin):
     def sampling_options(self, top_k=None, top_p=None, guidance_scale=None) -> dict:
         """``sample``'s options ``top_k``, ``top_p`` and ``guidance_scale`` checked; those
         that change nothing dropped (``top_k = K``, ``top_p = 1``: one compiled sampler
-        less).
+        less). ``guidance_scale=None`` takes the prior's own ``guidance_scale`` (its
+        constructor argument, ``None`` unless set: no guidance).
 
         Raises:
             ValueError: ``top_k`` outside ``[1, K]``, ``top_p`` outside ``(0, 1]``, a
@@ -248,6 +256,8 @@ class PriorMixin(SeedStateMixin):
                 raise ValueError(f"`top_p` must be in (0, 1], got {top_p}.")
             if top_p == 1.0:
                 top_p = None
+        if guidance_scale is None:
+            guidance_scale = self.guidance_scale
         if guidance_scale is not None:
             guidance_scale = _validation.check_float("guidance_scale", guidance_scale, minimum=0.0)
             if self.null_label is None:

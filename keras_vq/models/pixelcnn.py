@@ -49,6 +49,10 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
         num_classes: number of classes for class-conditional priors, or ``None``.
         label_dropout: probability in ``[0, 1)`` of training on the null label instead of a
             sample's label; > 0 needs ``num_classes`` and enables ``guidance_scale``.
+        guidance_scale: the classifier-free guidance scale ``sample`` (and ``generate``,
+            ``export_generator``) use when theirs is ``None``; ``None``: no guidance. Needs
+            ``label_dropout > 0``. Saved with the model, so a preset samples as it was tuned
+            (``guidance_scale=1.0`` in a call turns it off: plain conditional sampling).
         **kwargs: ``keras.Model`` arguments (``name``, ``dtype``).
 
     Call arguments:
@@ -86,10 +90,11 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
         kernel_size: int = 5,
         num_classes: int | None = None,
         label_dropout: float = 0.0,
+        guidance_scale: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._init_prior(num_embeddings, latent_shape, num_classes, label_dropout)
+        self._init_prior(num_embeddings, latent_shape, num_classes, label_dropout, guidance_scale)
         self.num_layers = _validation.check_int("num_layers", num_layers, minimum=1)
         self.filters = _validation.check_int("filters", filters, minimum=1)
         self.kernel_size = _validation.check_odd_int("kernel_size", kernel_size, minimum=3)
@@ -194,8 +199,9 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
             batch_size: maps drawn per sampler call, ≥ 1; ``None``: all at once.
             top_k: keep the k largest logits at each position (1 ≤ k ≤ K), or ``None``.
             top_p: nucleus mass in (0, 1], or ``None`` (1 keeps every code).
-            guidance_scale: s ≥ 0, or ``None`` for plain sampling (no extra cost); needs
-                ``null_label`` (``label_dropout > 0``).
+            guidance_scale: s ≥ 0; needs ``null_label`` (``label_dropout > 0``). ``None``:
+                the prior's own ``guidance_scale``, itself ``None`` (plain sampling, no extra
+                cost) unless set.
 
         Returns:
             int32 backend tensor ``(B, h, w)``.

@@ -196,6 +196,10 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
         dropout: dropout rate in ``[0, 1)`` on the attention and MLP outputs while training.
         label_dropout: probability in ``[0, 1)`` of training on the null label instead of a
             sample's label; > 0 needs ``num_classes`` and enables ``guidance_scale``.
+        guidance_scale: the classifier-free guidance scale ``sample`` (and ``generate``,
+            ``export_generator``) use when theirs is ``None``; ``None``: no guidance. Needs
+            ``label_dropout > 0``. Saved with the model, so a preset samples as it was tuned
+            (``guidance_scale=1.0`` in a call turns it off: plain conditional sampling).
         **kwargs: ``keras.Model`` arguments (``name``, ``dtype``).
 
     Call arguments:
@@ -232,10 +236,11 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
         num_classes: int | None = None,
         dropout: float = 0.0,
         label_dropout: float = 0.0,
+        guidance_scale: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._init_prior(num_embeddings, latent_shape, num_classes, label_dropout)
+        self._init_prior(num_embeddings, latent_shape, num_classes, label_dropout, guidance_scale)
         self.num_layers = _validation.check_int("num_layers", num_layers, minimum=1)
         self.num_heads = _validation.check_int("num_heads", num_heads, minimum=1)
         self.hidden_dim = _validation.check_int("hidden_dim", hidden_dim, minimum=1)
@@ -351,7 +356,9 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
             batch_size: maps drawn per sampler call (bounds memory), ``None``: all at once; as
                 in :meth:`PixelCNNPrior.sample`, call ``i`` uses ``seed + i``.
             top_p: nucleus mass in (0, 1], or ``None``.
-            guidance_scale: s ≥ 0, or ``None`` for plain sampling; needs ``null_label``.
+            guidance_scale: s ≥ 0; needs ``null_label`` (``label_dropout > 0``). ``None``:
+                the prior's own ``guidance_scale``, itself ``None`` (plain sampling, no extra
+                cost) unless set.
 
         Returns:
             int32 backend tensor ``(B, h, w)``.

@@ -310,3 +310,36 @@ class TestBadArguments:
         prior = make_prior(kind, label_dropout=0.0)
         with pytest.raises(ValueError, match=r"`labels` must lie in \[0, 2\]"):
             prior.sample(B, labels=NUM_CLASSES)
+
+
+class TestDefaultGuidance(TestCase):
+    """A prior's own ``guidance_scale``: what ``sample``/``generate`` use when theirs is None."""
+
+    def test_the_prior_default_draws_what_an_explicit_scale_draws(self, guided):
+        config = guided.get_config()
+        assert config["guidance_scale"] is None
+        tuned = type(guided).from_config({**config, "guidance_scale": 2.5})
+        tuned.set_weights(guided.get_weights())
+        explicit = to_numpy(guided.sample(B, seed=7, labels=LABELS, guidance_scale=2.5))
+        np.testing.assert_array_equal(to_numpy(tuned.sample(B, seed=7, labels=LABELS)), explicit)
+        # An explicit scale wins; 1.0 turns guidance off (plain conditional sampling).
+        plain = to_numpy(guided.sample(B, seed=7, labels=LABELS))
+        off = to_numpy(tuned.sample(B, seed=7, labels=LABELS, guidance_scale=1.0))
+        np.testing.assert_array_equal(off, plain)
+        assert np.any(explicit != plain)
+        vqvae = TinyVQVAE()
+        np.testing.assert_allclose(
+            to_numpy(generate(vqvae, tuned, B, seed=7, labels=LABELS)),
+            to_numpy(vqvae.decode(explicit)),
+        )
+
+    @pytest.mark.parametrize("kind", sorted(KINDS))
+    def test_a_default_scale_round_trips_and_needs_a_null_label(self, kind, tmp_path):
+        prior = make_prior(kind, guidance_scale=2.0)
+        path = str(tmp_path / "prior.keras")
+        prior.save(path)
+        assert keras.saving.load_model(path).guidance_scale == 2.0
+        with pytest.raises(ValueError, match="guidance_scale"):
+            make_prior(kind, label_dropout=0.0, guidance_scale=2.0)
+        with pytest.raises(ValueError, match="guidance_scale"):
+            make_prior(kind, guidance_scale=-1.0)
