@@ -41,6 +41,7 @@ SCRIPTS = {
     "data_pipeline": (True, ["--epochs", "1", "--steps", "5"]),
     "quality": (False, None),
     "prior_quality": (False, None),
+    "generation_quality": (False, None),
     "precision": (False, None),
     "paper_networks": (False, None),
 }
