@@ -29,6 +29,8 @@ def parse_args(argv=None):
         "--seconds", type=float, default=90.0, help="training CPU seconds per prior"
     )
     parser.add_argument("--vqvae-epochs", type=int, default=10)
+    parser.add_argument("--downsample", type=int, default=None, help="VQVAE's (default: 4)")
+    parser.add_argument("--num-embeddings", type=int, default=None, help="VQVAE's (128)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--pixelcnn-lr", type=float, default=1e-3)
     parser.add_argument("--transformer-lr", type=float, default=1e-3)
@@ -82,7 +84,12 @@ def main(argv=None) -> None:
         )
         for split in ("train", "test")
     }
-    vqvae = VQVAE(input_shape=(32, 32, 1), seed=args.seed)
+    vqvae = VQVAE(
+        input_shape=(32, 32, 1),
+        downsample=args.downsample,
+        num_embeddings=args.num_embeddings,
+        seed=args.seed,
+    )
     vqvae.compile(optimizer=keras.optimizers.Adam(1e-3))
     vqvae.fit(images["train"], epochs=args.vqvae_epochs, verbose=0)
     codes = {

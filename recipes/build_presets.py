@@ -37,9 +37,9 @@ PRESETS = {
     ),
     "pixelcnn_digits": (
         "Class-conditional gated PixelCNN prior over the codes of vqvae_digits (10 classes), "
-        "trained with label dropout; samples with classifier-free guidance (scale 2) by default",
+        "trained with label dropout; samples with classifier-free guidance (1.75) by default",
         "recipes/train_prior.py --vqvae {work}/vqvae_digits/vqvae.keras "
-        "--out {work}/pixelcnn_digits --conditional --label-dropout 0.1 --guidance-scale 2 "
+        "--out {work}/pixelcnn_digits --conditional --label-dropout 0.1 --guidance-scale 1.75 "
         "--epochs 15 --num-samples 20 " + COMMON,
     ),
     "vae_digits": (

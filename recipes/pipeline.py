@@ -39,7 +39,7 @@ RECIPE = "pipeline"
 PRIOR_FLAGS = tuple(train_prior.MODEL_FLAGS["pixelcnn"])  # the pipeline trains a PixelCNN
 # The main job's own choices, made for its samples (benchmarks/RESULTS.md, "Sample quality"):
 # a 4×4 map of 64 codes, which the prior fits far better than 8×8 of 128, a class-conditional
-# prior trained with label dropout, and classifier-free guidance (s = 2, saved with the prior
+# prior trained with label dropout, and classifier-free guidance (s = 1.75, saved with the prior
 # as its default, so the exported generator and the saved prior sample the same way). Every
 # other model flag left unset takes the model's default. The grid: one column per digit.
 GENERATION_DEFAULTS = {
@@ -47,7 +47,7 @@ GENERATION_DEFAULTS = {
     "num_embeddings": 64,
     "conditional": True,
     "label_dropout": 0.1,
-    "guidance_scale": 2.0,
+    "guidance_scale": 1.75,
     "num_samples": 100,
 }
 
