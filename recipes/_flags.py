@@ -45,9 +45,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)".strip()
 
 
-def new_parser(doc: str | None) -> argparse.ArgumentParser:
+def new_parser(doc: str | None, parser_class: type = OneLineParser) -> argparse.ArgumentParser:
     """A parser whose description is the recipe's docstring and whose help shows defaults."""
-    return OneLineParser(description=doc, formatter_class=_HelpFormatter)
+    return parser_class(description=doc, formatter_class=_HelpFormatter)
 
 
 def positive_int(text: str) -> int:

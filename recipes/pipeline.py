@@ -38,22 +38,36 @@ from _rundir import Run, stage_args
 RECIPE = "pipeline"
 PRIOR_FLAGS = tuple(train_prior.MODEL_FLAGS["pixelcnn"])  # the pipeline trains a PixelCNN
 # The main job's own choices, made for its samples (benchmarks/RESULTS.md, "Sample quality"):
-# a 4×4 map of 64 codes, which the prior fits far better than 8×8 of 128, a class-conditional
+# a 4×4 map of 64 codes (three halvings, VQVAE's default widths for them), which the prior fits
+# far better than 8×8 of 128 (two halvings, the library's default), a class-conditional
 # prior trained with label dropout, and classifier-free guidance (s = 1.75, saved with the prior
 # as its default, so the exported generator and the saved prior sample the same way). Every
 # other model flag left unset takes the model's default. The grid: one column per digit.
 GENERATION_DEFAULTS = {
-    "downsample": 8,
+    "filters": [32, 128, 128],
     "num_embeddings": 64,
     "conditional": True,
-    "label_dropout": 0.1,
-    "guidance_scale": 1.75,
     "num_samples": 100,
 }
+# What a conditional prior gets unless the flags say otherwise (--no-conditional: nothing).
+CONDITIONAL_DEFAULTS = {"label_dropout": 0.1, "guidance_scale": 1.75}
+
+
+class PipelineParser(_defaults.OneLineParser):
+    """With ``--conditional`` (the main job's default), an unset ``--label-dropout`` or
+    ``--guidance-scale`` takes the main job's choice (``CONDITIONAL_DEFAULTS``)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if getattr(namespace, "conditional", False):
+            for key, value in CONDITIONAL_DEFAULTS.items():
+                if getattr(namespace, key, None) is None:
+                    setattr(namespace, key, value)
+        return namespace, extras
 
 
 def build_parser():
-    parser = _flags.new_parser(__doc__)
+    parser = _flags.new_parser(__doc__, PipelineParser)
     _flags.add_data_args(parser)
     _flags.add_vqvae_args(parser)
     _flags.add_prior_args(parser)
@@ -82,6 +96,9 @@ def build_parser():
             action.help = action.help.split(" (unset: the model's default")[0]
             if isinstance(GENERATION_DEFAULTS[action.dest], bool):
                 action.help += " (default: on)"
+        elif action.dest in CONDITIONAL_DEFAULTS:
+            action.help = action.help.split(" (unset:")[0]
+            action.help += f" (unset: {CONDITIONAL_DEFAULTS[action.dest]} with --conditional)"
     parser.set_defaults(**GENERATION_DEFAULTS)
     group = parser.add_argument_group("export")
     group.add_argument(

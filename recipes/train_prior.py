@@ -141,6 +141,8 @@ def build_prior(args, run: Run, vqvae, num_classes: int | None):
     Unset flags pass nothing (the prior's defaults apply) and then record its values."""
     from keras_vq.models import PixelCNNPrior, TransformerPrior
 
+    if args.label_dropout and num_classes is None:
+        raise _flags.RecipeError("--label-dropout needs --conditional (class labels).")
     flags = MODEL_FLAGS[args.prior]
     kwargs = {arg: getattr(args, flag) for flag, arg in flags.items()}
     kwargs = {arg: value for arg, value in kwargs.items() if value is not None}

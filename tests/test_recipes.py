@@ -284,8 +284,11 @@ def test_pipeline_trains_samples_and_exports(tmp_path):
     assert check_run_dir(out / "vqvae", "train_vqvae")["epochs"] == 1
     prior_config = read_json(out / "prior" / "config.json")
     assert prior_config["args"]["vqvae"] == str(out / "vqvae" / "vqvae.keras")
-    assert type(load(out / "prior" / "prior.keras")).__name__ == "PixelCNNPrior"
-    assert png_size(out / "samples.png") == grid_size(4, 2)
+    prior = load(out / "prior" / "prior.keras")
+    assert type(prior).__name__ == "PixelCNNPrior"
+    # The main job's defaults: a class-conditional prior with label dropout and guidance.
+    assert (prior.num_classes, prior.label_dropout, prior.guidance_scale) == (10, 0.1, 1.75)
+    assert png_size(out / "samples.png") == grid_size(4, 10)  # one column per digit
     assert metrics["export"] == {"vqvae": "export/vqvae/1", "generator": "export/generator/1"}
 
     import numpy as np
@@ -295,7 +298,8 @@ def test_pipeline_trains_samples_and_exports(tmp_path):
     codes = served.signatures["encode"](images=tf.zeros((2, 8, 8, 1)))["codes"]
     assert codes.shape == (2, 4, 4) and codes.dtype == tf.int32
     generator = tf.saved_model.load(str(out / "export" / "generator" / "1"))
-    images = generator.signatures["sample"](num_samples=tf.constant(2))["images"]
+    labels = tf.constant([3, 7], tf.int32)
+    images = generator.signatures["sample"](num_samples=tf.constant(2), labels=labels)["images"]
     assert images.shape == (2, 8, 8, 1) and np.all(np.isfinite(images.numpy()))
 
 

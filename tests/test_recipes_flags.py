@@ -152,10 +152,13 @@ def test_help_shows_the_default_each_model_uses(recipes, name):
                 action.help,
             )
     if name == "pipeline":  # the main job's own choices are the only flags it sets
-        generation = recipes("pipeline").GENERATION_DEFAULTS
-        assert not {action.dest for action in flags} & set(generation)
-        parsed = vars(recipes(name).build_parser().parse_args([]))
-        assert {key: parsed[key] for key in generation} == generation
+        pipeline = recipes("pipeline")
+        chosen = {**pipeline.GENERATION_DEFAULTS, **pipeline.CONDITIONAL_DEFAULTS}
+        assert not {action.dest for action in flags} & set(chosen)
+        parsed = vars(pipeline.build_parser().parse_args([]))
+        assert {key: parsed[key] for key in chosen} == chosen
+        unconditional = vars(pipeline.build_parser().parse_args(["--no-conditional"]))
+        assert all(unconditional[key] is None for key in pipeline.CONDITIONAL_DEFAULTS)
     # --num-layers sets either prior's depth, and says each default.
     if name in ("train_prior", "pipeline"):
         (layers,) = [a for a in flags if a.dest == "num_layers"]
