@@ -161,6 +161,44 @@ def export_generator(
         >>> tf.saved_model.load(path).signatures["sample_seeded"](
         ...     num_samples=tf.constant(4), seed=tf.constant(0))["images"]
     """
+    target = _version_dir(export_dir, version)
+    return write_generator(
+        vqvae,
+        prior,
+        target,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        guidance_scale=guidance_scale,
+        jit_compile=jit_compile,
+    )
+
+
+def write_generator(
+    vqvae: VQVAE,
+    prior: PixelCNNPrior | TransformerPrior,
+    target: str | os.PathLike,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    guidance_scale: float | None = None,
+    jit_compile: bool = False,
+) -> str:
+    """:func:`export_generator`'s SavedModel written to exactly ``target`` (no version
+    directory); what :meth:`keras_vq.models.ImageGenerator.export` writes.
+
+    Args:
+        vqvae, prior, temperature, top_k, top_p, guidance_scale, jit_compile: as in
+            :func:`export_generator`.
+        target: the SavedModel directory; it must not exist (``FileExistsError``).
+
+    Returns:
+        ``target`` as a string.
+
+    Example:
+        >>> write_generator(vqvae, prior, "generator_savedmodel", temperature=0.8)
+    """
     _check_model("vqvae", vqvae, (VQVAE,))
     _check_model("prior", prior, _PRIORS)
     if tuple(vqvae.code_shape) != tuple(vqvae.latent_shape):
@@ -183,8 +221,10 @@ def export_generator(
     temperature = _validation.check_float("temperature", temperature, minimum=0.0)
     options = prior.sampling_options(top_k=top_k, top_p=top_p, guidance_scale=guidance_scale)
     jit_compile = _validation.check_bool("jit_compile", jit_compile)
-    target = str(_version_dir(export_dir, version))
-    return _export_generator(vqvae, prior, target, temperature, options, jit_compile)
+    target = checked_path("target", target)
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; export never overwrites it.")
+    return _export_generator(vqvae, prior, str(target), temperature, options, jit_compile)
 
 
 @runs_in_tensorflow("model")
@@ -516,4 +556,4 @@ def _generator_endpoints(
     ]
 
 
-__all__ = ["export_generator", "export_saved_model"]
+__all__ = ["export_generator", "export_saved_model", "write_generator"]

@@ -58,6 +58,7 @@ __all__ = [
     "metadata",
     "resolve",
     "save",
+    "stored_class",
     "verify",
 ]
 
@@ -297,6 +298,22 @@ def load(preset: str | os.PathLike, model_class: type | None = None) -> keras.Mo
             f"written for another model): {type(error).__name__}: {_one_line(error)}"
         ) from error
     return model
+
+
+def stored_class(preset: str | os.PathLike) -> type:
+    """The registered Keras model class a preset's config.json names (nothing is loaded).
+
+    Raises:
+        FileNotFoundError: no such preset or a missing file. ValueError: a config that names
+            no registered model class.
+
+    Example:
+        >>> keras_vq.presets.stored_class("pixelcnn_digits")   # PixelCNNPrior
+    """
+    import keras_vq  # noqa: F401  (registers the classes the config names)
+
+    config_path = _checked_dir(preset) / CONFIG_FILE
+    return _stored_class(_read_json(config_path), config_path)
 
 
 def _stored_class(config: dict[str, Any], config_path: Path) -> type:
