@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_vq import _validation
+from keras_vq import _validation, serving
 from keras_vq.backend import inference
 from keras_vq.models.pixelcnn import check_pair, generate
 from keras_vq.presets import PresetMixin
@@ -207,6 +207,41 @@ class ImageGenerator(PresetMixin, keras.Model):
         return self.vqvae(images, training=False)
 
     # --- serving ---------------------------------------------------------------------------
+    serving_formats = ("tf_saved_model",)
+
+    def serving_endpoints(
+        self,
+        format: str = "tf_saved_model",
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        guidance_scale: float | None = None,
+        jit_compile: bool = False,
+    ) -> list:
+        """The generator's endpoints ``sample`` (also ``serving_default``) and
+        ``sample_seeded``, with the prior's fast sampler and the sampling options fixed
+        (see :func:`keras_vq.export.export_generator`); TensorFlow backend only.
+
+        Returns:
+            ``[(name, function, input specs)]``.
+
+        Example:
+            >>> [name for name, _, _ in generator.serving_endpoints()]
+            ['sample', 'sample_seeded']
+        """
+        if format not in self.serving_formats:
+            raise ValueError(
+                f"`format` must be 'tf_saved_model' for an ImageGenerator, got {format!r}."
+            )
+        temperature = _validation.check_float("temperature", temperature, minimum=0.0)
+        options = self.prior.sampling_options(
+            top_k=top_k, top_p=top_p, guidance_scale=guidance_scale
+        )
+        return serving.generator_endpoints(
+            self.vqvae, self.prior, temperature, options, jit_compile
+        )
+
     def export(
         self,
         filepath: str | os.PathLike,
