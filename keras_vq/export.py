@@ -14,6 +14,11 @@ Every signature takes named inputs, returns a dict of named outputs and has a dy
   ``[0, num_embeddings)`` (the quantizer's ``codebook_size``).
 - :func:`export_generator` (VQVAE + PixelCNNPrior or TransformerPrior): ``sample`` (alias
   ``serving_default``) and ``sample_seeded`` → ``images`` and int32 ``codes``.
+  :meth:`keras_vq.models.ImageGenerator.export` writes the same artifact (through
+  :func:`write_generator`).
+
+The signatures are those each model describes (``model.serving_endpoints(format)``, built
+with :mod:`keras_vq.serving`); this module imports no model class.
 
 Inputs are checked where they enter. The specs have an exact rank (``images``
 ``(None, H, W, C)`` float32, ``codes`` ``(None, *code_shape)`` int32, ``latents``

@@ -60,7 +60,8 @@ class ExportMixin:
           directory) with the signatures of :func:`keras_vq.export.export_saved_model`:
           VAE/VQVAE ``serving_default`` (reconstruct), ``encode`` and ``decode``; a prior
           ``serving_default`` (``codes`` [, ``labels``]) → ``logits``. Image generation from a
-          prior is :func:`keras_vq.export.export_generator`.
+          prior is :func:`keras_vq.export.export_generator` or
+          :meth:`keras_vq.models.ImageGenerator.export`.
         - ``"onnx"`` (VAE, VQVAE): one ``.onnx`` graph, the endpoint named by ``endpoint``
           (``"serving_default"``, ``"encode"`` or ``"decode"``; default ``serving_default``,
           whose output is named ``reconstruction``: ONNX names are unique); a list of
