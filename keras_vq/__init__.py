@@ -16,8 +16,7 @@ from keras_vq import (
     saving,
     visualization,
 )
-
-__version__ = "0.1.0"
+from keras_vq._version import __version__
 
 # tf.data pipelines and SavedModel export need TensorFlow; on JAX and torch it is imported
 # (~5 s) only when `keras_vq.data` or `keras_vq.export` is first used.

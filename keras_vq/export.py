@@ -14,6 +14,11 @@ Every signature takes named inputs, returns a dict of named outputs and has a dy
   ``[0, num_embeddings)`` (the quantizer's ``codebook_size``).
 - :func:`export_generator` (VQVAE + PixelCNNPrior or TransformerPrior): ``sample`` (alias
   ``serving_default``) and ``sample_seeded`` → ``images`` and int32 ``codes``.
+  :meth:`keras_vq.models.ImageGenerator.export` writes the same artifact (through
+  :func:`write_generator`).
+
+The signatures are those each model describes (``model.serving_endpoints(format)``, built
+with :mod:`keras_vq.serving`); this module imports no model class.
 
 Inputs are checked where they enter. The specs have an exact rank (``images``
 ``(None, H, W, C)`` float32, ``codes`` ``(None, *code_shape)`` int32, ``latents``
@@ -43,27 +48,31 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import keras
-from keras import ops
 
 from keras_vq import _validation
 from keras_vq.backend.tensorflow_bridge import runs_in_tensorflow
-from keras_vq.models._prior import _TINY
-from keras_vq.models.pixelcnn import PixelCNNPrior
-from keras_vq.models.transformer import TransformerPrior
-from keras_vq.models.vae import VAE
-from keras_vq.models.vqvae import VQVAE
+from keras_vq.serving import Endpoint
 
-_Endpoint = tuple[str, Callable, list]
-_PRIORS = (PixelCNNPrior, TransformerPrior)
+# This module knows no model class: it writes the endpoints a model describes
+# (``model.serving_endpoints(...)``) and finds the classes it checks arguments against among
+# Keras' registered objects, so the models may import it (no import cycle).
+_AUTOENCODERS = ("VAE", "VQVAE")
+_PRIORS = ("PixelCNNPrior", "TransformerPrior")
+
+
+def registered(*names: str) -> tuple[type, ...]:
+    """The classes registered as ``keras_vq>name``: the package registers its models when
+    it is imported, which importing this module (``keras_vq.export``) does first."""
+    return tuple(keras.saving.get_registered_object(f"keras_vq>{name}") for name in names)
 
 
 def export_saved_model(
-    model: VAE | VQVAE, export_dir: str | os.PathLike, version: int | None = None
+    model: keras.Model, export_dir: str | os.PathLike, version: int | None = None
 ) -> str:
     """Write ``model`` as a SavedModel to ``export_dir/<version>/`` for TF Serving.
 
@@ -86,13 +95,13 @@ def export_saved_model(
         >>> served = tf.saved_model.load(path)                        # keras_vq not needed
         >>> codes = served.signatures["encode"](images=images)["codes"]
     """
-    _check_model("model", model, (VAE, VQVAE))
+    _check_model("model", model, registered(*_AUTOENCODERS))
     return _export_model(model, str(_version_dir(export_dir, version)))
 
 
 def export_generator(
-    vqvae: VQVAE,
-    prior: PixelCNNPrior | TransformerPrior,
+    vqvae: keras.Model,
+    prior: keras.Model,
     export_dir: str | os.PathLike,
     version: int | None = None,
     *,
@@ -161,8 +170,46 @@ def export_generator(
         >>> tf.saved_model.load(path).signatures["sample_seeded"](
         ...     num_samples=tf.constant(4), seed=tf.constant(0))["images"]
     """
-    _check_model("vqvae", vqvae, (VQVAE,))
-    _check_model("prior", prior, _PRIORS)
+    target = _version_dir(export_dir, version)
+    return write_generator(
+        vqvae,
+        prior,
+        target,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        guidance_scale=guidance_scale,
+        jit_compile=jit_compile,
+    )
+
+
+def write_generator(
+    vqvae: keras.Model,
+    prior: keras.Model,
+    target: str | os.PathLike,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    guidance_scale: float | None = None,
+    jit_compile: bool = False,
+) -> str:
+    """:func:`export_generator`'s SavedModel written to exactly ``target`` (no version
+    directory); what :meth:`keras_vq.models.ImageGenerator.export` writes.
+
+    Args:
+        vqvae, prior, temperature, top_k, top_p, guidance_scale, jit_compile: as in
+            :func:`export_generator`.
+        target: the SavedModel directory; it must not exist (``FileExistsError``).
+
+    Returns:
+        ``target`` as a string.
+
+    Example:
+        >>> write_generator(vqvae, prior, "generator_savedmodel", temperature=0.8)
+    """
+    _check_model("vqvae", vqvae, registered("VQVAE"))
+    _check_model("prior", prior, registered(*_PRIORS))
     if tuple(vqvae.code_shape) != tuple(vqvae.latent_shape):
         raise ValueError(
             f"`vqvae` has codes of shape {tuple(vqvae.code_shape)} per image (a "
@@ -183,27 +230,27 @@ def export_generator(
     temperature = _validation.check_float("temperature", temperature, minimum=0.0)
     options = prior.sampling_options(top_k=top_k, top_p=top_p, guidance_scale=guidance_scale)
     jit_compile = _validation.check_bool("jit_compile", jit_compile)
-    target = str(_version_dir(export_dir, version))
-    return _export_generator(vqvae, prior, target, temperature, options, jit_compile)
+    target = checked_path("target", target)
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; export never overwrites it.")
+    (generator_class,) = registered("ImageGenerator")
+    generator = generator_class(vqvae, prior)
+    return _export_generator(generator, str(target), temperature, options, jit_compile)
 
 
 @runs_in_tensorflow("model")
-def _export_model(model: VAE | VQVAE, target: str) -> str:
-    endpoints = _vae_endpoints(model) if isinstance(model, VAE) else _vqvae_endpoints(model)
-    return _write_archive([model], endpoints, Path(target))
+def _export_model(model: keras.Model, target: str) -> str:
+    return _write_archive([model], model.serving_endpoints("tf_saved_model"), Path(target))
 
 
-@runs_in_tensorflow("vqvae", "prior")
+@runs_in_tensorflow("generator")
 def _export_generator(
-    vqvae: VQVAE,
-    prior: PixelCNNPrior | TransformerPrior,
-    target: str,
-    temperature: float,
-    options: dict,
-    jit_compile: bool,
+    generator: keras.Model, target: str, temperature: float, options: dict, jit_compile: bool
 ) -> str:
-    endpoints = _generator_endpoints(vqvae, prior, temperature, options, jit_compile)
-    return _write_archive([vqvae, prior], endpoints, Path(target))
+    endpoints = generator.serving_endpoints(
+        "tf_saved_model", temperature=temperature, jit_compile=jit_compile, **options
+    )
+    return _write_archive([generator], endpoints, Path(target))
 
 
 # --- checks and layout ------------------------------------------------------------------
@@ -252,7 +299,7 @@ def _version_dir(export_dir: Any, version: Any) -> Path:
     return target
 
 
-def _write_archive(models: Sequence[keras.Model], endpoints: list[_Endpoint], target: Path) -> str:
+def _write_archive(models: Sequence[keras.Model], endpoints: list[Endpoint], target: Path) -> str:
     archive = keras.export.ExportArchive()
     for model in models:
         archive.track(model)
@@ -271,249 +318,4 @@ def _write_archive(models: Sequence[keras.Model], endpoints: list[_Endpoint], ta
     return str(target)
 
 
-def _spec(shape: tuple | None, dtype: str, name: str):
-    import tensorflow as tf
-
-    return tf.TensorSpec(shape, dtype, name=name)
-
-
-# --- signatures -------------------------------------------------------------------------
-# Argument names become the signatures' input keys, dict keys their output keys.
-#
-# TensorFlow checks only an input's dtype against the signature (naming it by position); a wrong
-# size or rank goes through and fails deep inside, or, for a convolution, can abort the whole
-# server (KERAS3_NOTES "Serving inputs"). Every signature therefore checks its inputs first,
-# and everything else reads them through identities that depend on the checks (`_checked`).
-# The graph takes the signature's shapes for granted: TensorFlow and Grappler fold any check
-# built from a statically known rank or size to `True`. So the checks read only the runtime
-# shape's values, and scalars have unknown-rank specs (their shape is checked, then fixed).
-def _shape_check(value, name: str, shape: tuple[int | None, ...], expected: str):
-    """An assertion that ``value`` has ``shape`` (``None``: any size), whatever its rank."""
-    import tensorflow as tf
-
-    actual = tf.shape(value, out_type=tf.int32)
-    rank = len(shape)
-    # -1 marks "no such axis": the rank is right when axes 0..rank-1 exist and axis rank does
-    # not, which the values tell even where the length of `actual` is folded to a constant.
-    padded = tf.concat([actual, tf.fill([rank + 1], -1)], axis=0)
-    conditions = [tf.equal(padded[rank], -1)]
-    if rank:
-        conditions.append(tf.reduce_all(padded[:rank] >= 0))
-    fixed = [(axis, size) for axis, size in enumerate(shape) if size is not None]
-    if fixed:
-        axes, sizes = zip(*fixed)
-        conditions.append(tf.reduce_all(tf.equal(tf.gather(padded, list(axes)), list(sizes))))
-    valid = tf.reduce_all(tf.stack(conditions))
-    message = f"`{name}` must have shape {expected}, got shape"
-    return tf.debugging.Assert(valid, [message, actual], summarize=16, name=f"check_{name}_shape")
-
-
-def _range_check(value, name: str, size: int, size_name: str):
-    """An assertion that the integers ``value`` lie in ``[0, size)``."""
-    import tensorflow as tf
-
-    flat = tf.reshape(value, [-1])  # reductions over the runtime rank, not the signature's
-    valid = tf.logical_and(tf.reduce_all(flat >= 0), tf.reduce_all(flat < size))
-    message = f"`{name}` must lie in [0, {size - 1}] ({size_name}={size}), got values in"
-    low_high = tf.stack([tf.reduce_min(flat), tf.reduce_max(flat)])
-    return tf.debugging.Assert(valid, [message, low_high], name=f"check_{name}_range")
-
-
-def _label_range_check(labels, prior):
-    """``labels`` in ``[0, num_classes)``, or up to the null label when the prior has one."""
-    if prior.null_label is None:
-        return _range_check(labels, "labels", prior.num_classes, "num_classes")
-    return _range_check(
-        labels, "labels", prior.num_label_rows, "num_classes + 1 with the null label"
-    )
-
-
-def _checked(checks: list, *values):
-    """``values`` as identities that run after every assertion in ``checks``."""
-    import tensorflow as tf
-
-    with tf.control_dependencies(checks):
-        checked = [tf.identity(value) for value in values]
-    return checked[0] if len(checked) == 1 else checked
-
-
-def _batch_shape(shape: Sequence[int]) -> str:
-    return "(batch, " + ", ".join(str(size) for size in shape) + ")"
-
-
-def _checked_images(images, image_shape: tuple[int, ...]):
-    return _checked(
-        [_shape_check(images, "images", (None, *image_shape), _batch_shape(image_shape))], images
-    )
-
-
-def _checked_codes(codes, code_shape: tuple[int, ...], num_embeddings: int):
-    """Shape first: the range check of a wrongly shaped request would hide the real error."""
-    import tensorflow as tf
-
-    shape = _shape_check(codes, "codes", (None, *code_shape), _batch_shape(code_shape))
-    with tf.control_dependencies([shape]):
-        in_range = _range_check(codes, "codes", num_embeddings, "num_embeddings")
-    return _checked([shape, in_range], codes)
-
-
-def _vae_endpoints(vae: VAE) -> list[_Endpoint]:
-    image_spec = _spec((None, *vae.image_shape), "float32", "images")
-    latent_spec = _spec((None, vae.latent_dim), "float32", "latents")
-
-    def reconstruct(images):
-        images = _checked_images(images, vae.image_shape)
-        return {"images": ops.cast(vae(images, training=False), "float32")}
-
-    def encode(images):
-        z_mean, z_log_var = vae.encode(_checked_images(images, vae.image_shape))
-        return {"z_mean": z_mean, "z_log_var": z_log_var}
-
-    def decode(latents):
-        expected = _batch_shape((vae.latent_dim,))
-        latents = _checked(
-            [_shape_check(latents, "latents", (None, vae.latent_dim), expected)], latents
-        )
-        return {"images": ops.cast(vae.decode(latents), "float32")}
-
-    return [
-        ("serving_default", reconstruct, [image_spec]),
-        ("encode", encode, [image_spec]),
-        ("decode", decode, [latent_spec]),
-    ]
-
-
-def _vqvae_endpoints(vqvae: VQVAE) -> list[_Endpoint]:
-    image_spec = _spec((None, *vqvae.image_shape), "float32", "images")
-    code_spec = _spec((None, *vqvae.code_shape), "int32", "codes")
-
-    def reconstruct(images):
-        images = _checked_images(images, vqvae.image_shape)
-        return {"images": ops.cast(vqvae(images, training=False), "float32")}
-
-    def encode(images):
-        codes = vqvae.encode(_checked_images(images, vqvae.image_shape))
-        return {"codes": ops.cast(codes, "int32")}
-
-    def decode(codes):
-        codes = _checked_codes(codes, tuple(vqvae.code_shape), vqvae.num_embeddings)
-        return {"images": ops.cast(vqvae.decode(codes), "float32")}
-
-    return [
-        ("serving_default", reconstruct, [image_spec]),
-        ("encode", encode, [image_spec]),
-        ("decode", decode, [code_spec]),
-    ]
-
-
-def _generator_endpoints(
-    vqvae: VQVAE,
-    prior: PixelCNNPrior | TransformerPrior,
-    temperature: float,
-    options: dict | None = None,
-    jit_compile: bool = False,
-) -> list[_Endpoint]:
-    """TensorFlow-only: the batch size comes from the value of ``num_samples``; ``options``:
-    ``prior.sampling_options(...)``, fixed into the graph."""
-    import tensorflow as tf
-
-    (height, width), k, num_classes = prior.latent_shape, prior.num_embeddings, prior.num_classes
-    options = options or {}
-    top_k = options.get("top_k")
-    constants = {
-        name: None if options.get(name) is None else tf.constant(options[name], tf.float32)
-        for name in ("top_p", "guidance_scale")
-    }
-    # The noise's shape comes from a value, which XLA cannot compile; the loop alone can be,
-    # once per batch size, when the artifact runs.
-    sample_loop = prior._sample_loop
-    if jit_compile:
-        sample_loop = tf.function(sample_loop, jit_compile=True)
-
-    def generate(num_samples, seed, labels=None):
-        shapes = [
-            _shape_check(num_samples, "num_samples", (), "() (a scalar)"),
-            _shape_check(seed, "seed", (), "() (a scalar)"),
-        ]
-        if num_classes is not None:
-            shapes.append(_shape_check(labels, "labels", (None,), "(num_samples,)"))
-        # The value checks read num_samples and labels as the shape checks let them through.
-        with tf.control_dependencies(shapes):
-            num_samples, seed = tf.reshape(num_samples, []), tf.reshape(seed, [])
-            checks = [
-                tf.debugging.assert_greater_equal(
-                    num_samples, 1, message="`num_samples` must be >= 1"
-                ),
-                # int32 bounds it above; below, the range of check_seed (prior.sample's).
-                tf.debugging.assert_greater_equal(
-                    seed,
-                    0,
-                    message=f"`seed` must be an integer in [0, {_validation.MAX_SEED}] (int32)",
-                ),
-            ]
-            if num_classes is not None:
-                checks += [
-                    tf.debugging.assert_equal(
-                        tf.size(labels),
-                        num_samples,
-                        message="`labels` must have num_samples entries",
-                    ),
-                    _label_range_check(labels, prior),
-                ]
-        # Every later op (the noise's shape, the prior's label lookup) reads these identities.
-        num_samples, seed = _checked(shapes + checks, num_samples, seed)
-        if num_classes is None:
-            labels = tf.zeros(tf.reshape(num_samples, [1]), tf.int32)  # unused by the sampler
-        else:
-            labels = _checked(shapes + checks, labels)
-        # keras.random.uniform(seed=s) on TF draws stateless_uniform(seed=[s, 0]) on [_TINY, 1),
-        # as the priors' sample does: the same noise, so the same codes as prior.sample.
-        uniform = tf.random.stateless_uniform(
-            tf.stack([num_samples, height, width, k]),
-            seed=tf.stack([seed, 0]),
-            minval=_TINY,
-            maxval=1.0,
-            dtype=tf.float32,
-        )
-        # The prior's own cached sampling loop (one implementation per prior), traced with a
-        # dynamic batch (XLA only when asked: a server need not have it).
-        codes = sample_loop(
-            uniform, tf.constant(temperature, tf.float32), labels, top_k, **constants
-        )
-        codes = tf.cast(codes, tf.int32)
-        return {"images": tf.cast(vqvae.decode(codes), tf.float32), "codes": codes}
-
-    def fresh_seed():
-        return tf.random.uniform((), maxval=tf.int32.max, dtype=tf.int32)
-
-    # Unknown rank: with a () spec, nothing in the graph could tell a vector from a scalar.
-    count_spec = _spec(None, "int32", "num_samples")
-    seed_spec = _spec(None, "int32", "seed")
-    if num_classes is None:
-
-        def sample(num_samples):
-            return generate(num_samples, fresh_seed())
-
-        def sample_seeded(num_samples, seed):
-            return generate(num_samples, seed)
-
-        return [
-            ("sample", sample, [count_spec]),
-            ("sample_seeded", sample_seeded, [count_spec, seed_spec]),
-        ]
-
-    label_spec = _spec((None,), "int32", "labels")
-
-    def sample(num_samples, labels):
-        return generate(num_samples, fresh_seed(), labels)
-
-    def sample_seeded(num_samples, seed, labels):
-        return generate(num_samples, seed, labels)
-
-    return [
-        ("sample", sample, [count_spec, label_spec]),
-        ("sample_seeded", sample_seeded, [count_spec, seed_spec, label_spec]),
-    ]
-
-
-__all__ = ["export_generator", "export_saved_model"]
+__all__ = ["export_generator", "export_saved_model", "write_generator"]

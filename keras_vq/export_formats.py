@@ -52,34 +52,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from keras import ops
+import keras
 
 from keras_vq import _validation
 from keras_vq import export as _saved_model
 from keras_vq.backend.tensorflow_bridge import runs_in_tensorflow
-from keras_vq.layers.finite_scalar_quantizer import FiniteScalarQuantizer
-from keras_vq.layers.residual_vector_quantizer import ResidualVectorQuantizer
-from keras_vq.layers.vector_quantizer import VectorQuantizer
-from keras_vq.models.pixelcnn import PixelCNNPrior
-from keras_vq.models.transformer import TransformerPrior
-from keras_vq.models.vae import VAE
-from keras_vq.models.vqvae import VQVAE
 
 FORMATS = ("tf_saved_model", "onnx", "litert")
 ENDPOINTS = ("serving_default", "encode", "decode")
-_AUTOENCODERS = (VAE, VQVAE)
-_PRIORS = (PixelCNNPrior, TransformerPrior)
-# The formats each model writes; ONNX and LiteRT hold the autoencoders' encode/decode.
-_MODEL_FORMATS = {
-    VAE: FORMATS,
-    VQVAE: FORMATS,
-    PixelCNNPrior: ("tf_saved_model",),
-    TransformerPrior: ("tf_saved_model",),
-}
+# No model class here: a model lists the formats it writes (``serving_formats``; ONNX and
+# LiteRT hold the autoencoders' encode/decode) and describes its endpoints per format
+# (``serving_endpoints(format)``); the classes checked are Keras' registered ones.
+_MODELS = ("VAE", "VQVAE", "PixelCNNPrior", "TransformerPrior")
 
 
 def export_model(
-    model: VAE | VQVAE | PixelCNNPrior | TransformerPrior,
+    model: keras.Model,
     filepath: str | os.PathLike,
     format: str = "tf_saved_model",
     *,
@@ -125,8 +113,8 @@ def export_model(
         raise ValueError(
             f"`format` must be one of {', '.join(map(repr, FORMATS))}, got {format!r}."
         )
-    _saved_model._check_model("model", model, (*_AUTOENCODERS, *_PRIORS))
-    supported = next(f for cls, f in _MODEL_FORMATS.items() if isinstance(model, cls))
+    _saved_model._check_model("model", model, _saved_model.registered(*_MODELS))
+    supported = tuple(model.serving_formats)
     if format not in supported:
         kind = type(model).__name__
         raise ValueError(
@@ -246,12 +234,7 @@ def _remove(path: Path) -> None:
 # --- writers (TensorFlow backend) -------------------------------------------------------
 @runs_in_tensorflow("model")
 def _write_saved_model(model, target: str) -> str:
-    if isinstance(model, VAE):
-        endpoints = _saved_model._vae_endpoints(model)
-    elif isinstance(model, VQVAE):
-        endpoints = _saved_model._vqvae_endpoints(model)
-    else:
-        endpoints = _prior_endpoints(model)
+    endpoints = model.serving_endpoints("tf_saved_model")
     return _saved_model._write_archive([model], endpoints, Path(target))
 
 
@@ -259,7 +242,7 @@ def _write_saved_model(model, target: str) -> str:
 def _write_onnx(
     model, target: str, endpoints: list[str], opset_version: int | None, directory: bool
 ) -> str:
-    graphs = _graph_endpoints(model)
+    graphs = _graph_endpoints(model, "onnx")
     if not directory:
         return _convert_to_onnx(graphs[endpoints[0]], target, opset_version)
     os.mkdir(target)
@@ -293,7 +276,7 @@ def _convert_to_onnx(graph: tuple, target: str, opset_version: int | None) -> st
 def _write_litert(model, target: str, endpoints: list[str]) -> str:
     import tensorflow as tf
 
-    graphs = _graph_endpoints(model)
+    graphs = _graph_endpoints(model, "litert")
     with tempfile.TemporaryDirectory(prefix="keras_vq_litert_") as tmp:
         # The converter keeps a SavedModel's signature names, input and output keys.
         saved = _saved_model._write_archive(
@@ -307,190 +290,9 @@ def _write_litert(model, target: str, endpoints: list[str]) -> str:
 
 
 # --- graphs -----------------------------------------------------------------------------
-def _prior_endpoints(prior: PixelCNNPrior | TransformerPrior) -> list:
-    """``serving_default``: ``codes`` [, ``labels``] → ``logits`` ``(B, h, w, K)``."""
-    import tensorflow as tf
-
-    latent_shape, k, num_classes = tuple(prior.latent_shape), prior.num_embeddings, None
-    num_classes = prior.num_classes
-    code_spec = _saved_model._spec((None, *latent_shape), "int32", "codes")
-
-    def checked_codes(codes):
-        return _saved_model._checked_codes(codes, latent_shape, k)
-
-    if num_classes is None:
-
-        def logits(codes):
-            codes = checked_codes(codes)
-            return {"logits": ops.cast(prior(codes, training=False), "float32")}
-
-        return [("serving_default", logits, [code_spec])]
-
-    def conditional_logits(codes, labels):
-        codes = checked_codes(codes)
-        shape = _saved_model._shape_check(labels, "labels", (None,), "(batch,)")
-        with tf.control_dependencies([shape]):
-            checks = [
-                tf.debugging.assert_equal(
-                    tf.size(labels),
-                    tf.shape(codes)[0],
-                    message="`labels` must have one entry per code map",
-                ),
-                _saved_model._range_check(labels, "labels", num_classes, "num_classes"),
-            ]
-        labels = _saved_model._checked([shape, *checks], labels)
-        return {"logits": ops.cast(prior([codes, labels], training=False), "float32")}
-
-    label_spec = _saved_model._spec((None,), "int32", "labels")
-    return [("serving_default", conditional_logits, [code_spec, label_spec])]
-
-
-def _graph_endpoints(model: VAE | VQVAE) -> dict[str, tuple]:
-    """The ONNX/LiteRT endpoints by name: no ``Assert`` ops, a convertible argmin, inputs
-    checked by shape (``_fixed_shape``) and codes by range (``_in_range``)."""
-    if isinstance(model, VAE):
-        image_shape = tuple(model.image_shape)
-        image_spec = _saved_model._spec((None, *image_shape), "float32", "images")
-        latent_spec = _saved_model._spec((None, model.latent_dim), "float32", "latents")
-
-        def vae_reconstruct(images):
-            images = _fixed_shape(images, image_shape)
-            return {"images": ops.cast(model(images, training=False), "float32")}
-
-        def vae_encode(images):
-            z_mean, z_log_var = model.encode(_fixed_shape(images, image_shape))
-            return {"z_mean": z_mean, "z_log_var": z_log_var}
-
-        def vae_decode(latents):
-            latents = _fixed_shape(latents, (model.latent_dim,))
-            return {"images": ops.cast(model.decode(latents), "float32")}
-
-        endpoints = [
-            ("serving_default", vae_reconstruct, [image_spec]),
-            ("encode", vae_encode, [image_spec]),
-            ("decode", vae_decode, [latent_spec]),
-        ]
-    else:
-        image_shape, code_shape = tuple(model.image_shape), tuple(model.code_shape)
-        image_spec = _saved_model._spec((None, *image_shape), "float32", "images")
-        code_spec = _saved_model._spec((None, *code_shape), "int32", "codes")
-
-        def vqvae_encode(images):
-            return {"codes": _graph_codes(model, _fixed_shape(images, image_shape))}
-
-        def vqvae_decode(codes):
-            codes = _in_range(_fixed_shape(codes, code_shape), model.num_embeddings)
-            return {"images": _graph_decode(model, codes)}
-
-        def vqvae_reconstruct(images):
-            codes = _graph_codes(model, _fixed_shape(images, image_shape))
-            return {"images": _graph_decode(model, codes)}
-
-        endpoints = [
-            ("serving_default", vqvae_reconstruct, [image_spec]),
-            ("encode", vqvae_encode, [image_spec]),
-            ("decode", vqvae_decode, [code_spec]),
-        ]
-    return {endpoint[0]: endpoint for endpoint in endpoints}
-
-
-def _fixed_shape(value, shape: tuple[int, ...]):
-    """``value``, failing at run time unless it is ``(batch, *shape)``: the LiteRT check.
-
-    LiteRT's signature runners resize an input to whatever array they are given, and its
-    kernels run many wrong shapes (a larger image gives more codes; a convolution takes extra
-    channels as groups). A concatenation needs the same rank and the same sizes on every
-    other axis, so ``value`` goes through one below a ``(1, *shape)`` block (cut off again):
-    a wrong shape fails where the graph starts ("CONCATENATION ... failed to prepare"). An
-    empty block would be folded away by the converter. ONNX Runtime checks the declared
-    shape itself, first.
-    """
-    import tensorflow as tf
-
-    block = tf.zeros((1, *shape), value.dtype)
-    return tf.concat([block, value], axis=0, name="check_input_shape")[1:]
-
-
-def _in_range(codes, num_embeddings: int):
-    """``codes``, failing at run time unless every code lies in ``[0, num_embeddings)``.
-
-    Neither format has an assertion, and FSQ/LFQ decode their codes by arithmetic (no look-up
-    that a runtime bounds-checks), while ONNX's Gather wraps negative indices. So an
-    out-of-range code reads index 1 of a one-element table: the runtimes' bounds check of that
-    look-up fails (ONNX Runtime names the node, ``codes_out_of_range``).
-    """
-    import tensorflow as tf
-
-    outside = tf.logical_or(codes < 0, codes >= num_embeddings)
-    table = tf.zeros((1,), codes.dtype)
-    return codes + tf.gather(table, tf.cast(outside, tf.int32), name="codes_out_of_range")
-
-
-def _graph_codes(vqvae: VQVAE, images):
-    """``vqvae.encode`` without loops: int32 codes ``(B, *code_shape)`` of static shape.
-
-    A ``VectorQuantizer``'s (and each residual stage's) nearest-code search is one distance
-    block over all vectors (``_nearest_indices``); FSQ and LFQ codes are elementwise, their
-    own ``encode``.
-    """
-    import tensorflow as tf
-
-    quantizer = vqvae.quantizer
-    z_e = tf.cast(vqvae.encoder(images, training=False), tf.float32)
-    if isinstance(quantizer, VectorQuantizer):
-        codes = _nearest_indices(quantizer, tf.reshape(z_e, [-1, quantizer.embedding_dim]))
-    elif isinstance(quantizer, ResidualVectorQuantizer):
-        # Stage s codes the residual the stages before it leave (the layer's inference pass).
-        residual, stages = tf.reshape(z_e, [-1, quantizer.embedding_dim]), []
-        for s in range(quantizer.num_quantizers):
-            stage = quantizer.quantizer(s)
-            stages.append(_nearest_indices(stage, residual))
-            residual = residual - stage.decode(stages[-1])
-        codes = tf.stack(stages, axis=-1)
-    elif isinstance(quantizer, FiniteScalarQuantizer):
-        codes = _fsq_indices(quantizer, z_e)
-    else:
-        codes = quantizer.encode(z_e)
-    return tf.reshape(tf.cast(codes, tf.int32), [-1, *vqvae.code_shape])
-
-
-def _fsq_indices(quantizer: FiniteScalarQuantizer, z_e):
-    """``FiniteScalarQuantizer.encode`` with its index ``Σ_i (q_i + ⌊L_i/2⌋) Π_{j<i} L_j``
-    summed as ``Σ_i q_i Π_{j<i} L_j`` plus a constant: the layer's integer add of the
-    half-widths becomes an int32 ``BiasAdd``, an op LiteRT lacks."""
-    import numpy as np
-    import tensorflow as tf
-
-    levels = np.asarray(quantizer.levels, np.int64)
-    basis = np.cumprod([1, *levels[:-1]])
-    offset = int(np.sum(levels // 2 * basis))
-    rounded = quantizer._rounded_levels(quantizer._project_in(z_e))
-    signed = tf.reduce_sum(tf.cast(rounded, tf.int32) * basis.astype(np.int32), axis=-1)
-    return signed + offset
-
-
-def _nearest_indices(quantizer: VectorQuantizer, flat):
-    """int32 ``(N,)`` nearest codes of float32 ``flat`` ``(N, D)``: ``VectorQuantizer.encode``'s
-    code space and look-up table, in one distance block for any batch (module docstring)."""
-    from keras_vq.layers.vector_quantizer import nearest_code
-
-    vectors = quantizer._to_code_space(flat)
-    table = quantizer._lookup_table(quantizer.embeddings)
-    return nearest_code(vectors, table, chunk_size=None, distance=quantizer.distance)
-
-
-def _graph_decode(vqvae: VQVAE, codes):
-    """``vqvae.decode`` with the latent's static shape restored before the decoder.
-
-    A projection (``codebook_dim``, FSQ/LFQ) leaves the latent's spatial sizes unknown in the
-    TensorFlow graph; tf2onnx then converts the decoder's first transposed convolution with
-    an ``output_shape`` instead of its pads, which shifts the image.
-    """
-    import tensorflow as tf
-
-    z_q = vqvae.quantizer.decode(codes)
-    z_q = tf.reshape(tf.cast(z_q, tf.float32), [-1, *vqvae.latent_shape, vqvae.embedding_dim])
-    return tf.cast(vqvae.decoder(z_q, training=False), tf.float32)
+def _graph_endpoints(model: keras.Model, format: str) -> dict[str, tuple]:
+    """The model's ONNX/LiteRT endpoints by name (see :mod:`keras_vq.serving`)."""
+    return {endpoint[0]: endpoint for endpoint in model.serving_endpoints(format)}
 
 
 __all__ = ["ENDPOINTS", "FORMATS", "export_model"]

@@ -1,11 +1,11 @@
 """Sample a PNG grid of new images from a trained model or a preset.
 
---preset NAME_OR_DIR: a VAE preset, or a prior preset together with the VQ-VAE preset its
-metadata names (python -c "import keras_vq; print(keras_vq.presets.list())" lists the
-bundled ones). VAE (--vae vae.keras): decode z ~ N(0, I). VQ-VAE (--vqvae vqvae.keras
---prior prior.keras): draw code maps from the prior (PixelCNN or transformer) and decode
-them; --labels picks the classes of a class-conditional prior (default: cycle through all
-classes, one per column).
+--preset NAME_OR_DIR: a VAE preset, an ImageGenerator preset, or a prior preset together with
+the VQ-VAE preset its metadata names (loaded with ImageGenerator.from_preset; python -c
+"import keras_vq; print(keras_vq.presets.list())" lists the bundled ones). VAE (--vae
+vae.keras): decode z ~ N(0, I). VQ-VAE (--vqvae vqvae.keras --prior prior.keras): draw code
+maps from the prior (PixelCNN or transformer) and decode them; --labels picks the classes of a
+class-conditional prior (default: cycle through all classes, one per column).
 --quality-samples more images are drawn (every class in turn) and compared with --dataset's
 --eval-split (default: the digits' test split): sample_fd, sample_precision, sample_recall,
 sample_confident_share, sample_class_histogram, sample_accuracy (conditional) in
@@ -96,11 +96,23 @@ def setup(args, run: Run) -> dict:
     return {"vqvae": vqvae, "prior": prior}
 
 
+def load_generator(preset: str):
+    """``ImageGenerator.from_preset(preset)``: a generator preset, or a prior preset and the
+    VQ-VAE preset it names; a usage error if that fails."""
+    from keras_vq.models import ImageGenerator
+
+    try:
+        return ImageGenerator.from_preset(preset)
+    except (FileNotFoundError, ImportError, ValueError, TypeError) as error:
+        raise _flags.RecipeError(f"--preset {preset}: {error}") from None
+
+
 def setup_preset(args) -> dict:
-    """The models of ``--preset``: a VAE, or a prior and the VQ-VAE preset it names."""
+    """The models of ``--preset``: a VAE, or the two stages of an ImageGenerator (a generator
+    preset, or a prior preset and the VQ-VAE preset it names)."""
     import keras_vq.presets
 
-    kinds = ("VAE", *_inputs.PRIORS)
+    kinds = ("VAE", "ImageGenerator", *_inputs.PRIORS)
     try:
         kind = keras_vq.presets.metadata(args.preset).get("class_name")
     except (FileNotFoundError, ImportError, ValueError, TypeError) as error:
@@ -116,7 +128,8 @@ def setup_preset(args) -> dict:
             f"--preset {args.preset} holds a {kind}, which cannot sample on its own; pass a "
             f"VAE or prior preset{_inputs.preset_hint(kinds)}."
         )
-    vqvae, prior = _inputs.load_preset_pair(args.preset)
+    generator = load_generator(args.preset)
+    vqvae, prior = generator.vqvae, generator.prior
     _inputs.class_labels(args.labels, args.num_samples, prior.num_classes)
     train_prior.sampling_options(args, prior)
     return {"vqvae": vqvae, "prior": prior}

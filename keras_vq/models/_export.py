@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from keras_vq import serving
+
 
 class ExportMixin:
     """Replaces ``keras.Model.export`` with keras_vq's named signatures on every backend.
@@ -12,7 +14,34 @@ class ExportMixin:
     Keras' own export writes one ``serve`` endpoint of ``call`` and needs a traceable model
     per backend; keras_vq's models export their encode/decode endpoints instead, the same
     artifact on TensorFlow, JAX and torch (see :mod:`keras_vq.export_formats`).
+
+    Each model describes what it serves: ``serving_formats`` (the formats it writes) and
+    ``serving_endpoints(format)`` (its endpoints, built with :mod:`keras_vq.serving`); the
+    export code writes what the model describes and knows no model class.
     """
+
+    serving_formats: tuple[str, ...] = ("tf_saved_model",)
+
+    def serving_endpoints(self, format: str = "tf_saved_model") -> list[serving.Endpoint]:
+        """The model's serving endpoints for ``format``: ``[(name, function, input specs)]``
+        (TensorFlow graphs: call on the TensorFlow backend, as the export code does).
+
+        Raises:
+            ValueError: a format the model does not write (not in ``serving_formats``).
+
+        Example:
+            >>> [name for name, _, _ in vqvae.serving_endpoints()]
+            ['serving_default', 'encode', 'decode']
+        """
+        if format not in self.serving_formats:
+            raise ValueError(
+                f"`format` must be one of {', '.join(map(repr, self.serving_formats))} for a "
+                f"{type(self).__name__}, got {format!r}."
+            )
+        return self._serving_endpoints(format)
+
+    def _serving_endpoints(self, format: str) -> list[serving.Endpoint]:
+        raise NotImplementedError
 
     def export(
         self,
@@ -31,7 +60,8 @@ class ExportMixin:
           directory) with the signatures of :func:`keras_vq.export.export_saved_model`:
           VAE/VQVAE ``serving_default`` (reconstruct), ``encode`` and ``decode``; a prior
           ``serving_default`` (``codes`` [, ``labels``]) → ``logits``. Image generation from a
-          prior is :func:`keras_vq.export.export_generator`.
+          prior is :func:`keras_vq.export.export_generator` or
+          :meth:`keras_vq.models.ImageGenerator.export`.
         - ``"onnx"`` (VAE, VQVAE): one ``.onnx`` graph, the endpoint named by ``endpoint``
           (``"serving_default"``, ``"encode"`` or ``"decode"``; default ``serving_default``,
           whose output is named ``reconstruction``: ONNX names are unique); a list of

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_vq import _validation
+from keras_vq import _validation, serving
 from keras_vq.backend import compile_function
 from keras_vq.backend.checks import checked_indices
 from keras_vq.layers._seed_state import SeedStateMixin
@@ -19,7 +19,7 @@ from keras_vq.losses import categorical_cross_entropy
 from keras_vq.metrics import bits_per_dim
 
 # Gumbel noise is -log(-log(u)); u in [tiny, 1) keeps it finite, so 0 · noise is exactly 0.
-_TINY = float(np.finfo("float32").tiny)
+_TINY = serving._TINY  # the noise floor, shared with the exported sampler
 
 
 class _SamplerCache:
@@ -202,6 +202,11 @@ class PriorMixin(SeedStateMixin):
         self.accuracy_tracker.update_state(accuracy, sample_weight=sample_weight)
         self.bits_tracker.update_state(bits_per_dim(nll, 1), sample_weight=sample_weight)
         return loss, logits
+
+    # --- serving ---------------------------------------------------------------------------
+    def _serving_endpoints(self, format: str) -> list:
+        """``serving_default``: ``codes`` [, ``labels``] → ``logits`` (ExportMixin)."""
+        return serving.prior_endpoints(self)
 
     # --- sampling ---------------------------------------------------------------------------
     def _sampling_labels(self, labels, num_samples: int):

@@ -304,6 +304,52 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
 
 
 @inference
+def check_pair(vqvae, prior) -> None:
+    """Check that ``prior`` models ``vqvae``'s codes, as :func:`generate` needs.
+
+    Args:
+        vqvae: a model with ``decode(codes)`` and, for a :class:`VQVAE`, one code per position.
+        prior: a model with ``sample`` and ``num_embeddings`` (either prior).
+
+    Raises:
+        TypeError: a model without the methods named. ValueError: a residual quantizer's
+            stacked codes, or a codebook size or latent grid that differ.
+
+    Example:
+        >>> check_pair(vqvae, prior)   # before sampling with both
+    """
+    if not callable(getattr(prior, "sample", None)) or not isinstance(
+        getattr(prior, "num_embeddings", None), int
+    ):
+        raise TypeError(
+            "`prior` must be a prior with `sample` and `num_embeddings` (PixelCNNPrior or "
+            f"TransformerPrior), got {type(prior).__name__}."
+        )
+    if not callable(getattr(vqvae, "decode", None)):
+        raise TypeError(f"`vqvae` must have a `decode(codes)` method, got {type(vqvae).__name__}.")
+    code_shape = getattr(vqvae, "code_shape", None)
+    latent_shape = getattr(vqvae, "latent_shape", None)
+    if code_shape is not None and tuple(code_shape) != tuple(latent_shape):
+        raise ValueError(
+            f"`vqvae` has codes of shape {tuple(code_shape)} per image (one per residual "
+            "stage) but `prior` samples one code per position: generate needs a VQVAE with a "
+            "single-index quantizer (VectorQuantizer, FiniteScalarQuantizer, LookupFreeQuantizer)."
+        )
+    prior_shape = getattr(prior, "latent_shape", None)
+    if latent_shape is not None and prior_shape is not None:
+        if tuple(prior_shape) != tuple(latent_shape):
+            raise ValueError(
+                f"`prior` has latent_shape={tuple(prior_shape)} but `vqvae` encodes to "
+                f"latent_shape={tuple(latent_shape)}."
+            )
+    codebook_size = getattr(vqvae, "num_embeddings", None)
+    if isinstance(codebook_size, int) and codebook_size != prior.num_embeddings:
+        raise ValueError(
+            f"`vqvae` has num_embeddings={codebook_size} but `prior` models "
+            f"num_embeddings={prior.num_embeddings} codes."
+        )
+
+
 def generate(
     vqvae,
     prior: keras.Model,
@@ -337,36 +383,7 @@ def generate(
     Example:
         >>> images = generate(vqvae, prior, 10, labels=range(10), guidance_scale=3.0, seed=0)
     """
-    if not callable(getattr(prior, "sample", None)) or not isinstance(
-        getattr(prior, "num_embeddings", None), int
-    ):
-        raise TypeError(
-            "`prior` must be a prior with `sample` and `num_embeddings` (PixelCNNPrior or "
-            f"TransformerPrior), got {type(prior).__name__}."
-        )
-    if not callable(getattr(vqvae, "decode", None)):
-        raise TypeError(f"`vqvae` must have a `decode(codes)` method, got {type(vqvae).__name__}.")
-    code_shape = getattr(vqvae, "code_shape", None)
-    latent_shape = getattr(vqvae, "latent_shape", None)
-    if code_shape is not None and tuple(code_shape) != tuple(latent_shape):
-        raise ValueError(
-            f"`vqvae` has codes of shape {tuple(code_shape)} per image (one per residual "
-            "stage) but `prior` samples one code per position: generate needs a VQVAE with a "
-            "single-index quantizer (VectorQuantizer, FiniteScalarQuantizer, LookupFreeQuantizer)."
-        )
-    prior_shape = getattr(prior, "latent_shape", None)
-    if latent_shape is not None and prior_shape is not None:
-        if tuple(prior_shape) != tuple(latent_shape):
-            raise ValueError(
-                f"`prior` has latent_shape={tuple(prior_shape)} but `vqvae` encodes to "
-                f"latent_shape={tuple(latent_shape)}."
-            )
-    codebook_size = getattr(vqvae, "num_embeddings", None)
-    if isinstance(codebook_size, int) and codebook_size != prior.num_embeddings:
-        raise ValueError(
-            f"`vqvae` has num_embeddings={codebook_size} but `prior` models "
-            f"num_embeddings={prior.num_embeddings} codes."
-        )
+    check_pair(vqvae, prior)
     chunks = prior._sample_chunks(
         num_samples,
         temperature,
@@ -382,4 +399,4 @@ def generate(
     return join_chunks([vqvae.decode(codes) for codes in chunks], num_samples)
 
 
-__all__ = ["PixelCNNPrior", "generate"]
+__all__ = ["PixelCNNPrior", "check_pair", "generate"]

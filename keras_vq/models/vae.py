@@ -7,7 +7,7 @@ import math
 import keras
 from keras import ops
 
-from keras_vq import _validation
+from keras_vq import _validation, serving
 from keras_vq import losses as vq_losses
 from keras_vq import metrics as vq_metrics
 from keras_vq.backend import TrainStepMixin, inference
@@ -226,6 +226,13 @@ class VAE(_common.ConfigFromAttributes, PresetMixin, TrainStepMixin, ExportMixin
         self.reconstruction_loss_tracker.update_state(reconstruction_loss)
         self.kl_loss_tracker.update_state(kl_loss)
         return total, self._mean_image(decoder_output)
+
+    serving_formats = ("tf_saved_model", "onnx", "litert")
+
+    def _serving_endpoints(self, format: str) -> list:
+        if format == "tf_saved_model":
+            return serving.vae_endpoints(self)
+        return serving.vae_graph_endpoints(self)
 
     @inference
     def encode(self, x):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_vq import _validation
+from keras_vq import _validation, serving
 from keras_vq import metrics as vq_metrics
 from keras_vq.backend import TrainStepMixin, inference
 from keras_vq.layers.residual_vector_quantizer import ResidualVectorQuantizer
@@ -317,6 +317,13 @@ class VQVAE(_common.ConfigFromAttributes, PresetMixin, TrainStepMixin, ExportMix
             total = total + active * vq_metrics.perplexity_from_counts(counts)
             count = count + active
         return total / ops.maximum(count, 1.0)
+
+    serving_formats = ("tf_saved_model", "onnx", "litert")
+
+    def _serving_endpoints(self, format: str) -> list:
+        if format == "tf_saved_model":
+            return serving.vqvae_endpoints(self)
+        return serving.vqvae_graph_endpoints(self)
 
     @inference
     def encode(self, images):

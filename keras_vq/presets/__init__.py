@@ -48,6 +48,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_vq._version import __version__
+
 __all__ = [
     "BUNDLED_DIR",
     "PresetMixin",
@@ -58,6 +60,7 @@ __all__ = [
     "metadata",
     "resolve",
     "save",
+    "stored_class",
     "verify",
 ]
 
@@ -267,8 +270,8 @@ def load(preset: str | os.PathLike, model_class: type | None = None) -> keras.Mo
     Example:
         >>> prior = keras_vq.presets.load("pixelcnn_digits")
     """
-    import keras_vq  # noqa: F401  (registers the classes the config names)
-
+    # The classes a config names are registered: importing this module (keras_vq.presets)
+    # first ran the package's __init__, which imports every model.
     directory = _checked_dir(preset)
     config_path = directory / CONFIG_FILE
     info = _read_json(directory / METADATA_FILE)  # a damaged metadata file is an error, too
@@ -297,6 +300,22 @@ def load(preset: str | os.PathLike, model_class: type | None = None) -> keras.Mo
             f"written for another model): {type(error).__name__}: {_one_line(error)}"
         ) from error
     return model
+
+
+def stored_class(preset: str | os.PathLike) -> type:
+    """The registered Keras model class a preset's config.json names (nothing is loaded).
+
+    Raises:
+        FileNotFoundError: no such preset or a missing file. ValueError: a config that names
+            no registered model class.
+
+    Example:
+        >>> keras_vq.presets.stored_class("pixelcnn_digits")   # PixelCNNPrior
+    """
+    # The classes a config names are registered: importing this module (keras_vq.presets)
+    # first ran the package's __init__, which imports every model.
+    config_path = _checked_dir(preset) / CONFIG_FILE
+    return _stored_class(_read_json(config_path), config_path)
 
 
 def _stored_class(config: dict[str, Any], config_path: Path) -> type:
@@ -340,11 +359,11 @@ def load_pair(preset: str | os.PathLike) -> tuple[keras.Model, keras.Model]:
             f'{str(directory / METADATA_FILE)!r} names no VQ-VAE preset ("vqvae_preset"), '
             "so the prior's codes cannot be decoded; load the VQ-VAE it was trained on yourself."
         )
-    from keras_vq.models import VQVAE
-
+    # Resolved among Keras' registered objects: this lower layer imports no model class.
+    vqvae_class = keras.saving.get_registered_object("keras_vq>VQVAE")
     if companion not in _bundled_names() and not Path(companion).is_absolute():
         companion = str(directory / companion)
-    vqvae = load(companion, VQVAE)
+    vqvae = load(companion, vqvae_class)
     if vqvae.num_embeddings != prior.num_embeddings or tuple(vqvae.latent_shape) != tuple(
         prior.latent_shape
     ):
@@ -407,10 +426,8 @@ def save(
             f"{sorted(p.name for p in directory.iterdir())[:5]}); pass overwrite=True to "
             "replace the preset in it, or choose an empty directory."
         )
-    import keras_vq
-
     info = {
-        "keras_vq_version": keras_vq.__version__,
+        "keras_vq_version": __version__,
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
         "class_name": type(model).__name__,
