@@ -37,7 +37,8 @@ from sklearn.datasets import load_digits
 from keras_vq.layers import VectorQuantizer
 from keras_vq.models import VQVAE
 
-address, count, index, out, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+address, out = sys.argv[1], sys.argv[4]
+count, index, steps = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[5])
 if count > 1:
     keras.distribution.initialize(address, count, index)
     keras.distribution.set_distribution(
@@ -49,16 +50,16 @@ quantizer = VectorQuantizer(16, 4, ema_decay=0.9, dead_code_threshold=2.0, kmean
 model = VQVAE(input_shape=(8, 8, 1), quantizer=quantizer, filters=(8, 8), seed=0)
 model.compile(optimizer=keras.optimizers.SGD(0.05))
 rng = np.random.default_rng(1)
-for layer_weight in model.weights:  # non-trivial weights and biases
-    if layer_weight.trainable:
-        layer_weight.assign(np.asarray(layer_weight.value.addressable_data(0) if count > 1 else layer_weight.value)
-                            + rng.normal(0, 0.05, layer_weight.shape).astype("float32"))
-global_batches = np.tile(images, (max(1, steps * 32 // 128), 1, 1, 1))[: steps * 32].reshape(steps, 32, 8, 8, 1)
+def host(weight):
+    return np.asarray(weight.value.addressable_data(0) if count > 1 else weight.value)
+for weight in model.trainable_weights:  # non-trivial weights and biases
+    weight.assign(host(weight) + rng.normal(0, 0.05, weight.shape).astype("float32"))
+rows = np.tile(images, (max(1, steps * 32 // 128), 1, 1, 1))[: steps * 32]
+global_batches = rows.reshape(steps, 32, 8, 8, 1)
 local = global_batches[:, index * 32 // count:(index + 1) * 32 // count].reshape(-1, 8, 8, 1)
 print("TRAINING", flush=True)
 model.fit(local, epochs=1, batch_size=32 // count, shuffle=False, verbose=0)
-values = {w.path: np.asarray(w.value.addressable_data(0) if count > 1 else w.value)
-          for w in model.weights}
+values = {w.path: host(w) for w in model.weights}
 np.savez(out, **values)
 print("SAVED", flush=True)
 """
@@ -180,7 +181,7 @@ def test_killing_one_process_fails_the_other(tmp_path):
     script.write_text(TRAIN)
     address = free_address()
     processes = [
-        start([str(script), address, "2", str(i), str(tmp_path / f"w{i}.npz"), "100000"])
+        start([str(script), address, "2", str(i), str(tmp_path / f"w{i}.npz"), "4000"])
         for i in range(2)
     ]
     try:
