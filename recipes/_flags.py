@@ -24,7 +24,14 @@ DEFAULT_DATASET = "digits"
 DEFAULT_IMAGE_SIZE = 32
 BACKENDS = ("tensorflow", "jax", "torch")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-DISTRIBUTIONS = ("none", "mirrored", "data_parallel")
+DISTRIBUTIONS = ("none", "mirrored", "data_parallel", "multi_process", "multi_worker")
+# Where --coordinator-address, --num-processes and --process-id fall back to: Keras' own
+# variables (those keras.distribution.initialize reads).
+PROCESS_ENV = {
+    "coordinator_address": "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+    "num_processes": "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "process_id": "KERAS_DISTRIBUTION_PROCESS_ID",
+}
 QUANTIZERS = ("vq", "rvq", "fsq", "lfq")
 
 
@@ -261,7 +268,29 @@ def add_run_args(parser: argparse.ArgumentParser, *, out: str) -> None:
         choices=DISTRIBUTIONS,
         default="none",
         help="'mirrored': tf.distribute.MirroredStrategy (TensorFlow); "
-        "'data_parallel': keras.distribution.DataParallel (JAX)",
+        "'data_parallel': keras.distribution.DataParallel over this machine's devices (JAX); "
+        "'multi_process': DataParallel over the devices of --num-processes processes, each "
+        "started with its --process-id, each feeding its share of every batch; process 0 "
+        "writes --out (JAX); 'multi_worker': tf.distribute.MultiWorkerMirroredStrategy, "
+        "which Keras 3.15 cannot train (an error that says so)",
+    )
+    group.add_argument(
+        "--coordinator-address",
+        default=None,
+        help="multi_process: HOST:PORT of process 0, the same for every process (unset: "
+        f"{PROCESS_ENV['coordinator_address']})",
+    )
+    group.add_argument(
+        "--num-processes",
+        type=positive_int,
+        default=None,
+        help=f"multi_process: processes in the run (unset: {PROCESS_ENV['num_processes']})",
+    )
+    group.add_argument(
+        "--process-id",
+        type=non_negative_int,
+        default=None,
+        help=f"multi_process: this process, 0 to N-1 (unset: {PROCESS_ENV['process_id']})",
     )
     group.add_argument(
         "--verbose",

@@ -124,9 +124,9 @@ def eval_batch_size(args: argparse.Namespace) -> int:
 
 
 def even_batches(args: argparse.Namespace) -> bool:
-    """Under data_parallel every batch given to ``fit``/``evaluate`` must split evenly over
-    the devices: held-out data for them drops its last short batch there."""
-    return args.distribute == "data_parallel"
+    """Under data_parallel and multi_process every batch given to ``fit``/``evaluate`` must
+    split evenly over the devices: held-out data for them drops its last short batch there."""
+    return args.distribute in ("data_parallel", "multi_process")
 
 
 def load_model(path: str, expected: tuple[str, ...], flag: str):

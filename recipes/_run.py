@@ -49,8 +49,9 @@ def run_recipe(
     """
     start = time.time()
     try:
+        check_distribute(args.distribute, make_config(recipe, args)["backend"])
+        resolve_processes(args)
         config = make_config(recipe, args)
-        check_distribute(args.distribute, config["backend"])
         run = Run(args.out, config, args)
         run.check(args.overwrite, unset_later=True)
         import_keras()
@@ -60,10 +61,14 @@ def run_recipe(
         # them, and a resumed run must have used the same.
         run.config = make_config(recipe, args)
         run.check(args.overwrite)
-        run.start(args.overwrite)
+        start_run(run, args.overwrite)
         metrics = fn(args, run, **inputs)
         metrics["wall_time_s"] = round(time.time() - start, 1)
         run.finish(metrics)
+        if args.distribute == "multi_process":  # no process leaves before process 0 wrote all
+            from keras_vq.backend import distribute
+
+            distribute.process_allgather(0)
     except RecipeError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
@@ -161,19 +166,84 @@ def import_keras() -> None:
         tf.config.list_physical_devices()  # initialises CUDA (cuInit) inside the filter
 
 
+# Why --distribute multi_worker is refused (see tests/test_multiprocess.py, which checks that
+# Keras still fails this way and will say when it no longer does).
+MULTI_WORKER_UNSUPPORTED = (
+    "--distribute multi_worker (tf.distribute.MultiWorkerMirroredStrategy) cannot train with "
+    "Keras 3.15: its TensorFlow trainer fails even for a plain keras.Model.fit on two workers "
+    "(building the model symbolically reduces a PerReplica batch eagerly). Train on several "
+    "machines with --backend jax --distribute multi_process (keras.distribution over JAX "
+    "processes), or on one machine's devices with --distribute mirrored (TensorFlow)."
+)
+
+
 def check_distribute(distribute: str, backend: str) -> None:
     """The backends each ``--distribute`` choice works on (checked before importing Keras)."""
+    if distribute == "multi_worker":
+        raise RecipeError(MULTI_WORKER_UNSUPPORTED)
+    if distribute != "none" and backend == "torch":
+        raise RecipeError(
+            f"--distribute {distribute} is not available on the torch backend: Keras 3.15 has "
+            "no torch distribution. Use --backend jax with --distribute data_parallel (one "
+            "machine) or multi_process (several processes or machines), or --backend "
+            "tensorflow with --distribute mirrored (one machine); or train on one device "
+            "with --distribute none."
+        )
     if distribute == "mirrored" and backend != "tensorflow":
         raise RecipeError(
             f"--distribute mirrored (tf.distribute.MirroredStrategy) needs the TensorFlow "
             f"backend, but the backend is {backend!r}. Use --backend tensorflow, or "
             "--distribute data_parallel on JAX."
         )
-    if distribute == "data_parallel" and backend != "jax":
+    if distribute in ("data_parallel", "multi_process") and backend != "jax":
         raise RecipeError(
-            f"--distribute data_parallel (keras.distribution.DataParallel) needs the JAX "
+            f"--distribute {distribute} (keras.distribution) needs the JAX "
             f"backend (Keras 3 supports it only there), but the backend is {backend!r}. Use "
-            "--backend jax, or --distribute mirrored on TensorFlow."
+            "--backend jax, or --distribute mirrored on TensorFlow (one machine)."
+        )
+
+
+def resolve_processes(args: argparse.Namespace) -> None:
+    """Fill ``--coordinator-address``, ``--num-processes`` and ``--process-id`` of
+    ``--distribute multi_process`` from the environment (``_flags.PROCESS_ENV``) where unset.
+
+    Raises:
+        RecipeError: one still unset or invalid, or the flags given without multi_process.
+    """
+    from _flags import PROCESS_ENV
+
+    names = tuple(PROCESS_ENV)
+    if args.distribute != "multi_process":
+        given = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name, None)]
+        if given:
+            raise RecipeError(f"{', '.join(given)} only apply to --distribute multi_process.")
+        return
+    for name, variable in PROCESS_ENV.items():
+        flag = f"--{name.replace('_', '-')}"
+        if getattr(args, name) is None and os.environ.get(variable):
+            text = os.environ[variable]
+            if name == "coordinator_address":
+                text = text.split(",")[0]  # Keras' variable lists every job; 0 coordinates
+                setattr(args, name, text)
+                continue
+            try:
+                setattr(args, name, int(text))
+            except ValueError:
+                raise RecipeError(f"{variable}={text!r} (for {flag}) is not an integer.") from None
+        if getattr(args, name) is None:
+            raise RecipeError(
+                f"--distribute multi_process needs {flag} (or the environment variable "
+                f"{variable})."
+            )
+    host, _, port = args.coordinator_address.rpartition(":")
+    if not host or not port.isdigit():
+        raise RecipeError(
+            f"--coordinator-address must be HOST:PORT, got {args.coordinator_address!r}."
+        )
+    if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
+        raise RecipeError(
+            f"--process-id must be in [0, --num-processes={args.num_processes}), got "
+            f"{args.process_id}."
         )
 
 
@@ -189,6 +259,12 @@ def setup_runtime(args: argparse.Namespace) -> Any:
     from keras_vq.backend import hide_gpus_from_tensorflow
 
     check_distribute(args.distribute, keras.backend.backend())
+    if args.distribute == "multi_process":  # before JAX computes anything
+        from keras_vq.backend import distribute
+
+        distribute.initialize_processes(
+            args.coordinator_address, args.num_processes, args.process_id
+        )
     hide_gpus_from_tensorflow()  # on JAX / torch, TensorFlow only feeds the data
     keras.utils.set_random_seed(args.seed)
     keras.config.set_dtype_policy(args.precision)
@@ -198,14 +274,34 @@ def setup_runtime(args: argparse.Namespace) -> Any:
         strategy = tf.distribute.MirroredStrategy()
         print(f"MirroredStrategy over {strategy.num_replicas_in_sync} replica(s).", flush=True)
         return strategy
-    if args.distribute == "data_parallel":
-        devices = keras.distribution.list_devices()
+    if args.distribute in ("data_parallel", "multi_process"):
+        devices = keras.distribution.list_devices()  # every process's, for multi_process
         batch_size = getattr(args, "batch_size", None)
         if batch_size is not None and batch_size % len(devices):
             raise RecipeError(
                 f"--batch-size {batch_size} must be divisible by the {len(devices)} devices "
-                "for --distribute data_parallel."
+                f"for --distribute {args.distribute}."
             )
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-        print(f"DataParallel over {len(devices)} device(s).", flush=True)
+        # multi_process: each process feeds its own rows of every batch (see _train.fit).
+        distribution = keras.distribution.DataParallel(
+            devices=devices, auto_shard_dataset=args.distribute == "data_parallel"
+        )
+        keras.distribution.set_distribution(distribution)
+        processes = f" of {args.num_processes} processes" if args.num_processes else ""
+        print(f"DataParallel over {len(devices)} device(s){processes}.", flush=True)
     return None
+
+
+def start_run(run: Run, overwrite: bool) -> None:
+    """``run.start``; in a multi_process run only process 0 writes ``--out``: the others write
+    to a private temporary directory (removed at exit) and read ``--out``'s checkpoint, and
+    every process waits until process 0 has started the run."""
+    if run.args.distribute != "multi_process":
+        run.start(overwrite)
+        return
+    from keras_vq.backend import distribute
+
+    if not distribute.is_chief():
+        run.write_elsewhere(tempfile.mkdtemp(prefix=f"keras_vq_process{run.args.process_id}_"))
+    run.start(overwrite)
+    distribute.process_allgather(0)  # a barrier: process 0 has cleared and started --out

@@ -38,7 +38,16 @@ BACKUP_DIR = "backup"
 LOG_DIR = "logs"
 PRESET_DIR = "preset"
 # Arguments that do not change what a run computes: a rerun may differ in them.
-_NOT_COMPARED = ("overwrite", "verbose", "backend", "download")
+_NOT_COMPARED = (
+    "overwrite",
+    "verbose",
+    "backend",
+    "download",
+    # Where the processes of a multi_process run meet: they compute the same either way.
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+)
 # What --overwrite removes from --out (never anything else the user may keep there).
 _RUN_FILES = (CONFIG_FILE, METRICS_FILE, DONE_FILE, BACKUP_DIR, LOG_DIR, PRESET_DIR, "export")
 _RUN_SUFFIXES = (".keras", ".png")
@@ -166,6 +175,7 @@ class Run:
         self.args = args
         self.strategy = strategy
         self.resumed = False
+        self._backup_dir: Path | None = None
         # Set by a training recipe: writes preset/ from the final metrics (before DONE).
         self.write_preset: Callable[[dict[str, Any]], None] | None = None
 
@@ -178,7 +188,21 @@ class Run:
 
     @property
     def backup_dir(self) -> Path:
-        return self.path(BACKUP_DIR)
+        return self._backup_dir or self.path(BACKUP_DIR)
+
+    @property
+    def shares_backup(self) -> bool:
+        """Whether the checkpoint is another process's to write (see :meth:`write_elsewhere`)."""
+        return self._backup_dir is not None
+
+    def write_elsewhere(self, private_out: str | os.PathLike) -> None:
+        """Write to ``private_out`` (removed at exit) instead of ``--out``, and only read
+        ``--out``'s checkpoint: a multi_process run's processes other than process 0."""
+        import atexit
+
+        self._backup_dir = self.backup_dir
+        self.out = Path(private_out)
+        atexit.register(shutil.rmtree, self.out, ignore_errors=True)
 
     @property
     def log_dir(self) -> Path:

@@ -65,8 +65,17 @@ def fit(
     import keras_vq
 
     args = run.args
-    backup = keras_vq.callbacks.BackupAndRestore(run.backup_dir)
+    multi_process = args.distribute == "multi_process"
+    if run.shares_backup:  # a multi_process run's process other than 0
+        backup = follower_backup(run.backup_dir, run.path("backup"))
+    else:
+        backup = keras_vq.callbacks.BackupAndRestore(run.backup_dir)
     start_epoch = backup.checkpoint_epoch
+    if multi_process:
+        check_same_checkpoint(start_epoch)
+        # TensorBoard images call the model on one process's images: not with a model that
+        # spans every process.
+        extra_callbacks = drop_image_callbacks(extra_callbacks)
     if start_epoch:
         print(f"Resuming from the checkpoint after epoch {start_epoch}/{args.epochs}.", flush=True)
     # One endless stream (reshuffled every pass with the run's seed) cut into epochs; a resumed
@@ -80,14 +89,19 @@ def fit(
         *extra_callbacks,
     ]
     history = model.fit(
-        train_data,
+        process_rows(train_data) if multi_process else train_data,
         epochs=args.epochs,
         steps_per_epoch=steps,
-        validation_data=validation_data,
+        validation_data=process_rows(validation_data) if multi_process else validation_data,
         callbacks=callbacks,
         shuffle=False,  # the tf.data pipeline shuffles
         verbose=args.verbose,
     )
+    if multi_process:  # from here on each process evaluates and saves on its own
+        keras.distribution.set_distribution(None)
+        from keras_vq.backend import distribute
+
+        distribute.localize_variables(model)
     logs = {k: float(v[-1]) for k, v in history.history.items() if v}
     reference = first_examples(train_data if validation_data is None else validation_data, model)
     run.write_preset = lambda metrics: write_preset(run, model, metrics, reference)
@@ -96,6 +110,73 @@ def fit(
         "resumed_from_epoch": history.epoch[0] if history.epoch else start_epoch,
         "final_epoch_logs": logs,
     }
+
+
+def follower_backup(shared_dir, private_dir):
+    """The checkpoint callback of a multi_process run's process other than 0: resumes from
+    process 0's checkpoint in ``shared_dir`` and saves its own copies in ``private_dir``
+    (saving is a collective step: every process must take part, one writes ``--out``)."""
+    import os
+
+    import keras_vq
+
+    os.makedirs(private_dir, exist_ok=True)
+
+    class FollowerBackup(keras_vq.callbacks.BackupAndRestore):
+        def repair(self) -> None:  # process 0 repairs the checkpoint it wrote
+            pass
+
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            follower = keras_vq.callbacks.BackupAndRestore(private_dir)
+            for name in ("weights", "training_metadata", "prev_weights", "prev_training_metadata"):
+                name = f"_{name}_path"
+                setattr(self, name, getattr(follower, name))
+
+    return FollowerBackup(shared_dir, delete_checkpoint=False)
+
+
+def check_same_checkpoint(epoch: int) -> None:
+    """Every process of a multi_process run must resume from the same epoch."""
+    from keras_vq.backend import distribute
+
+    epochs = distribute.process_allgather(epoch).tolist()
+    if len(set(epochs)) > 1:
+        raise RecipeError(
+            f"The processes found checkpoints of different epochs ({epochs}, by process): "
+            "every process reads process 0's --out/backup, so --out must be a directory "
+            "they all share."
+        )
+
+
+def drop_image_callbacks(callbacks: tuple) -> tuple:
+    """``callbacks`` without keras_vq's TensorBoard image callbacks (saying so)."""
+    from keras_vq.callbacks import TensorBoardImages
+
+    kept = tuple(c for c in callbacks if not isinstance(c, TensorBoardImages))
+    if len(kept) < len(callbacks):
+        print("multi_process: no images in TensorBoard during training.", flush=True)
+    return kept
+
+
+def process_rows(data):
+    """This process's rows of every batch of ``data`` (``x`` or tuples): the ``i``-th of
+    ``num_processes`` equal parts, so the processes together feed each whole batch, in order."""
+    if data is None:
+        return None
+    import tensorflow as tf
+
+    from keras_vq.backend import distribute
+
+    index, count = distribute.process_index(), distribute.process_count()
+
+    def rows(tensor):
+        size = tf.shape(tensor)[0] // count
+        return tensor[index * size : (index + 1) * size]
+
+    return data.map(
+        lambda *parts: tf.nest.map_structure(rows, parts[0] if len(parts) == 1 else parts)
+    )
 
 
 def first_examples(data, model, count: int = 4):

@@ -134,3 +134,107 @@ def all_gather_rows(rows):
         return rows
     total = ops.cast(global_row_count(ops.shape(rows)[0]), "int32")
     return gather_global_rows(rows, ops.arange(total, dtype="int32"))
+
+
+# --------------------------------------------------------------------------- several processes
+# JAX's multi-process training, Keras' own path: ``keras.distribution.initialize`` on every
+# process, then ``keras.distribution.DataParallel`` over every process's devices. Each process
+# feeds its own rows of each global batch; JAX's collectives make the step (gradients, the
+# VQ layers' batch statistics, restarts' picks) the one of a single device on the global batch,
+# so none of the tf.distribute helpers above are involved.
+
+
+def initialize_processes(coordinator_address: str, num_processes: int, process_id: int) -> None:
+    """Join this process to a JAX multi-process run (call before any computation).
+
+    CPU devices exchange through gloo (JAX's CPU client has no collectives by default); GPUs
+    and TPUs use their own.
+
+    Args:
+        coordinator_address: ``HOST:PORT`` of process 0, the same on every process.
+        num_processes: processes in the run.
+        process_id: this process, in ``[0, num_processes)``; 0 is the coordinator.
+
+    Raises:
+        ValueError: a backend other than JAX (Keras 3 distributes several processes only
+            there), or ``process_id`` outside ``[0, num_processes)``.
+
+    Example:
+        >>> initialize_processes("10.0.0.1:1234", 2, 0)  # doctest: +SKIP
+    """
+    backend = keras.backend.backend()
+    if backend != "jax":
+        raise ValueError(
+            f"Multi-process training needs the JAX backend (Keras 3 supports "
+            f"keras.distribution.initialize only there), but the backend is {backend!r}."
+        )
+    if not 0 <= process_id < num_processes:
+        raise ValueError(
+            f"process_id must be in [0, num_processes={num_processes}), got {process_id}."
+        )
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    keras.distribution.initialize(coordinator_address, num_processes, process_id)
+
+
+def process_index() -> int:
+    """This process's index in a multi-process JAX run (0 elsewhere)."""
+    if keras.backend.backend() != "jax":
+        return 0
+    import jax
+
+    return jax.process_index()
+
+
+def process_count() -> int:
+    """Processes in a multi-process JAX run (1 elsewhere)."""
+    if keras.backend.backend() != "jax":
+        return 1
+    import jax
+
+    return jax.process_count()
+
+
+def is_chief() -> bool:
+    """Whether this process writes the run's outputs (process 0, or the only process)."""
+    return process_index() == 0
+
+
+def process_allgather(value):
+    """``value`` (a NumPy-convertible array) of every process, stacked on a new first axis,
+    on every process; ``value[None]`` with one process."""
+    import numpy as np
+
+    if process_count() == 1:
+        return np.asarray(value)[None]
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(np.asarray(value), tiled=False))
+
+
+def localize_variables(model) -> None:
+    """Make ``model``'s variables (its own, its optimizer's and its metrics') this process's
+    own, after multi-process training.
+
+    Under a multi-process ``DataParallel`` every variable is one array spanning all the
+    processes' devices, so each call of the model needs every process. The variables are
+    replicated, so this process's copy is the whole value: it is assigned back with no
+    distribution in scope (call ``keras.distribution.set_distribution(None)`` first), after
+    which the model evaluates, saves and exports on this process alone.
+    """
+    import numpy as np
+
+    optimizer = getattr(model, "optimizer", None)
+    variables = [*model.variables, *getattr(model, "metrics_variables", [])]
+    variables += list(optimizer.variables) if optimizer is not None else []
+    seen = set()
+    for variable in variables:
+        if id(variable) in seen:
+            continue
+        seen.add(id(variable))
+        value = variable.value
+        if hasattr(value, "addressable_data"):
+            value = value.addressable_data(0)
+        variable._layout = None  # else ``assign`` would spread it over the processes again
+        variable.assign(np.asarray(value))
