@@ -105,6 +105,10 @@ def record_model_values(args: argparse.Namespace, values: dict[str, Any]) -> dic
 # --------------------------------------------------------------------------- parsing
 
 
+class RecipeError(Exception):
+    """A user-facing failure: printed as ``error: ...`` without a traceback, exit status 2."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):
         """A bad flag: one line on stderr (as every recipe error), exit status 2."""

@@ -11,32 +11,22 @@ import json
 import os
 from collections.abc import Callable
 
-from _defaults import (
+from _defaults import (  # RecipeError: the recipes raise it as _flags.RecipeError
     OneLineParser,
+    RecipeError,  # noqa: F401
     add_model_arg,
     non_negative_float,
     positive_float,
     seed_int,
     unit_interval,
 )
+from _distribute import add_distribute_args
 
 DEFAULT_DATASET = "digits"
 DEFAULT_IMAGE_SIZE = 32
 BACKENDS = ("tensorflow", "jax", "torch")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-DISTRIBUTIONS = ("none", "mirrored", "data_parallel", "multi_process", "multi_worker")
-# Where --coordinator-address, --num-processes and --process-id fall back to: Keras' own
-# variables (those keras.distribution.initialize reads).
-PROCESS_ENV = {
-    "coordinator_address": "KERAS_DISTRIBUTION_JOB_ADDRESSES",
-    "num_processes": "KERAS_DISTRIBUTION_NUM_PROCESSES",
-    "process_id": "KERAS_DISTRIBUTION_PROCESS_ID",
-}
 QUANTIZERS = ("vq", "rvq", "fsq", "lfq")
-
-
-class RecipeError(Exception):
-    """A user-facing failure: printed as ``error: ...`` without a traceback, exit status 2."""
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -263,35 +253,7 @@ def add_run_args(parser: argparse.ArgumentParser, *, out: str) -> None:
         help="Keras backend (unset: KERAS_BACKEND, else keras.json)",
     )
     group.add_argument("--precision", choices=PRECISIONS, default="float32", help="dtype policy")
-    group.add_argument(
-        "--distribute",
-        choices=DISTRIBUTIONS,
-        default="none",
-        help="'mirrored': tf.distribute.MirroredStrategy (TensorFlow); "
-        "'data_parallel': keras.distribution.DataParallel over this machine's devices (JAX); "
-        "'multi_process': DataParallel over the devices of --num-processes processes, each "
-        "started with its --process-id, each feeding its share of every batch; process 0 "
-        "writes --out (JAX); 'multi_worker': tf.distribute.MultiWorkerMirroredStrategy, "
-        "which Keras 3.15 cannot train (an error that says so)",
-    )
-    group.add_argument(
-        "--coordinator-address",
-        default=None,
-        help="multi_process: HOST:PORT of process 0, the same for every process (unset: "
-        f"{PROCESS_ENV['coordinator_address']})",
-    )
-    group.add_argument(
-        "--num-processes",
-        type=positive_int,
-        default=None,
-        help=f"multi_process: processes in the run (unset: {PROCESS_ENV['num_processes']})",
-    )
-    group.add_argument(
-        "--process-id",
-        type=non_negative_int,
-        default=None,
-        help=f"multi_process: this process, 0 to N-1 (unset: {PROCESS_ENV['process_id']})",
-    )
+    add_distribute_args(group)
     group.add_argument(
         "--verbose",
         type=int,

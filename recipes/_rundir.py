@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _configdiff import config_differences, saved_flags
 from _flags import RecipeError, resolve_backend
 
 CONFIG_FILE = "config.json"
@@ -37,17 +38,6 @@ DONE_FILE = "DONE"
 BACKUP_DIR = "backup"
 LOG_DIR = "logs"
 PRESET_DIR = "preset"
-# Arguments that do not change what a run computes: a rerun may differ in them.
-_NOT_COMPARED = (
-    "overwrite",
-    "verbose",
-    "backend",
-    "download",
-    # Where the processes of a multi_process run meet: they compute the same either way.
-    "coordinator_address",
-    "num_processes",
-    "process_id",
-)
 # What --overwrite removes from --out (never anything else the user may keep there).
 _RUN_FILES = (CONFIG_FILE, METRICS_FILE, DONE_FILE, BACKUP_DIR, LOG_DIR, PRESET_DIR, "export")
 _RUN_SUFFIXES = (".keras", ".png")
@@ -78,44 +68,6 @@ def make_config(recipe: str, args: argparse.Namespace) -> dict[str, Any]:
         "backend": backend,
         "versions": _versions(backend),
     }
-
-
-def _config_differences(saved: dict, config: dict, unset_later: bool = False) -> list[str]:
-    """What differs between two configs, as lines; with ``unset_later``, arguments unset now
-    are left out (a model flag takes the model's value in the recipe's setup)."""
-    diffs = []
-    if saved.get("recipe") != config["recipe"]:
-        diffs.append(f"recipe: {saved.get('recipe')!r} (saved) vs {config['recipe']!r} (now)")
-    if saved.get("backend") != config["backend"]:
-        diffs.append(f"backend: {saved.get('backend')!r} (saved) vs {config['backend']!r} (now)")
-    old, new = saved.get("args", {}), config["args"]
-    for key in _differing_keys(old, new):
-        if not (unset_later and new.get(key) is None):
-            diffs.append(
-                f"--{key.replace('_', '-')}: {old.get(key)!r} (saved) vs {new.get(key)!r}"
-            )
-    return diffs
-
-
-def _saved_flags(saved: dict, config: dict, unset_later: bool) -> str:
-    """The differing arguments as flags with their saved values, e.g. ``--filters 32 64``."""
-    flags = []
-    for key in _differing_keys(saved.get("args", {}), config["args"]):
-        if unset_later and config["args"].get(key) is None:
-            continue
-        value, flag = saved["args"].get(key), f"--{key.replace('_', '-')}"
-        if isinstance(value, bool) or value is None:
-            flags.append(f"{flag}: {'unset' if value is None else value}")
-        else:
-            values = value if isinstance(value, list) else [value]
-            flags.append(" ".join([flag, *map(str, values)]))
-    return ", ".join(flags) if flags else "the same flags"
-
-
-def _differing_keys(old: dict, new: dict) -> list[str]:
-    # A flag the saved run does not know came later: the run had that flag's behaviour.
-    keys = sorted(old)
-    return [k for k in keys if k not in _NOT_COMPARED and old.get(k) != new.get(k)]
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -239,9 +191,9 @@ class Run:
                 "another --out."
             )
         if not overwrite and saved is not None:
-            diffs = _config_differences(saved, self.config, unset_later)
+            diffs = config_differences(saved, self.config, unset_later)
             if diffs:
-                resume = _saved_flags(saved, self.config, unset_later)
+                resume = saved_flags(saved, self.config, unset_later)
                 raise RecipeError(
                     f"--out {self.out} holds an unfinished run with a different configuration "
                     "(config mismatch), so it cannot be resumed:\n  "
@@ -293,7 +245,7 @@ class Run:
         name = Path(args.out).name
         child = Run(args.out, make_config(recipe, args), args, self.strategy)
         saved = child.saved_config()
-        stale = saved is not None and bool(_config_differences(saved, child.config))
+        stale = saved is not None and bool(config_differences(saved, child.config))
         if child.finished and not stale:
             print(f"Stage {name!r} already finished in {child.out}; reusing it.", flush=True)
             return read_json(child.path(METRICS_FILE))

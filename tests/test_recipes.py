@@ -524,7 +524,7 @@ def test_download_flag_reaches_data_load(monkeypatch):
     # A rerun that only adds --download resumes the same run (it changes no result).
     config = _rundir.make_config("train_vqvae", args)
     saved = {**config, "args": {**config["args"], "download": False}}
-    assert _rundir._config_differences(saved, config) == []
+    assert _rundir.config_differences(saved, config) == []
 
 
 # --------------------------------------------------------------------------- layout
