@@ -14,12 +14,14 @@ RNG = np.random.default_rng(0)
 LEVEL_SETS = ([8, 5, 5, 5], [3, 4, 6, 7], [4])
 
 
-def fsq_reference(z: np.ndarray, levels) -> tuple[np.ndarray, np.ndarray]:
+def fsq_reference(z: np.ndarray, levels, clip: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """FSQ from the paper's equations in float32 NumPy: ``(codes in [-1, 1], indices)``.
 
     Channel ``i`` with ``L`` levels: ``f(z) = tanh(z + atanh(o / h)) · h - o`` with
     ``h = (L - 1)(1 + 1e-3) / 2`` and ``o = ½`` for even ``L``; the level is
-    ``round(f(z)) + ⌊L/2⌋`` and the index ``Σ_i level_i · Π_{j<i} L_j``.
+    ``round(f(z)) + ⌊L/2⌋`` and the index ``Σ_i level_i · Π_{j<i} L_j``. With ``clip``,
+    ``round(f(z))`` is clipped to ``[-⌊L/2⌋, ⌈L/2⌉ - 1]`` (the layer's exact bound, which
+    matters from ``L = 1001`` on).
     """
     z = np.asarray(z, np.float32)
     codes = np.empty_like(z)
@@ -30,6 +32,8 @@ def fsq_reference(z: np.ndarray, levels) -> tuple[np.ndarray, np.ndarray]:
         o = np.float32(0.5 if num_levels % 2 == 0 else 0.0)
         f = np.tanh(z[..., i] + np.arctanh(o / h)) * h - o
         integer = np.round(f)
+        if clip:
+            integer = np.clip(integer, -(num_levels // 2), (num_levels - 1) // 2)
         half_width = num_levels // 2
         level = integer.astype(np.int64) + half_width
         assert level.min() >= 0 and level.max() < num_levels
@@ -265,23 +269,6 @@ def test_matches_vector_quantize_pytorch():
             np.testing.assert_allclose(to_numpy(out), peer_out.numpy(), atol=1e-5, rtol=1e-5)
 
 
-def clipped_reference(z: np.ndarray, levels) -> tuple[np.ndarray, np.ndarray]:
-    """``fsq_reference`` with ``round(f(z))`` clipped to ``[-⌊L/2⌋, ⌈L/2⌉ - 1]`` (NumPy)."""
-    z = np.asarray(z, np.float32)
-    codes = np.empty_like(z)
-    index = np.zeros(z.shape[:-1], np.int64)
-    stride = 1
-    for i, num_levels in enumerate(levels):
-        h = np.float32(num_levels - 1) * np.float32(1.001) / np.float32(2)
-        o = np.float32(0.5 if num_levels % 2 == 0 else 0.0)
-        f = np.tanh(z[..., i] + np.arctanh(o / h)) * h - o
-        integer = np.clip(np.round(f), -(num_levels // 2), (num_levels - 1) // 2)
-        codes[..., i] = integer / np.float32(num_levels // 2)
-        index += (integer.astype(np.int64) + num_levels // 2) * stride
-        stride *= num_levels
-    return codes, index
-
-
 class TestBoundAndRounding(TestCase):
     @pytest.mark.parametrize("levels", [[1001], [1002, 3], [2000, 1001]])
     def test_levels_from_1001_keep_codes_and_indices_in_range(self, levels):
@@ -298,7 +285,7 @@ class TestBoundAndRounding(TestCase):
         outputs, indices = to_numpy(outputs), to_numpy(indices)
         assert outputs.min() >= -1.0 and outputs.max() <= 1.0
         assert indices.min() >= 0 and indices.max() < layer.codebook_size
-        codes, expected = clipped_reference(z, levels)
+        codes, expected = fsq_reference(z, levels, clip=True)
         np.testing.assert_array_equal(indices, expected)
         # level / ⌊L/2⌋: XLA may divide by multiplying with the reciprocal (1 ulp).
         self.assertAllClose(outputs, codes, atol=1e-7, rtol=0)
