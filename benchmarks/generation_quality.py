@@ -114,7 +114,7 @@ class IndependentJudges:
     """scikit-learn's SVC and MLP on the original 8×8 digits (train split): judges that are
     not ours. ``features`` are the MLP's last hidden layer's ReLU activations."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, max_iter: int = 500):
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
@@ -127,7 +127,7 @@ class IndependentJudges:
         flat = images[train].reshape(len(train), -1).astype("float64")
         self.svc = SVC(gamma=0.001, C=10.0, probability=True, random_state=seed)
         self.svc.fit(flat, labels[train])
-        self.mlp = MLPClassifier(_MLP_HIDDEN, alpha=1e-3, max_iter=500, random_state=seed)
+        self.mlp = MLPClassifier(_MLP_HIDDEN, alpha=1e-3, max_iter=max_iter, random_state=seed)
         with warnings.catch_warnings():  # a few hundred epochs are plenty for 1,438 digits
             warnings.simplefilter("ignore", ConvergenceWarning)
             self.mlp.fit(flat / 16.0, labels[train])
