@@ -29,7 +29,7 @@ top-p, sampling seed), the classes cycled, and judged against the held-out split
 
 Every Fréchet distance is also given as a ratio to real digits' (``*_fd_ratio``; the issue's
 target is ≤ 1.5): its denominator ``*_fd_real`` is the mean FD of ``--real-draws`` random sets
-of ``--samples`` real training digits (one set alone ranges over ±40 % of it). Two sanity rows come
+of ``--samples`` real training digits (single sets scored 0.85–2× of it). Two sanity rows come
 first: ``kind: real`` (another such set: ≈ 1 by construction) and ``kind: reconstructions``
 (the VQ-VAE's reconstructions of that set: the decoder's share of the FD, what the prior
 cannot beat). One JSON line each, with the reconstruction MSE and the prior's held-out bits
