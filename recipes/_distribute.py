@@ -90,10 +90,10 @@ def check_distribute(distribute: str, backend: str) -> None:
         )
 
 
-def worker_task(environ=os.environ) -> tuple[str, int, int]:
-    """``(task_type, task_index, num_workers)`` of ``--distribute multi_worker`` from
-    ``TF_CONFIG`` (``{"cluster": {"worker": [HOST:PORT, ...], "chief": [...]}, "task":
-    {"type": "worker", "index": I}}``); ``num_workers`` counts the chief too.
+def worker_task(environ=os.environ) -> tuple[str, int]:
+    """``(task_type, task_index)`` of ``--distribute multi_worker`` from ``TF_CONFIG``
+    (``{"cluster": {"worker": [HOST:PORT, ...], "chief": [...]}, "task": {"type": "worker",
+    "index": I}}``).
 
     Raises:
         RecipeError: ``TF_CONFIG`` unset, not JSON, or without a cluster and a task in it.
@@ -111,7 +111,6 @@ def worker_task(environ=os.environ) -> tuple[str, int, int]:
         config = json.loads(text)
         cluster, task = config["cluster"], config["task"]
         task_type, task_index = str(task["type"]), int(task["index"])
-        num_workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
         addresses = cluster[task_type]
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise RecipeError(
@@ -123,7 +122,7 @@ def worker_task(environ=os.environ) -> tuple[str, int, int]:
             f"{TF_CONFIG}'s task index {task_index} is not one of its {len(addresses)} "
             f"{task_type!r} addresses."
         )
-    return task_type, task_index, num_workers
+    return task_type, task_index
 
 
 def is_chief_worker(environ=os.environ) -> bool:
@@ -131,7 +130,7 @@ def is_chief_worker(environ=os.environ) -> bool:
     or worker 0 of a cluster without one (TensorFlow's convention)."""
     import json
 
-    task_type, task_index, _ = worker_task(environ)
+    task_type, task_index = worker_task(environ)
     has_chief = bool(json.loads(environ[TF_CONFIG])["cluster"].get("chief"))
     return task_type == "chief" or (not has_chief and task_type == "worker" and task_index == 0)
 
@@ -250,23 +249,30 @@ def multi_worker_strategy(args: argparse.Namespace) -> Any:
     return strategy
 
 
-def barrier(run: Any) -> None:
-    """Wait for every process of a multi_process or multi_worker run (no-op otherwise)."""
+def gather_processes(run: Any, value: int) -> list[int]:
+    """``value`` of every process of a multi_process or multi_worker run (of every replica,
+    in order), on every process; ``[value]`` otherwise. Returns once all have called it."""
     if run.args.distribute == "multi_process":
         from keras_vq.backend import distribute
 
-        distribute.process_allgather(0)
-    elif run.args.distribute == "multi_worker":
+        return distribute.process_allgather(value).tolist()
+    if run.args.distribute == "multi_worker":
         import tensorflow as tf
 
         strategy = run.strategy
 
-        @tf.function  # an all-reduce of a constant: returns once every worker reached it
-        def meet():
-            one = strategy.run(lambda: tf.constant(1.0))
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, one, axis=None)
+        @tf.function  # collectives run in a function (eagerly, TensorFlow warns of overhead)
+        def gather():
+            mine = strategy.run(lambda: tf.constant([value], tf.int64))
+            return strategy.gather(mine, axis=0)
 
-        meet()
+        return gather().numpy().tolist()
+    return [value]
+
+
+def barrier(run: Any) -> None:
+    """Wait for every process of a multi_process or multi_worker run (no-op otherwise)."""
+    gather_processes(run, 0)
 
 
 def is_chief(run: Any) -> bool:
@@ -288,6 +294,10 @@ def start_run(run: Any, overwrite: bool) -> None:
         run.start(overwrite)
         return
     if not is_chief(run):
-        run.write_elsewhere(tempfile.mkdtemp(prefix="keras_vq_process_"))
+        if run.args.distribute == "multi_process":
+            prefix = f"keras_vq_process{run.args.process_id}_"
+        else:
+            prefix = "keras_vq_worker{}_{}_".format(*worker_task())
+        run.write_elsewhere(tempfile.mkdtemp(prefix=prefix))
     run.start(overwrite)
     barrier(run)  # the chief has cleared and started --out

@@ -71,8 +71,9 @@ def fit(
     else:
         backup = keras_vq.callbacks.BackupAndRestore(run.backup_dir)
     start_epoch = backup.checkpoint_epoch
+    if multi_process or args.distribute == "multi_worker":
+        check_same_checkpoint(run, start_epoch)
     if multi_process:
-        check_same_checkpoint(start_epoch)
         # TensorBoard images call the model on one process's images: not with a model that
         # spans every process.
         extra_callbacks = drop_image_callbacks(extra_callbacks)
@@ -138,11 +139,11 @@ def follower_backup(shared_dir, private_dir):
     return FollowerBackup(shared_dir, delete_checkpoint=False)
 
 
-def check_same_checkpoint(epoch: int) -> None:
-    """Every process of a multi_process run must resume from the same epoch."""
-    from keras_vq.backend import distribute
+def check_same_checkpoint(run: Run, epoch: int) -> None:
+    """Every process of a multi_process or multi_worker run must resume from the same epoch."""
+    from _distribute import gather_processes
 
-    epochs = distribute.process_allgather(epoch).tolist()
+    epochs = gather_processes(run, epoch)
     if len(set(epochs)) > 1:
         raise RecipeError(
             f"The processes found checkpoints of different epochs ({epochs}, by process): "
