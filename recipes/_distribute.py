@@ -34,8 +34,9 @@ def add_distribute_args(group) -> None:
         "'data_parallel': keras.distribution.DataParallel over this machine's devices (JAX); "
         "'multi_process': DataParallel over the devices of --num-processes processes, each "
         "started with its --process-id, each feeding its share of every batch; process 0 "
-        "writes --out (JAX); 'multi_worker': tf.distribute.MultiWorkerMirroredStrategy, "
-        "which Keras 3.15 cannot train (an error that says so)",
+        "writes --out (JAX); 'multi_worker': tf.distribute.MultiWorkerMirroredStrategy over "
+        "the workers of the TF_CONFIG environment variable, each feeding its share of every "
+        "batch; the chief (worker 0) writes --out (TensorFlow)",
     )
     group.add_argument(
         "--coordinator-address",
@@ -57,21 +58,12 @@ def add_distribute_args(group) -> None:
     )
 
 
-# Why --distribute multi_worker is refused (see tests/test_multiprocess.py, which checks that
-# Keras still fails this way and will say when it no longer does).
-MULTI_WORKER_UNSUPPORTED = (
-    "--distribute multi_worker (tf.distribute.MultiWorkerMirroredStrategy) cannot train with "
-    "Keras 3.15: its TensorFlow trainer fails even for a plain keras.Model.fit on two workers "
-    "(building the model symbolically reduces a PerReplica batch eagerly). Train on several "
-    "machines with --backend jax --distribute multi_process (keras.distribution over JAX "
-    "processes), or on one machine's devices with --distribute mirrored (TensorFlow)."
-)
+# Where --distribute multi_worker reads its cluster: TensorFlow's own variable.
+TF_CONFIG = "TF_CONFIG"
 
 
 def check_distribute(distribute: str, backend: str) -> None:
     """The backends each ``--distribute`` choice works on (checked before importing Keras)."""
-    if distribute == "multi_worker":
-        raise RecipeError(MULTI_WORKER_UNSUPPORTED)
     if distribute != "none" and backend == "torch":
         raise RecipeError(
             f"--distribute {distribute} is not available on the torch backend: Keras 3.15 has "
@@ -80,11 +72,15 @@ def check_distribute(distribute: str, backend: str) -> None:
             "tensorflow with --distribute mirrored (one machine); or train on one device "
             "with --distribute none."
         )
-    if distribute == "mirrored" and backend != "tensorflow":
+    if distribute in ("mirrored", "multi_worker") and backend != "tensorflow":
+        strategy = (
+            "MirroredStrategy" if distribute == "mirrored" else "MultiWorkerMirroredStrategy"
+        )
+        alternative = "data_parallel" if distribute == "mirrored" else "multi_process"
         raise RecipeError(
-            f"--distribute mirrored (tf.distribute.MirroredStrategy) needs the TensorFlow "
+            f"--distribute {distribute} (tf.distribute.{strategy}) needs the TensorFlow "
             f"backend, but the backend is {backend!r}. Use --backend tensorflow, or "
-            "--distribute data_parallel on JAX."
+            f"--distribute {alternative} on JAX."
         )
     if distribute in ("data_parallel", "multi_process") and backend != "jax":
         raise RecipeError(
@@ -94,14 +90,63 @@ def check_distribute(distribute: str, backend: str) -> None:
         )
 
 
-def resolve_processes(args: argparse.Namespace) -> None:
-    """Fill ``--coordinator-address``, ``--num-processes`` and ``--process-id`` of
-    ``--distribute multi_process`` from the environment (``_flags.PROCESS_ENV``) where unset.
+def worker_task(environ=os.environ) -> tuple[str, int]:
+    """``(task_type, task_index)`` of ``--distribute multi_worker`` from ``TF_CONFIG``
+    (``{"cluster": {"worker": [HOST:PORT, ...], "chief": [...]}, "task": {"type": "worker",
+    "index": I}}``).
 
     Raises:
-        RecipeError: one still unset or invalid, or the flags given without multi_process.
+        RecipeError: ``TF_CONFIG`` unset, not JSON, or without a cluster and a task in it.
+    """
+    import json
+
+    text = environ.get(TF_CONFIG)
+    if not text:
+        raise RecipeError(
+            f"--distribute multi_worker needs the environment variable {TF_CONFIG}: "
+            '{"cluster": {"worker": ["HOST:PORT", ...]}, "task": {"type": "worker", '
+            '"index": I}}, the same cluster on every worker and each its own index.'
+        )
+    try:
+        config = json.loads(text)
+        cluster, task = config["cluster"], config["task"]
+        task_type, task_index = str(task["type"]), int(task["index"])
+        addresses = cluster[task_type]
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise RecipeError(
+            f"{TF_CONFIG}={text!r} is not a TensorFlow cluster configuration ({error!r}): it "
+            'needs {"cluster": {"worker": [...]}, "task": {"type": ..., "index": ...}}.'
+        ) from None
+    if not 0 <= task_index < len(addresses):
+        raise RecipeError(
+            f"{TF_CONFIG}'s task index {task_index} is not one of its {len(addresses)} "
+            f"{task_type!r} addresses."
+        )
+    return task_type, task_index
+
+
+def is_chief_worker(environ=os.environ) -> bool:
+    """Whether this ``--distribute multi_worker`` worker writes ``--out``: the ``chief`` task,
+    or worker 0 of a cluster without one (TensorFlow's convention)."""
+    import json
+
+    task_type, task_index = worker_task(environ)
+    has_chief = bool(json.loads(environ[TF_CONFIG])["cluster"].get("chief"))
+    return task_type == "chief" or (not has_chief and task_type == "worker" and task_index == 0)
+
+
+def resolve_processes(args: argparse.Namespace) -> None:
+    """Fill ``--coordinator-address``, ``--num-processes`` and ``--process-id`` of
+    ``--distribute multi_process`` from the environment (``_flags.PROCESS_ENV``) where unset;
+    check ``TF_CONFIG`` for ``--distribute multi_worker``.
+
+    Raises:
+        RecipeError: one still unset or invalid, the flags given without multi_process, or
+            ``TF_CONFIG`` missing or invalid for multi_worker.
     """
     names = tuple(PROCESS_ENV)
+    if args.distribute == "multi_worker":
+        worker_task()  # TF_CONFIG, checked before anything is written
     if args.distribute != "multi_process":
         given = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name, None)]
         if given:
@@ -148,6 +193,8 @@ def setup_runtime(args: argparse.Namespace) -> Any:
     from keras_vq.backend import hide_gpus_from_tensorflow
 
     check_distribute(args.distribute, keras.backend.backend())
+    if args.distribute == "multi_worker":  # before TensorFlow initialises its devices
+        return multi_worker_strategy(args)
     if args.distribute == "multi_process":  # before JAX computes anything
         from keras_vq.backend import distribute
 
@@ -181,16 +228,76 @@ def setup_runtime(args: argparse.Namespace) -> Any:
     return None
 
 
+def multi_worker_strategy(args: argparse.Namespace) -> Any:
+    """The ``tf.distribute.MultiWorkerMirroredStrategy`` of ``--distribute multi_worker``,
+    then the seed and dtype policy (``setup_runtime``'s order, the strategy first)."""
+    import keras
+    import tensorflow as tf
+
+    worker_task()  # TF_CONFIG was checked before; this worker's task is read by TensorFlow
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    keras.utils.set_random_seed(args.seed)
+    keras.config.set_dtype_policy(args.precision)
+    replicas = strategy.num_replicas_in_sync
+    batch_size = getattr(args, "batch_size", None)
+    if batch_size is not None and batch_size % replicas:
+        raise RecipeError(
+            f"--batch-size {batch_size} must be divisible by the {replicas} replicas of "
+            "--distribute multi_worker (every worker feeds an equal part of each batch)."
+        )
+    print(f"MultiWorkerMirroredStrategy over {replicas} replica(s).", flush=True)
+    return strategy
+
+
+def gather_processes(run: Any, value: int) -> list[int]:
+    """``value`` of every process of a multi_process or multi_worker run (of every replica,
+    in order), on every process; ``[value]`` otherwise. Returns once all have called it."""
+    if run.args.distribute == "multi_process":
+        from keras_vq.backend import distribute
+
+        return distribute.process_allgather(value).tolist()
+    if run.args.distribute == "multi_worker":
+        import tensorflow as tf
+
+        strategy = run.strategy
+
+        @tf.function  # collectives run in a function (eagerly, TensorFlow warns of overhead)
+        def gather():
+            mine = strategy.run(lambda: tf.constant([value], tf.int64))
+            return strategy.gather(mine, axis=0)
+
+        return gather().numpy().tolist()
+    return [value]
+
+
+def barrier(run: Any) -> None:
+    """Wait for every process of a multi_process or multi_worker run (no-op otherwise)."""
+    gather_processes(run, 0)
+
+
+def is_chief(run: Any) -> bool:
+    """Whether this process writes ``--out`` (the only process, or the chief of several)."""
+    if run.args.distribute == "multi_worker":
+        return is_chief_worker()
+    if run.args.distribute == "multi_process":
+        from keras_vq.backend import distribute
+
+        return distribute.is_chief()
+    return True
+
+
 def start_run(run: Any, overwrite: bool) -> None:
-    """``run.start``; in a multi_process run only process 0 writes ``--out``: the others write
-    to a private temporary directory (removed at exit) and read ``--out``'s checkpoint, and
-    every process waits until process 0 has started the run."""
-    if run.args.distribute != "multi_process":
+    """``run.start``; in a multi_process or multi_worker run only process 0 (the chief) writes
+    ``--out``: the others write to a private temporary directory (removed at exit) and read
+    ``--out``'s checkpoint, and every process waits until the chief has started the run."""
+    if run.args.distribute not in ("multi_process", "multi_worker"):
         run.start(overwrite)
         return
-    from keras_vq.backend import distribute
-
-    if not distribute.is_chief():
-        run.write_elsewhere(tempfile.mkdtemp(prefix=f"keras_vq_process{run.args.process_id}_"))
+    if not is_chief(run):
+        if run.args.distribute == "multi_process":
+            prefix = f"keras_vq_process{run.args.process_id}_"
+        else:
+            prefix = "keras_vq_worker{}_{}_".format(*worker_task())
+        run.write_elsewhere(tempfile.mkdtemp(prefix=prefix))
     run.start(overwrite)
-    distribute.process_allgather(0)  # a barrier: process 0 has cleared and started --out
+    barrier(run)  # the chief has cleared and started --out

@@ -124,9 +124,10 @@ def eval_batch_size(args: argparse.Namespace) -> int:
 
 
 def even_batches(args: argparse.Namespace) -> bool:
-    """Under data_parallel and multi_process every batch given to ``fit``/``evaluate`` must
-    split evenly over the devices: held-out data for them drops its last short batch there."""
-    return args.distribute in ("data_parallel", "multi_process")
+    """Under data_parallel, multi_process and multi_worker every batch given to
+    ``fit``/``evaluate`` must split evenly over the devices: held-out data for them drops its
+    last short batch there."""
+    return args.distribute in ("data_parallel", "multi_process", "multi_worker")
 
 
 def load_model(path: str, expected: tuple[str, ...], flag: str):

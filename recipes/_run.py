@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from _distribute import check_distribute, resolve_processes, setup_runtime, start_run
+from _distribute import barrier, check_distribute, resolve_processes, setup_runtime, start_run
 from _flags import RecipeError, parse_args
 from _inputs import dataset_not_found
 from _rundir import Run, json_default, make_config
@@ -66,10 +66,7 @@ def run_recipe(
         metrics = fn(args, run, **inputs)
         metrics["wall_time_s"] = round(time.time() - start, 1)
         run.finish(metrics)
-        if args.distribute == "multi_process":  # no process leaves before process 0 wrote all
-            from keras_vq.backend import distribute
-
-            distribute.process_allgather(0)
+        barrier(run)  # several processes: none leaves before the chief wrote all
     except RecipeError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2

@@ -66,13 +66,14 @@ def fit(
 
     args = run.args
     multi_process = args.distribute == "multi_process"
-    if run.shares_backup:  # a multi_process run's process other than 0
+    if run.shares_backup:  # a multi_process or multi_worker run's process other than the chief
         backup = follower_backup(run.backup_dir, run.path("backup"))
     else:
         backup = keras_vq.callbacks.BackupAndRestore(run.backup_dir)
     start_epoch = backup.checkpoint_epoch
+    if multi_process or args.distribute == "multi_worker":
+        check_same_checkpoint(run, start_epoch)
     if multi_process:
-        check_same_checkpoint(start_epoch)
         # TensorBoard images call the model on one process's images: not with a model that
         # spans every process.
         extra_callbacks = drop_image_callbacks(extra_callbacks)
@@ -88,6 +89,8 @@ def fit(
         keras.callbacks.TensorBoard(str(run.log_dir), write_graph=False),
         *extra_callbacks,
     ]
+    if args.distribute == "multi_worker":
+        train_data, validation_data = map(shard_batches, (train_data, validation_data))
     history = model.fit(
         process_rows(train_data) if multi_process else train_data,
         epochs=args.epochs,
@@ -136,11 +139,11 @@ def follower_backup(shared_dir, private_dir):
     return FollowerBackup(shared_dir, delete_checkpoint=False)
 
 
-def check_same_checkpoint(epoch: int) -> None:
-    """Every process of a multi_process run must resume from the same epoch."""
-    from keras_vq.backend import distribute
+def check_same_checkpoint(run: Run, epoch: int) -> None:
+    """Every process of a multi_process or multi_worker run must resume from the same epoch."""
+    from _distribute import gather_processes
 
-    epochs = distribute.process_allgather(epoch).tolist()
+    epochs = gather_processes(run, epoch)
     if len(set(epochs)) > 1:
         raise RecipeError(
             f"The processes found checkpoints of different epochs ({epochs}, by process): "
@@ -157,6 +160,20 @@ def drop_image_callbacks(callbacks: tuple) -> tuple:
     if len(kept) < len(callbacks):
         print("multi_process: no images in TensorBoard during training.", flush=True)
     return kept
+
+
+def shard_batches(data):
+    """``data`` for ``MultiWorkerMirroredStrategy``: each worker reads the whole pipeline and
+    keeps its equal part of every batch, in worker order (TensorFlow's ``DATA`` sharding), so
+    the workers together train on the batches one process would; never by files, which would
+    give each worker other images."""
+    if data is None:
+        return None
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return data.with_options(options)
 
 
 def process_rows(data):

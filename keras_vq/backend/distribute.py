@@ -37,6 +37,21 @@ def has_strategy() -> bool:
     return tf.distribute.has_strategy()
 
 
+def is_multi_worker() -> bool:
+    """Whether the ``tf.distribute`` strategy in scope spans several workers (processes): a
+    ``MultiWorkerMirroredStrategy`` whose ``TF_CONFIG`` names more than one worker."""
+    if not has_strategy():
+        return False
+    import tensorflow as tf
+
+    strategy = tf.distribute.get_strategy()
+    # Replicas in sync = workers x this worker's devices: fewer local devices, several workers.
+    return (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and len(strategy.extended.worker_devices) < strategy.num_replicas_in_sync
+    )
+
+
 def sum_across_replicas(*tensors):
     """Sum each tensor over replicas; returns them unchanged on a single replica."""
     if num_replicas() == 1:
