@@ -209,7 +209,6 @@ def test_killing_one_process_fails_the_other(tmp_path):
         ("torch", "data_parallel", "Keras 3.15 has no torch distribution"),
         ("torch", "multi_process", "Keras 3.15 has no torch distribution"),
         ("tensorflow", "multi_process", "needs the JAX backend"),
-        ("tensorflow", "multi_worker", "PerReplica batch eagerly"),
     ],
 )
 def test_distributions_an_engine_lacks_are_usage_errors(tmp_path, backend, distribute, message):
