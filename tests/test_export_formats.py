@@ -561,6 +561,41 @@ def refusal_mismatches(path: str, format: str, requests: dict) -> list[str]:
     return failures
 
 
+def with_non_finite_images(images) -> tuple[np.ndarray, np.ndarray]:
+    """``images`` with one NaN, one +inf and one -inf pixel in three of its rows (the other
+    rows finite), and whether each row stays finite."""
+    images = images.copy()
+    for row, value in ((1, np.nan), (3, np.inf), (4, -np.inf)):
+        images[row, 5, 6 - row, 0] = value
+    return images, np.isfinite(images).reshape(len(images), -1).all(axis=1)
+
+
+def non_finite_mismatches(path: str, format: str, inputs: dict, expected: dict) -> list[str]:
+    """The served rule for non-finite images in every format: an image with any NaN or ±inf
+    pixel is coded 0 everywhere (every stage) and reconstructed as NaN throughout, whatever
+    the runtime's convolutions make of NaN; the finite images next to it as the model codes
+    them. One line per mismatch."""
+    images, finite = with_non_finite_images(inputs["encode"]["images"])
+    codes = expected["encode"]["codes"].copy()
+    codes[~finite] = 0
+    reconstruction = expected["serving_default"]["images"].copy()
+    reconstruction[~finite] = np.nan
+    failures = []
+    for endpoint, key, value in (
+        ("encode", "codes", codes),
+        ("serving_default", "images", reconstruction),
+    ):
+        actual = run_artifact(path, format, endpoint, {"images": images})[key]
+        try:
+            if key == "codes":
+                np.testing.assert_array_equal(actual, value)
+            else:  # NaN where expected NaN, and only there
+                np.testing.assert_allclose(actual, value, rtol=Q_ATOL, atol=Q_ATOL)
+        except AssertionError as error:
+            failures.append(f"non-finite images, {endpoint} {key}: {error}")
+    return failures
+
+
 # One test per artifact, its endpoints and bad requests in loops: with this many artifacts
 # loaded each test's teardown (clear_session) costs about a second on JAX and torch.
 @pytest.mark.parametrize("format", FORMATS)
@@ -574,4 +609,5 @@ def test_every_quantizer_in_every_format_serves_the_model_and_refuses_bad_inputs
     failures += refusal_mismatches(
         path, format, bad_requests(quantizer_models[name], images, codes)
     )
+    failures += non_finite_mismatches(path, format, inputs, expected)
     assert not failures, "\n".join(failures)
