@@ -634,3 +634,31 @@ def test_every_quantizer_in_every_format_serves_the_model_and_refuses_bad_inputs
     )
     failures += non_finite_mismatches(path, format, inputs, expected)
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="the ONNX/LiteRT graphs are TensorFlow graphs (JAX and torch export through a "
+    "TensorFlow subprocess, tested above)",
+)
+@pytest.mark.parametrize("name", QUANTIZERS)
+def test_graph_codes_a_latent_vector_that_overflows_as_zero(name, quantizer_cases):
+    """A finite image whose latent overflows to ±inf in some vectors: the ONNX/LiteRT graph's
+    codes are the quantizer call's (0 for those vectors, every stage), whatever the
+    runtime's argmin or int cast makes of inf."""
+    import tensorflow as tf
+
+    model = quantizer_vqvae(name, 30)
+    project = model.encoder.get_layer("project")
+    kernel = to_numpy(project.kernel).copy()
+    kernel[0, 0, 0, 0] = 3e38  # latent channel 0 overflows where feature 0 exceeds ~1.1
+    project.kernel.assign(kernel)
+    images = quantizer_cases["vq"][0]["encode"]["images"]
+    z_e = model.encoder(images, training=False)
+    finite = np.isfinite(to_numpy(z_e)).all(axis=-1)
+    assert 0 < finite.sum() < finite.size  # both kinds of vectors, next to each other
+    _, expected = model.quantizer(z_e, return_indices=True)
+    (encode,) = [fn for key, fn, _ in model.serving_endpoints("onnx") if key == "encode"]
+    codes = tf.function(encode, autograph=False)(tf.constant(images))["codes"]
+    np.testing.assert_array_equal(codes.numpy(), to_numpy(expected))
+    assert (codes.numpy()[~finite] == 0).all()
