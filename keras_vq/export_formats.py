@@ -39,7 +39,12 @@ loses it, and tf2onnx then converts the first transposed convolution with an
 ``output_shape`` that shifts the image). A VQVAE's ``serving_default`` there is
 ``decode(encode(images))``: the reconstruction ``__call__`` gives in inference, up to float
 round-off of the straight-through estimator. An ONNX graph's names are unique, so its
-``serving_default`` output is ``reconstruction`` (its input is ``images``).
+``serving_default`` output is ``reconstruction`` (its input is ``images``). Non-finite inputs
+follow the SavedModel's rule (:mod:`keras_vq.serving`): a non-finite latent vector is code 0
+and NaN in the reconstruction, whatever the runtime's argmin or int cast makes of NaN, and an
+image with any non-finite pixel is coded 0 and reconstructed as NaN throughout (the NaN comes
+from ``sqrt(-1)``, not a select: tf2onnx lowers a float select to arithmetic, where 0 · NaN
+would spread it to every image).
 """
 
 from __future__ import annotations

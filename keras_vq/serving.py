@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from keras_vq import _validation
+from keras_vq.layers import _quantizer
 from keras_vq.layers.finite_scalar_quantizer import FiniteScalarQuantizer
 from keras_vq.layers.residual_vector_quantizer import ResidualVectorQuantizer
 from keras_vq.layers.vector_quantizer import VectorQuantizer
@@ -111,24 +112,70 @@ def _checked_codes(codes, code_shape: tuple[int, ...], num_embeddings: int):
     return _checked([shape, in_range], codes)
 
 
+# Non-finite inputs. Inside TensorFlow's graphs (and other runtimes) a fused Conv2D + BiasAdd
+# + ReLU turns NaN into 0, so which latent vectors of an image with a NaN pixel come out
+# non-finite depends on the runtime: an all-NaN image would get valid-looking codes and a
+# finite reconstruction. Every served graph therefore treats an example with any NaN or ±inf
+# entry as non-finite throughout: codes 0 (every stage), NaN images and latents. Eager
+# `encode`/`decode` raise a ValueError instead.
+def _finite_examples(x):
+    """Boolean ``(B,)``: whether every entry of each example ``x[b]`` is finite."""
+    import tensorflow as tf
+
+    return tf.reduce_all(tf.math.is_finite(x), axis=list(range(1, x.shape.rank)))
+
+
+def _per_example(finite, x):
+    """``finite`` ``(B,)`` reshaped to broadcast against ``x`` ``(B, ...)``."""
+    import tensorflow as tf
+
+    return tf.reshape(finite, [-1] + [1] * (x.shape.rank - 1))
+
+
+def _nan_unless(finite, x):
+    """``x`` with every entry of example ``b`` NaN where ``finite[b]`` is false."""
+    return _nan_where_false(_per_example(finite, x), x)
+
+
+def _nan_where_false(mask, x):
+    """``x`` + ``sqrt(mask - 1)``: ``x`` where the boolean ``mask`` (broadcast to ``x``) is
+    true, NaN (the root of -1) where false. No select: tf2onnx converts a float ``SelectV2``
+    to ``mask * x + (1 - mask) * y``, and 0 · NaN is NaN, so a NaN branch would reach every
+    entry."""
+    import tensorflow as tf
+
+    return x + tf.sqrt(tf.cast(mask, x.dtype) - 1.0)
+
+
+def _zero_unless(finite, codes):
+    """``codes`` with every code of example ``b`` 0 where ``finite[b]`` is false."""
+    import tensorflow as tf
+
+    return tf.where(_per_example(finite, codes), codes, tf.zeros_like(codes))
+
+
 def vae_endpoints(vae: keras.Model) -> list[Endpoint]:
     image_spec = _spec((None, *vae.image_shape), "float32", "images")
     latent_spec = _spec((None, vae.latent_dim), "float32", "latents")
 
     def reconstruct(images):
         images = _checked_images(images, vae.image_shape)
-        return {"images": ops.cast(vae(images, training=False), "float32")}
+        reconstruction = ops.cast(vae(images, training=False), "float32")
+        return {"images": _nan_unless(_finite_examples(images), reconstruction)}
 
     def encode(images):
-        z_mean, z_log_var = vae.encode(_checked_images(images, vae.image_shape))
-        return {"z_mean": z_mean, "z_log_var": z_log_var}
+        images = _checked_images(images, vae.image_shape)
+        finite = _finite_examples(images)
+        z_mean, z_log_var = vae.encode(images)
+        return {"z_mean": _nan_unless(finite, z_mean), "z_log_var": _nan_unless(finite, z_log_var)}
 
     def decode(latents):
         expected = _batch_shape((vae.latent_dim,))
         latents = _checked(
             [_shape_check(latents, "latents", (None, vae.latent_dim), expected)], latents
         )
-        return {"images": ops.cast(vae.decode(latents), "float32")}
+        images = ops.cast(vae.decode(latents), "float32")
+        return {"images": _nan_unless(_finite_examples(latents), images)}
 
     return [
         ("serving_default", reconstruct, [image_spec]),
@@ -143,11 +190,13 @@ def vqvae_endpoints(vqvae: keras.Model) -> list[Endpoint]:
 
     def reconstruct(images):
         images = _checked_images(images, vqvae.image_shape)
-        return {"images": ops.cast(vqvae(images, training=False), "float32")}
+        reconstruction = ops.cast(vqvae(images, training=False), "float32")
+        return {"images": _nan_unless(_finite_examples(images), reconstruction)}
 
     def encode(images):
-        codes = vqvae.encode(_checked_images(images, vqvae.image_shape))
-        return {"codes": ops.cast(codes, "int32")}
+        images = _checked_images(images, vqvae.image_shape)
+        codes = ops.cast(vqvae.encode(images), "int32")
+        return {"codes": _zero_unless(_finite_examples(images), codes)}
 
     def decode(codes):
         codes = _checked_codes(codes, tuple(vqvae.code_shape), vqvae.num_embeddings)
@@ -317,15 +366,19 @@ def vae_graph_endpoints(model: keras.Model) -> list[Endpoint]:
 
     def vae_reconstruct(images):
         images = _fixed_shape(images, image_shape)
-        return {"images": ops.cast(model(images, training=False), "float32")}
+        reconstruction = ops.cast(model(images, training=False), "float32")
+        return {"images": _nan_unless(_finite_examples(images), reconstruction)}
 
     def vae_encode(images):
-        z_mean, z_log_var = model.encode(_fixed_shape(images, image_shape))
-        return {"z_mean": z_mean, "z_log_var": z_log_var}
+        images = _fixed_shape(images, image_shape)
+        finite = _finite_examples(images)
+        z_mean, z_log_var = model.encode(images)
+        return {"z_mean": _nan_unless(finite, z_mean), "z_log_var": _nan_unless(finite, z_log_var)}
 
     def vae_decode(latents):
         latents = _fixed_shape(latents, (model.latent_dim,))
-        return {"images": ops.cast(model.decode(latents), "float32")}
+        images = ops.cast(model.decode(latents), "float32")
+        return {"images": _nan_unless(_finite_examples(latents), images)}
 
     endpoints = [
         ("serving_default", vae_reconstruct, [image_spec]),
@@ -343,15 +396,19 @@ def vqvae_graph_endpoints(model: keras.Model) -> list[Endpoint]:
     code_spec = _spec((None, *code_shape), "int32", "codes")
 
     def vqvae_encode(images):
-        return {"codes": _graph_codes(model, _fixed_shape(images, image_shape))}
+        images = _fixed_shape(images, image_shape)
+        codes, _ = _graph_codes(model, images)
+        return {"codes": _zero_unless(_finite_examples(images), codes)}
 
     def vqvae_decode(codes):
         codes = _in_range(_fixed_shape(codes, code_shape), model.num_embeddings)
         return {"images": _graph_decode(model, codes)}
 
     def vqvae_reconstruct(images):
-        codes = _graph_codes(model, _fixed_shape(images, image_shape))
-        return {"images": _graph_decode(model, codes)}
+        images = _fixed_shape(images, image_shape)
+        codes, finite = _graph_codes(model, images)
+        reconstruction = _graph_decode(model, codes, finite)
+        return {"images": _nan_unless(_finite_examples(images), reconstruction)}
 
     endpoints = [
         ("serving_default", vqvae_reconstruct, [image_spec]),
@@ -394,69 +451,84 @@ def _in_range(codes, num_embeddings: int):
 
 
 def _graph_codes(vqvae: keras.Model, images):
-    """``vqvae.encode`` without loops: int32 codes ``(B, *code_shape)`` of static shape.
+    """``vqvae.encode`` without loops: int32 codes ``(B, *code_shape)`` of static shape, and
+    boolean ``(B, *latent_shape)``: whether each latent vector is finite as its quantizer sees
+    it.
 
     A ``VectorQuantizer``'s (and each residual stage's) nearest-code search is one distance
     block over all vectors (``_nearest_indices``); FSQ and LFQ codes are elementwise, their
-    own ``encode``.
+    own ``encode``. A non-finite vector is code 0 (every stage), the quantizers' rule: an
+    argmin over NaN distances, or NaN cast to int32, is whatever the runtime makes of it.
     """
     import tensorflow as tf
 
     quantizer = vqvae.quantizer
     z_e = tf.cast(vqvae.encoder(images, training=False), tf.float32)
     if isinstance(quantizer, VectorQuantizer):
-        codes = _nearest_indices(quantizer, tf.reshape(z_e, [-1, quantizer.embedding_dim]))
+        vectors = quantizer._to_code_space(tf.reshape(z_e, [-1, quantizer.embedding_dim]))
+        finite = _quantizer.finite_rows(vectors)
+        codes = _nearest_indices(quantizer, vectors)
     elif isinstance(quantizer, ResidualVectorQuantizer):
         # Stage s codes the residual the stages before it leave (the layer's inference pass).
         residual, stages = tf.reshape(z_e, [-1, quantizer.embedding_dim]), []
+        finite = _quantizer.finite_rows(residual)
         for s in range(quantizer.num_quantizers):
             stage = quantizer.quantizer(s)
-            stages.append(_nearest_indices(stage, residual))
+            stages.append(_nearest_indices(stage, stage._to_code_space(residual)))
             residual = residual - stage.decode(stages[-1])
         codes = tf.stack(stages, axis=-1)
     elif isinstance(quantizer, FiniteScalarQuantizer):
-        codes = _fsq_indices(quantizer, z_e)
+        z = quantizer._project_in(z_e)
+        finite = _quantizer.finite_rows(z)
+        codes = _fsq_indices(quantizer, tf.where(finite[..., None], z, tf.zeros_like(z)))
+        codes = _quantizer.zero_where_not(finite, codes)
     else:
-        codes = quantizer.encode(z_e)
-    return tf.reshape(tf.cast(codes, tf.int32), [-1, *vqvae.code_shape])
+        finite = _quantizer.finite_rows(quantizer._project_in(z_e))
+        codes = quantizer.encode(z_e)  # the LFQ layer's own rule: 0 where not finite
+    codes = tf.reshape(tf.cast(codes, tf.int32), [-1, *vqvae.code_shape])
+    return codes, tf.reshape(finite, [-1, *vqvae.latent_shape])
 
 
-def _fsq_indices(quantizer: FiniteScalarQuantizer, z_e):
-    """``FiniteScalarQuantizer.encode`` with its index ``Σ_i (q_i + ⌊L_i/2⌋) Π_{j<i} L_j``
-    summed as ``Σ_i q_i Π_{j<i} L_j`` plus a constant: the layer's integer add of the
-    half-widths becomes an int32 ``BiasAdd``, an op LiteRT lacks."""
+def _fsq_indices(quantizer: FiniteScalarQuantizer, z):
+    """``FiniteScalarQuantizer``'s indices of projected, finite ``z``, its index
+    ``Σ_i (q_i + ⌊L_i/2⌋) Π_{j<i} L_j`` summed as ``Σ_i q_i Π_{j<i} L_j`` plus a constant: the
+    layer's integer add of the half-widths becomes an int32 ``BiasAdd``, an op LiteRT lacks."""
     import numpy as np
     import tensorflow as tf
 
     levels = np.asarray(quantizer.levels, np.int64)
     basis = np.cumprod([1, *levels[:-1]])
     offset = int(np.sum(levels // 2 * basis))
-    rounded = quantizer._rounded_levels(quantizer._project_in(z_e))
+    rounded = quantizer._rounded_levels(z)
     signed = tf.reduce_sum(tf.cast(rounded, tf.int32) * basis.astype(np.int32), axis=-1)
     return signed + offset
 
 
-def _nearest_indices(quantizer: VectorQuantizer, flat):
-    """int32 ``(N,)`` nearest codes of float32 ``flat`` ``(N, D)``: ``VectorQuantizer.encode``'s
-    code space and look-up table, in one distance block for any batch (module docstring)."""
+def _nearest_indices(quantizer: VectorQuantizer, vectors):
+    """int32 ``(N,)`` nearest codes of float32 code-space ``vectors`` ``(N, d)``, 0 for a
+    non-finite one: ``VectorQuantizer.encode``'s look-up table, in one distance block for any
+    batch (module docstring)."""
     from keras_vq.layers.vector_quantizer import nearest_code
 
-    vectors = quantizer._to_code_space(flat)
     table = quantizer._lookup_table(quantizer.embeddings)
-    return nearest_code(vectors, table, chunk_size=None, distance=quantizer.distance)
+    indices = nearest_code(vectors, table, chunk_size=None, distance=quantizer.distance)
+    return _quantizer.zero_where_not(_quantizer.finite_rows(vectors), indices)
 
 
-def _graph_decode(vqvae: keras.Model, codes):
+def _graph_decode(vqvae: keras.Model, codes, finite=None):
     """``vqvae.decode`` with the latent's static shape restored before the decoder.
 
     A projection (``codebook_dim``, FSQ/LFQ) leaves the latent's spatial sizes unknown in the
     TensorFlow graph; tf2onnx then converts the decoder's first transposed convolution with
-    an ``output_shape`` instead of its pads, which shifts the image.
+    an ``output_shape`` instead of its pads, which shifts the image. ``finite``
+    (``_graph_codes``): NaN latent vectors where false, as a quantizer's call outputs.
     """
     import tensorflow as tf
 
     z_q = vqvae.quantizer.decode(codes)
     z_q = tf.reshape(tf.cast(z_q, tf.float32), [-1, *vqvae.latent_shape, vqvae.embedding_dim])
+    if finite is not None:
+        z_q = _nan_where_false(finite[..., None], z_q)
     return tf.cast(vqvae.decoder(z_q, training=False), tf.float32)
 
 

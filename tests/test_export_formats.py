@@ -175,6 +175,8 @@ def test_saved_model_matches_export_saved_model(vqvae, images, keras_codes, tmp_
         outputs = run_saved_model(path, signature, named)
         assert_matches(outputs, run_saved_model(reference, signature, named))
         assert_matches(outputs, expected[signature])
+    for signature, (named, wanted) in non_finite_requests(inputs, expected).items():
+        assert_matches(run_saved_model(path, signature, named), wanted)
     with pytest.raises(FileExistsError, match="overwrite=True"):
         vqvae.export(path)
 
@@ -187,8 +189,11 @@ def test_saved_model_of_a_vae_overwrites_only_when_asked(vae, images, latents, t
     assert not (path / "stale.txt").exists()
     assert sorted(signature_specs(path)) == ["decode", "encode", "serving_default"]
     expected = reference_outputs(vae, images, latents)
-    for signature, named in endpoint_inputs(vae, images, latents).items():
+    inputs = endpoint_inputs(vae, images, latents)
+    for signature, named in inputs.items():
         assert_matches(run_saved_model(path, signature, named), expected[signature])
+    for signature, (named, wanted) in non_finite_requests(inputs, expected).items():
+        assert_matches(run_saved_model(path, signature, named), wanted)
 
 
 @pytest.mark.parametrize(
@@ -252,6 +257,8 @@ def test_onnx_directory_of_vqvae_endpoints_runs_in_onnxruntime(
     for endpoint in ENDPOINTS:
         outputs = run_onnx(f"{directory}/{endpoint}.onnx", inputs[endpoint])
         assert_matches(outputs, expected[endpoint])
+    for endpoint, (named, wanted) in non_finite_requests(inputs, expected).items():
+        assert_matches(run_onnx(f"{directory}/{endpoint}.onnx", named), wanted)
     onnxruntime = pytest.importorskip("onnxruntime", reason=EXTRA)
     session = onnxruntime.InferenceSession(f"{directory}/decode.onnx")
     for bad in (-1, K):  # ONNX's Gather alone would read code K-1 for -1
@@ -273,6 +280,12 @@ def test_onnx_vae_file_is_the_reconstruction_unless_endpoints_are_named(
     for endpoint in ("encode", "decode"):
         outputs = run_onnx(f"{directory}/{endpoint}.onnx", inputs[endpoint])
         assert_matches(outputs, expected[endpoint])
+    for endpoint, (named, wanted) in non_finite_requests(inputs, expected).items():
+        file = path if endpoint == "serving_default" else f"{directory}/{endpoint}.onnx"
+        outputs = run_onnx(file, named)
+        if endpoint == "serving_default":
+            wanted = {"reconstruction": wanted["images"]}
+        assert_matches(outputs, wanted)
 
 
 def test_litert_file_holds_every_signature(autoencoder, tmp_path):
@@ -286,6 +299,8 @@ def test_litert_file_holds_every_signature(autoencoder, tmp_path):
         assert signatures[endpoint]["inputs"] == list(named)
         outputs = runtime.get_signature_runner(endpoint)(**named)
         assert_matches(outputs, expected[endpoint])
+    for endpoint, (named, wanted) in non_finite_requests(inputs, expected).items():
+        assert_matches(runtime.get_signature_runner(endpoint)(**named), wanted)
     if name == "vqvae":
         for bad in (-1, K):
             codes = with_code(inputs["decode"]["codes"], bad)
@@ -561,6 +576,49 @@ def refusal_mismatches(path: str, format: str, requests: dict) -> list[str]:
     return failures
 
 
+def with_non_finite_rows(values) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` (images or latents) with one NaN, one +inf and one -inf entry in rows 1, 3
+    and 4 (the other rows finite), and whether each row stays finite."""
+    values = values.copy()
+    for row, value in ((1, np.nan), (3, np.inf), (4, -np.inf)):
+        where = (row, *(min(size - 1, 6 - row) for size in values.shape[1:]))
+        values[where] = value
+    return values, np.isfinite(values).reshape(len(values), -1).all(axis=1)
+
+
+def non_finite_requests(inputs: dict, expected: dict) -> dict:
+    """``{endpoint: (inputs, expected outputs)}`` on images (and a VAE's latents) with NaN and
+    ±inf rows next to finite ones. The served rule in every format: a row with any NaN or ±inf
+    is coded 0 everywhere (every stage) and its images, latents NaN throughout, whatever the
+    runtime's convolutions make of NaN; the finite rows as the model gives them."""
+    requests = {}
+    for endpoint, named in inputs.items():
+        ((key, value),) = named.items()
+        if value.dtype.kind != "f":  # codes: no non-finite value to send
+            continue
+        bad, finite = with_non_finite_rows(value)
+        outputs = {name: array.copy() for name, array in expected[endpoint].items()}
+        for array in outputs.values():
+            array[~finite] = 0 if array.dtype.kind == "i" else np.nan
+        requests[endpoint] = ({key: bad}, outputs)
+    return requests
+
+
+def non_finite_mismatches(path: str, format: str, inputs: dict, expected: dict) -> list[str]:
+    """Each endpoint of the artifact on non-finite inputs (``non_finite_requests``): codes
+    exact, images NaN exactly where expected and within ``Q_ATOL`` elsewhere; one line per
+    mismatch."""
+    failures = []
+    for endpoint, (request, wanted) in non_finite_requests(inputs, expected).items():
+        outputs = run_artifact(path, format, endpoint, request)
+        for key, value in wanted.items():
+            try:
+                np.testing.assert_allclose(outputs[key], value, rtol=Q_ATOL, atol=Q_ATOL)
+            except AssertionError as error:
+                failures.append(f"non-finite {endpoint} {key}: {error}")
+    return failures
+
+
 # One test per artifact, its endpoints and bad requests in loops: with this many artifacts
 # loaded each test's teardown (clear_session) costs about a second on JAX and torch.
 @pytest.mark.parametrize("format", FORMATS)
@@ -574,4 +632,33 @@ def test_every_quantizer_in_every_format_serves_the_model_and_refuses_bad_inputs
     failures += refusal_mismatches(
         path, format, bad_requests(quantizer_models[name], images, codes)
     )
+    failures += non_finite_mismatches(path, format, inputs, expected)
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="the ONNX/LiteRT graphs are TensorFlow graphs (JAX and torch export through a "
+    "TensorFlow subprocess, tested above)",
+)
+@pytest.mark.parametrize("name", QUANTIZERS)
+def test_graph_codes_a_latent_vector_that_overflows_as_zero(name, quantizer_cases):
+    """A finite image whose latent overflows to ±inf in some vectors: the ONNX/LiteRT graph's
+    codes are the quantizer call's (0 for those vectors, every stage), whatever the
+    runtime's argmin or int cast makes of inf."""
+    import tensorflow as tf
+
+    model = quantizer_vqvae(name, 30)
+    project = model.encoder.get_layer("project")
+    kernel = to_numpy(project.kernel).copy()
+    kernel[0, 0, 0, 0] = 3e38  # latent channel 0 overflows where feature 0 exceeds ~1.1
+    project.kernel.assign(kernel)
+    images = quantizer_cases["vq"][0]["encode"]["images"]
+    z_e = model.encoder(images, training=False)
+    finite = np.isfinite(to_numpy(z_e)).all(axis=-1)
+    assert 0 < finite.sum() < finite.size  # both kinds of vectors, next to each other
+    _, expected = model.quantizer(z_e, return_indices=True)
+    (encode,) = [fn for key, fn, _ in model.serving_endpoints("onnx") if key == "encode"]
+    codes = tf.function(encode, autograph=False)(tf.constant(images))["codes"]
+    np.testing.assert_array_equal(codes.numpy(), to_numpy(expected))
+    assert (codes.numpy()[~finite] == 0).all()
