@@ -10,7 +10,7 @@ import os
 import tempfile
 from typing import Any
 
-from _defaults import RecipeError, ranged
+from _defaults import RecipeError, module_constant, ranged
 
 DISTRIBUTIONS = ("none", "mirrored", "data_parallel", "multi_process", "multi_worker")
 # Where --coordinator-address, --num-processes and --process-id fall back to: Keras' own
@@ -22,6 +22,7 @@ PROCESS_ENV = {
 }
 _PROCESSES = ranged(int, 1, invalid=("0", "1.5"))
 _PROCESS_ID = ranged(int, 0, invalid=("-1",))
+_SECONDS = ranged(int, 1, invalid=("0", "2.5"))
 
 
 def add_distribute_args(group) -> None:
@@ -54,6 +55,16 @@ def add_distribute_args(group) -> None:
         type=_PROCESS_ID,
         default=None,
         help=f"multi_process: this process, 0 to N-1 (unset: {PROCESS_ENV['process_id']})",
+    )
+    default = module_constant("backend/distribute.py", "DEFAULT_HEARTBEAT_TIMEOUT_S")
+    group.add_argument(
+        "--heartbeat-timeout",
+        type=_SECONDS,
+        default=None,
+        metavar="SECONDS",
+        help="multi_process: the others fail this many seconds after a process stopped "
+        "sending heartbeats (died); rerun every process to resume from the last checkpoint "
+        f"(unset: keras_vq's default, currently {default})",
     )
 
 
@@ -99,13 +110,19 @@ def resolve_processes(args: argparse.Namespace) -> None:
     ``--distribute multi_process`` from the environment (``_flags.PROCESS_ENV``) where unset.
 
     Raises:
-        RecipeError: one still unset or invalid, or the flags given without multi_process.
+        RecipeError: one still unset or invalid, or these flags (or --heartbeat-timeout)
+            given without multi_process.
     """
-    names = tuple(PROCESS_ENV)
+    names = (*PROCESS_ENV, "heartbeat_timeout")
     if args.distribute != "multi_process":
-        given = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name, None)]
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in names
+            if getattr(args, name, None) is not None
+        ]
         if given:
-            raise RecipeError(f"{', '.join(given)} only apply to --distribute multi_process.")
+            verb = "applies" if len(given) == 1 else "apply"
+            raise RecipeError(f"{', '.join(given)} only {verb} to --distribute multi_process.")
         return
     for name, variable in PROCESS_ENV.items():
         flag = f"--{name.replace('_', '-')}"
@@ -151,8 +168,12 @@ def setup_runtime(args: argparse.Namespace) -> Any:
     if args.distribute == "multi_process":  # before JAX computes anything
         from keras_vq.backend import distribute
 
+        timeout = getattr(args, "heartbeat_timeout", None)
         distribute.initialize_processes(
-            args.coordinator_address, args.num_processes, args.process_id
+            args.coordinator_address,
+            args.num_processes,
+            args.process_id,
+            **({} if timeout is None else {"heartbeat_timeout": timeout}),
         )
     hide_gpus_from_tensorflow()  # on JAX / torch, TensorFlow only feeds the data
     keras.utils.set_random_seed(args.seed)
