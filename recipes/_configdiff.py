@@ -13,6 +13,7 @@ _NOT_COMPARED = (
     "coordinator_address",
     "num_processes",
     "process_id",
+    "heartbeat_timeout",
 )
 
 

@@ -42,13 +42,7 @@ def model_default(module: str, class_name: str, arg: str) -> Any:
         >>> model_default("models/vqvae.py", "VQVAE", "ema_decay")    # 0.7
     """
     tree = _module_tree(module)
-    constants = {
-        target.id: node.value
-        for node in tree.body
-        if isinstance(node, ast.Assign)
-        for target in node.targets
-        if isinstance(target, ast.Name)
-    }
+    constants = _constants(tree)
     init = next(
         item
         for node in tree.body
@@ -68,6 +62,27 @@ def model_default(module: str, class_name: str, arg: str) -> Any:
     if value is None and f"DEFAULT_{arg.upper()}" in constants:
         value = ast.literal_eval(constants[f"DEFAULT_{arg.upper()}"])
     return value
+
+
+def _constants(tree: ast.Module) -> dict[str, ast.expr]:
+    """A module's top-level ``NAME = value`` assignments (the value's syntax tree)."""
+    return {
+        target.id: node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+
+
+def module_constant(module: str, name: str) -> Any:
+    """The literal value of the constant ``name`` in ``keras_vq/<module>``, read without
+    importing it (``--help`` answers without Keras).
+
+    Example:
+        >>> module_constant("backend/distribute.py", "DEFAULT_HEARTBEAT_TIMEOUT_S")  # 60
+    """
+    return ast.literal_eval(_constants(_module_tree(module))[name])
 
 
 def describe_default(module: str, class_name: str, arg: str) -> str:

@@ -10,7 +10,8 @@ import os
 import tempfile
 from typing import Any
 
-from _defaults import RecipeError, ranged
+from _defaults import RecipeError, module_constant, ranged
+from _multiworker import is_chief_worker, multi_worker_strategy, worker_task
 
 DISTRIBUTIONS = ("none", "mirrored", "data_parallel", "multi_process", "multi_worker")
 # Where --coordinator-address, --num-processes and --process-id fall back to: Keras' own
@@ -22,6 +23,7 @@ PROCESS_ENV = {
 }
 _PROCESSES = ranged(int, 1, invalid=("0", "1.5"))
 _PROCESS_ID = ranged(int, 0, invalid=("-1",))
+_SECONDS = ranged(int, 1, invalid=("0", "2.5"))
 
 
 def add_distribute_args(group) -> None:
@@ -56,10 +58,16 @@ def add_distribute_args(group) -> None:
         default=None,
         help=f"multi_process: this process, 0 to N-1 (unset: {PROCESS_ENV['process_id']})",
     )
-
-
-# Where --distribute multi_worker reads its cluster: TensorFlow's own variable.
-TF_CONFIG = "TF_CONFIG"
+    default = module_constant("backend/distribute.py", "DEFAULT_HEARTBEAT_TIMEOUT_S")
+    group.add_argument(
+        "--heartbeat-timeout",
+        type=_SECONDS,
+        default=None,
+        metavar="SECONDS",
+        help="multi_process: the others fail this many seconds after a process stopped "
+        "sending heartbeats (died); rerun every process to resume from the last checkpoint "
+        f"(unset: keras_vq's default, currently {default})",
+    )
 
 
 def check_distribute(distribute: str, backend: str) -> None:
@@ -90,67 +98,27 @@ def check_distribute(distribute: str, backend: str) -> None:
         )
 
 
-def worker_task(environ=os.environ) -> tuple[str, int]:
-    """``(task_type, task_index)`` of ``--distribute multi_worker`` from ``TF_CONFIG``
-    (``{"cluster": {"worker": [HOST:PORT, ...], "chief": [...]}, "task": {"type": "worker",
-    "index": I}}``).
-
-    Raises:
-        RecipeError: ``TF_CONFIG`` unset, not JSON, or without a cluster and a task in it.
-    """
-    import json
-
-    text = environ.get(TF_CONFIG)
-    if not text:
-        raise RecipeError(
-            f"--distribute multi_worker needs the environment variable {TF_CONFIG}: "
-            '{"cluster": {"worker": ["HOST:PORT", ...]}, "task": {"type": "worker", '
-            '"index": I}}, the same cluster on every worker and each its own index.'
-        )
-    try:
-        config = json.loads(text)
-        cluster, task = config["cluster"], config["task"]
-        task_type, task_index = str(task["type"]), int(task["index"])
-        addresses = cluster[task_type]
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise RecipeError(
-            f"{TF_CONFIG}={text!r} is not a TensorFlow cluster configuration ({error!r}): it "
-            'needs {"cluster": {"worker": [...]}, "task": {"type": ..., "index": ...}}.'
-        ) from None
-    if not 0 <= task_index < len(addresses):
-        raise RecipeError(
-            f"{TF_CONFIG}'s task index {task_index} is not one of its {len(addresses)} "
-            f"{task_type!r} addresses."
-        )
-    return task_type, task_index
-
-
-def is_chief_worker(environ=os.environ) -> bool:
-    """Whether this ``--distribute multi_worker`` worker writes ``--out``: the ``chief`` task,
-    or worker 0 of a cluster without one (TensorFlow's convention)."""
-    import json
-
-    task_type, task_index = worker_task(environ)
-    has_chief = bool(json.loads(environ[TF_CONFIG])["cluster"].get("chief"))
-    return task_type == "chief" or (not has_chief and task_type == "worker" and task_index == 0)
-
-
 def resolve_processes(args: argparse.Namespace) -> None:
     """Fill ``--coordinator-address``, ``--num-processes`` and ``--process-id`` of
     ``--distribute multi_process`` from the environment (``_flags.PROCESS_ENV``) where unset;
     check ``TF_CONFIG`` for ``--distribute multi_worker``.
 
     Raises:
-        RecipeError: one still unset or invalid, the flags given without multi_process, or
-            ``TF_CONFIG`` missing or invalid for multi_worker.
+        RecipeError: one still unset or invalid, these flags (or --heartbeat-timeout) given
+            without multi_process, or ``TF_CONFIG`` missing or invalid for multi_worker.
     """
-    names = tuple(PROCESS_ENV)
+    names = (*PROCESS_ENV, "heartbeat_timeout")
     if args.distribute == "multi_worker":
         worker_task()  # TF_CONFIG, checked before anything is written
     if args.distribute != "multi_process":
-        given = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name, None)]
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in names
+            if getattr(args, name, None) is not None
+        ]
         if given:
-            raise RecipeError(f"{', '.join(given)} only apply to --distribute multi_process.")
+            verb = "applies" if len(given) == 1 else "apply"
+            raise RecipeError(f"{', '.join(given)} only {verb} to --distribute multi_process.")
         return
     for name, variable in PROCESS_ENV.items():
         flag = f"--{name.replace('_', '-')}"
@@ -198,8 +166,12 @@ def setup_runtime(args: argparse.Namespace) -> Any:
     if args.distribute == "multi_process":  # before JAX computes anything
         from keras_vq.backend import distribute
 
+        timeout = getattr(args, "heartbeat_timeout", None)
         distribute.initialize_processes(
-            args.coordinator_address, args.num_processes, args.process_id
+            args.coordinator_address,
+            args.num_processes,
+            args.process_id,
+            **({} if timeout is None else {"heartbeat_timeout": timeout}),
         )
     hide_gpus_from_tensorflow()  # on JAX / torch, TensorFlow only feeds the data
     keras.utils.set_random_seed(args.seed)
@@ -226,27 +198,6 @@ def setup_runtime(args: argparse.Namespace) -> Any:
         processes = f" of {args.num_processes} processes" if args.num_processes else ""
         print(f"DataParallel over {len(devices)} device(s){processes}.", flush=True)
     return None
-
-
-def multi_worker_strategy(args: argparse.Namespace) -> Any:
-    """The ``tf.distribute.MultiWorkerMirroredStrategy`` of ``--distribute multi_worker``,
-    then the seed and dtype policy (``setup_runtime``'s order, the strategy first)."""
-    import keras
-    import tensorflow as tf
-
-    worker_task()  # TF_CONFIG was checked before; this worker's task is read by TensorFlow
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    keras.utils.set_random_seed(args.seed)
-    keras.config.set_dtype_policy(args.precision)
-    replicas = strategy.num_replicas_in_sync
-    batch_size = getattr(args, "batch_size", None)
-    if batch_size is not None and batch_size % replicas:
-        raise RecipeError(
-            f"--batch-size {batch_size} must be divisible by the {replicas} replicas of "
-            "--distribute multi_worker (every worker feeds an equal part of each batch)."
-        )
-    print(f"MultiWorkerMirroredStrategy over {replicas} replica(s).", flush=True)
-    return strategy
 
 
 def gather_processes(run: Any, value: int) -> list[int]:
