@@ -59,8 +59,8 @@ class ResidualVectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, kera
       vector-quantize-pytorch's ``ResidualVQ`` (whose per-stage losses sum to it). Its
       gradient ``2β Σ_s r_{s+1}`` is dominated by the first stage's residual and pulls ``z``
       onto the first codebook, so later stages get little left to code: on 28×28 digits a
-      4-stage RVQ (K=128) reaches 0.45× one stage's MSE with ``"total"``, 0.52–0.59× with
-      ``"per_stage"`` (``benchmarks/RESULTS.md``).
+      4-stage RVQ (K=128) reaches 0.45–0.57× one stage's MSE with ``"total"`` (five seeds),
+      0.50–0.72× with ``"per_stage"`` (``benchmarks/RESULTS.md``).
 
     With EMA codebooks the codebook terms are absent. With one stage both are the same. With
     ``codebook_dim`` each stage keeps its commitment in the code space under ``"total"`` too,

@@ -390,3 +390,41 @@ class TestResidualVectorQuantizer(TestCase):
 def test_num_embeddings_beyond_int32_indices_is_rejected():
     with pytest.raises(ValueError, match=r"`num_embeddings` gives a codebook of 2147483648"):
         ResidualVectorQuantizer(2, 2**31, 4)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="the peer is torch-only; the other backends are checked against residual_oracle",
+)
+def test_per_stage_commitment_matches_vector_quantize_pytorch():
+    """``commitment="per_stage"`` is the peer's ``ResidualVQ``: same codes, output, per-stage
+    commitment losses (summed) and input gradient; ``"total"`` differs from it."""
+    peer_module = pytest.importorskip("vector_quantize_pytorch")
+    import torch
+
+    beta, stages, size, dim = 0.3, 3, 6, 4
+    x = RNG.normal(size=(2, 7, dim)).astype("float32")
+    peer = peer_module.ResidualVQ(
+        dim=dim, num_quantizers=stages, codebook_size=size, commitment_weight=beta, decay=0.9
+    )
+    rvq, codebooks = make_rvq(stages, size, dim, ema_decay=0.9, beta=beta, commitment="per_stage")
+    with torch.no_grad():
+        for layer, codebook in zip(peer.layers, codebooks):
+            layer._codebook.embed.copy_(torch.tensor(codebook)[None])
+            layer._codebook.initted.fill_(True)
+    xt = torch.tensor(x, requires_grad=True)
+    # Training mode for the losses; the frozen codebook leaves the EMA state alone.
+    peer_out, peer_indices, peer_losses = peer.train()(xt, freeze_codebook=True)
+    peer_losses.sum().backward()
+    peer_loss = float(peer_losses.detach().sum())
+    out, indices, loss = rvq(x, return_indices=True, return_loss=True)
+    np.testing.assert_array_equal(to_numpy(indices), peer_indices.numpy())
+    np.testing.assert_allclose(to_numpy(out), peer_out.detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(to_numpy(loss), peer_loss, rtol=1e-5)
+    _, grad_x, _ = layer_gradients(rvq, x, lambda out, losses: losses[0])
+    np.testing.assert_allclose(grad_x, xt.grad.numpy(), atol=1e-7, rtol=1e-5)
+    total, _ = make_rvq(stages, size, dim, ema_decay=0.9, beta=beta)
+    for quantizer, codebook in zip(total.quantizers, codebooks):
+        quantizer.set_codebook(codebook)
+    _, total_loss = total(x, return_loss=True)
+    assert abs(float(to_numpy(total_loss)) - peer_loss) > 1e-3
