@@ -478,8 +478,11 @@ class VectorQuantizer(SeedStateMixin, _quantizer.EmbeddingDimMixin, keras.layers
         indices = self._nearest(h, table)
         return indices, vq_backend.gather_rows(table, indices)
 
-    def _loss(self, h, quantized):
-        loss = vq_losses.vq_loss(h, quantized, self.beta, codebook_term=not self.uses_ema)
+    def _loss(self, h, quantized, beta: float | None = None):
+        """The VQ loss of ``h`` and its codes; ``beta``: the commitment weight (``self.beta``
+        by default; a residual quantizer passes 0 where it commits the encoder itself)."""
+        beta = self.beta if beta is None else beta
+        loss = vq_losses.vq_loss(h, quantized, beta, codebook_term=not self.uses_ema)
         # An empty batch has no loss (its mean would be NaN).
         return ops.where(ops.shape(h)[0] > 0, loss, ops.zeros_like(loss))
 

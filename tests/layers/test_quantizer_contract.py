@@ -41,6 +41,7 @@ RVQ_KEYS = [
     "shared_codebook",
     "quantize_dropout",
     "seed",
+    "commitment",
     "beta",
     "ema_decay",
     "epsilon",

@@ -59,6 +59,7 @@ class TestResidualVectorQuantizer(TestCase):
                 "ema_decay": 0.9,
                 "kmeans_init": True,
                 "codebook_dim": 2,
+                "commitment": "per_stage",
             },
             x,
             expected_output_shape=(2, 5, 4),
@@ -68,9 +69,10 @@ class TestResidualVectorQuantizer(TestCase):
         assert layer.codebook_size == 8
         assert len(layer.quantizers) == 3
 
-    def test_each_stage_is_a_vector_quantizer_on_its_residual(self):
+    @pytest.mark.parametrize("commitment", ["per_stage", "total"])
+    def test_each_stage_is_a_vector_quantizer_on_its_residual(self, commitment):
         beta = 0.3
-        rvq, codebooks = make_rvq(beta=beta)
+        rvq, codebooks = make_rvq(beta=beta, commitment=commitment)
         x = RNG.normal(size=(5, 6, 4)).astype("float32")
         out, idx, loss = rvq(x, return_indices=True, return_loss=True)
         flat = x.reshape(-1, 4)
@@ -79,7 +81,7 @@ class TestResidualVectorQuantizer(TestCase):
         assert tuple(idx.shape) == (5, 6, 3)
         np.testing.assert_array_equal(to_numpy(idx).reshape(-1, 3), expected_idx)
         self.assertAllClose(out, sum(codes).reshape(x.shape), atol=1e-5, rtol=1e-5)
-        total = 0.0
+        total = codebook_terms = 0.0
         for s, codebook in enumerate(codebooks):
             # The oracle: a standalone VectorQuantizer on residual s.
             vq = VectorQuantizer(6, 4, beta=beta)
@@ -89,6 +91,10 @@ class TestResidualVectorQuantizer(TestCase):
             np.testing.assert_array_equal(to_numpy(stage_idx), expected_idx[:, s])
             self.assertAllClose(stage_out, codes[s], atol=1e-5)
             total += float(to_numpy(stage_loss))
+            codebook_terms += np.mean((residuals[s] - codes[s]) ** 2)
+        if commitment == "total":
+            # Each stage's codebook term, and β once for what the last stage left.
+            total = codebook_terms + beta * np.mean((flat - sum(codes)) ** 2)
         self.assertAllClose(loss, total, atol=1e-5, rtol=1e-5)
         rvq(x)
         assert len(rvq.losses) == 1
@@ -112,9 +118,10 @@ class TestResidualVectorQuantizer(TestCase):
         errors = [np.mean((x - to_numpy(rvq.decode(codes, num_stages=n))) ** 2) for n in (1, 2, 3)]
         assert errors[0] > errors[1] > errors[2]
 
-    def test_gradient_is_straight_through_overall(self):
+    @pytest.mark.parametrize("commitment", ["per_stage", "total"])
+    def test_gradient_is_straight_through_overall(self, commitment):
         beta = 0.25
-        rvq, codebooks = make_rvq(beta=beta)
+        rvq, codebooks = make_rvq(beta=beta, commitment=commitment)
         x = RNG.normal(size=(10, 4)).astype("float32")
         w = RNG.normal(size=x.shape).astype("float32")
 
@@ -123,8 +130,11 @@ class TestResidualVectorQuantizer(TestCase):
 
         _, grad_x, grads = layer_gradients(rvq, x, objective)
         residuals, idx, codes = residual_oracle(x, codebooks)
-        # Identity through the output; each stage's commitment reaches x (r_s = x - const).
-        expected = w + sum(2 * beta * (r - q) / x.size for r, q in zip(residuals, codes))
+        if commitment == "per_stage":
+            # Identity through the output; each stage's commitment reaches x (r_s = x - const).
+            expected = w + sum(2 * beta * (r - q) / x.size for r, q in zip(residuals, codes))
+        else:  # only the residual after the last stage: x is pulled onto the sum of the codes
+            expected = w + 2 * beta * (x - sum(codes)) / x.size
         np.testing.assert_allclose(grad_x, expected, atol=1e-5, rtol=1e-5)
         for s, grad in enumerate(grads):  # each stage's codebook: its own codebook loss
             expected_codebook = np.zeros_like(codebooks[s], dtype=np.float64)
@@ -178,6 +188,37 @@ class TestResidualVectorQuantizer(TestCase):
                 checked += 1
         assert checked == 4, names  # kernel and bias of both stages
 
+    def test_total_commitment_with_codebook_dim_trains_project_in_not_the_input(self):
+        beta = 0.4
+        rvq = ResidualVectorQuantizer(2, 5, 4, codebook_dim=2, beta=beta)
+        rvq.build((None, 4))
+        for variable in rvq.trainable_variables:
+            variable.assign(RNG.normal(size=tuple(variable.shape)).astype("float32"))
+        params = [
+            {v.path.split("/")[-2] + "/" + v.name: to_numpy(v) for v in q.weights}
+            for q in rvq.quantizers
+        ]
+        x = RNG.normal(size=(9, 4)).astype("float32")
+        _, grad_x, grads = layer_gradients(rvq, x, lambda out, losses: losses[0])
+        residual, total, expected = x.astype(np.float64), 0.0, {}
+        for s, p in enumerate(params):
+            h = residual @ p["project_in/kernel"] + p["project_in/bias"]
+            q = p[f"quantizer_{s}/codebook"][nearest(h, p[f"quantizer_{s}/codebook"])]
+            # The stage's code-space commitment, with the residual stopped: project_in only.
+            dh = 2 * beta * (h - q) / h.size
+            expected[(s, "kernel")], expected[(s, "bias")] = residual.T @ dh, dh.sum(0)
+            code = q @ p["project_out/kernel"] + p["project_out/bias"]
+            residual, total = residual - code, total + code
+        np.testing.assert_allclose(grad_x, 2 * beta * (x - total) / x.size, atol=1e-6, rtol=1e-4)
+        checked = 0
+        for variable, grad in zip(rvq.trainable_variables, grads):
+            stage, layer, name = variable.path.split("/")[-3:]
+            if layer == "project_in":
+                want = expected[(int(stage.split("_")[-1]), name)]
+                np.testing.assert_allclose(grad, want, atol=1e-5, rtol=1e-4)
+                checked += 1
+        assert checked == 4
+
     def test_quantize_dropout_only_in_training_and_seeded(self):
         def run(seed):
             rvq, codebooks = make_rvq(4, 5, 3, quantize_dropout=True, seed=seed, ema_decay=0.9)
@@ -191,11 +232,12 @@ class TestResidualVectorQuantizer(TestCase):
                 active = int((idx[0] >= 0).sum())
                 counts.append(active)
                 # The first `active` stages run, the rest report -1, output and loss nothing.
-                residuals, expected_idx, codes = residual_oracle(x, codebooks, active)
+                _, expected_idx, codes = residual_oracle(x, codebooks, active)
                 np.testing.assert_array_equal(idx[:, :active], expected_idx)
                 assert (idx[:, active:] == -1).all()
                 self.assertAllClose(out, sum(codes), atol=1e-5)
-                expected_loss = sum(0.25 * np.mean((r - q) ** 2) for r, q in zip(residuals, codes))
+                # EMA stages: the commitment to the active stages' sum is the whole loss.
+                expected_loss = 0.25 * np.mean((x - sum(codes)) ** 2)
                 self.assertAllClose(loss, expected_loss, atol=1e-6, rtol=1e-5)
                 for s, quantizer in enumerate(rvq.quantizers):
                     changed = np.abs(to_numpy(quantizer.ema_cluster_size) - before[s]).max()
@@ -318,6 +360,7 @@ class TestResidualVectorQuantizer(TestCase):
             ({"distance": "cosine"}, ValueError, "distance"),
             ({"beta": -1.0}, ValueError, "beta"),
             ({"seed": -1}, ValueError, "seed"),
+            ({"commitment": "last"}, ValueError, "commitment"),
         ],
     )
     def test_bad_constructor_arguments_raise(self, kwargs, error, match):
@@ -347,3 +390,41 @@ class TestResidualVectorQuantizer(TestCase):
 def test_num_embeddings_beyond_int32_indices_is_rejected():
     with pytest.raises(ValueError, match=r"`num_embeddings` gives a codebook of 2147483648"):
         ResidualVectorQuantizer(2, 2**31, 4)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="the peer is torch-only; the other backends are checked against residual_oracle",
+)
+def test_per_stage_commitment_matches_vector_quantize_pytorch():
+    """``commitment="per_stage"`` is the peer's ``ResidualVQ``: same codes, output, per-stage
+    commitment losses (summed) and input gradient; ``"total"`` differs from it."""
+    peer_module = pytest.importorskip("vector_quantize_pytorch")
+    import torch
+
+    beta, stages, size, dim = 0.3, 3, 6, 4
+    x = RNG.normal(size=(2, 7, dim)).astype("float32")
+    peer = peer_module.ResidualVQ(
+        dim=dim, num_quantizers=stages, codebook_size=size, commitment_weight=beta, decay=0.9
+    )
+    rvq, codebooks = make_rvq(stages, size, dim, ema_decay=0.9, beta=beta, commitment="per_stage")
+    with torch.no_grad():
+        for layer, codebook in zip(peer.layers, codebooks):
+            layer._codebook.embed.copy_(torch.tensor(codebook)[None])
+            layer._codebook.initted.fill_(True)
+    xt = torch.tensor(x, requires_grad=True)
+    # Training mode for the losses; the frozen codebook leaves the EMA state alone.
+    peer_out, peer_indices, peer_losses = peer.train()(xt, freeze_codebook=True)
+    peer_losses.sum().backward()
+    peer_loss = float(peer_losses.detach().sum())
+    out, indices, loss = rvq(x, return_indices=True, return_loss=True)
+    np.testing.assert_array_equal(to_numpy(indices), peer_indices.numpy())
+    np.testing.assert_allclose(to_numpy(out), peer_out.detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(to_numpy(loss), peer_loss, rtol=1e-5)
+    _, grad_x, _ = layer_gradients(rvq, x, lambda out, losses: losses[0])
+    np.testing.assert_allclose(grad_x, xt.grad.numpy(), atol=1e-7, rtol=1e-5)
+    total, _ = make_rvq(stages, size, dim, ema_decay=0.9, beta=beta)
+    for quantizer, codebook in zip(total.quantizers, codebooks):
+        quantizer.set_codebook(codebook)
+    _, total_loss = total(x, return_loss=True)
+    assert abs(float(to_numpy(total_loss)) - peer_loss) > 1e-3
