@@ -40,6 +40,7 @@ SCRIPTS = {
     "prior_sampling": (True, None),
     "data_pipeline": (True, ["--epochs", "1", "--steps", "5"]),
     "quality": (False, None),
+    "iwae_memory": (False, ["--configs", "16x50"]),
     "prior_quality": (False, None),
     "generation_quality": (False, None),
     "precision": (False, None),

@@ -6,7 +6,8 @@ TensorFlow, JAX and PyTorch lives here:
 - ``TrainStepMixin`` (``trainers``): the per-backend ``train_step``/``test_step``;
 - ``distribute``: cross-replica sums for ``tf.distribute`` (no-ops elsewhere);
 - ``ops``: running a loop compiled (``compile_function``) or a layer's state update
-  (``compiled_state_update``), inference without autograd state
+  (``compiled_state_update``), convolutions without torch's NCHW copies
+  (``conv_2d``, ``conv_transpose_2d``), inference without autograd state
   (``no_grad``, ``inference``), host copies (``to_numpy``), a gather with a dense gradient
   (``gather_rows``), an argmin without Keras' -0.0 passes (``argmin_last_axis``), a fused
   ``x @ y + b`` (``matmul_add``), a segment sum by row ids (``segment_sum``), whether
@@ -23,6 +24,8 @@ from keras_vq.backend.ops import (
     argmin_last_axis,
     compile_function,
     compiled_state_update,
+    conv_2d,
+    conv_transpose_2d,
     forward_assignments_persist,
     gather_rows,
     hide_gpus_from_tensorflow,
@@ -40,6 +43,8 @@ __all__ = [
     "argmin_last_axis",
     "compile_function",
     "compiled_state_update",
+    "conv_2d",
+    "conv_transpose_2d",
     "distribute",
     "forward_assignments_persist",
     "gather_rows",

@@ -289,3 +289,96 @@ def loop_ops() -> Any:
 
         return _torch_loop_ops
     return keras.ops
+
+
+def _conv_transpose_crops(kernel_size: int, stride: int, padding: str) -> tuple[int, int] | None:
+    """Rows (or columns) Keras drops from the start and end of the full transposed output.
+
+    The full output of ``n`` inputs has ``(n - 1)·s + k`` positions; Keras keeps ``n·s``
+    ("same", cropping ``k - s`` split with the smaller part first) or all of them ("valid").
+    ``None`` where Keras pads instead (``k < s``).
+    """
+    if kernel_size < stride:
+        return None
+    if padding == "valid":
+        return 0, 0
+    start = (kernel_size - stride) // 2
+    return start, kernel_size - stride - start
+
+
+def conv_transpose_2d(inputs: Any, kernel: Any, bias: Any, strides, padding: str):
+    """``keras.ops.conv_transpose(inputs, kernel, strides, padding) + bias``, channels last.
+
+    Keras' torch backend copies ``inputs`` to NCHW memory and crops torch's full output; on
+    CPU torch's NCHW transposed convolution then holds ~3.5× its output in reorder buffers
+    (2^12 images of 28×28×32: 1.46 GiB for a 0.4 GiB output). Here torch reads the NHWC
+    input as it lies (its channels-last memory format, no copy), adds the bias in the same
+    kernel and crops with a view, so the peak is the full output. Elsewhere, and for the
+    cases this does not cover (``kernel < stride``, dilation, ``output_padding``; the caller
+    keeps those on Keras' path), it is Keras' op.
+
+    Args:
+        inputs: ``(B, H, W, C_in)``.
+        kernel: Keras' layout ``(kh, kw, C_out, C_in)``.
+        bias: ``(C_out,)`` or ``None``.
+        strides: ``(sh, sw)``.
+        padding: ``"same"`` or ``"valid"``.
+
+    Returns:
+        ``(B, H', W', C_out)`` as Keras computes it (equal up to float round-off).
+    """
+    crops = [_conv_transpose_crops(k, s, padding) for k, s in zip(kernel.shape[:2], strides)]
+    if keras.backend.backend() != "torch" or None in crops:
+        outputs = keras.ops.conv_transpose(inputs, kernel, strides=strides, padding=padding)
+        return outputs if bias is None else keras.ops.add(outputs, bias)
+    import torch
+
+    inputs = keras.ops.convert_to_tensor(inputs)
+    # NHWC memory read as NCHW is torch's channels-last format (a no-op when it already is).
+    x = inputs.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    w = keras.ops.convert_to_tensor(kernel).permute(3, 2, 0, 1).contiguous()
+    b = None if bias is None else keras.ops.convert_to_tensor(bias)
+    full = torch.nn.functional.conv_transpose2d(x, w, b, stride=tuple(strides))
+    (top, bottom), (left, right) = crops
+    cropped = full[:, :, top : full.shape[2] - bottom, left : full.shape[3] - right]
+    return cropped.permute(0, 2, 3, 1)
+
+
+def _same_padding_1d(kernel_size: int, padding: str) -> int | None:
+    """Torch's symmetric padding equal to Keras' stride-1 ``padding``, else ``None``."""
+    if padding == "valid":
+        return 0
+    return (kernel_size - 1) // 2 if kernel_size % 2 == 1 else None
+
+
+def conv_2d(inputs: Any, kernel: Any, bias: Any, strides, padding: str):
+    """``keras.ops.conv(inputs, kernel, strides, padding) + bias``, channels last.
+
+    As :func:`conv_transpose_2d`: Keras' torch backend copies ``inputs`` to NCHW memory
+    first, and on CPU torch's NCHW convolution adds reorder buffers several times the input
+    (a 28×28×32 → 28×28×1 output layer on 2^12 images: ~0.8 GiB for a 13 MiB output). Torch
+    here reads the NHWC input as channels-last memory. Stride-1 ``"valid"`` and ``"same"``
+    with odd kernels; the rest (and every other backend) is Keras' op.
+
+    Args:
+        inputs: ``(B, H, W, C_in)``.
+        kernel: Keras' layout ``(kh, kw, C_in, C_out)``.
+        bias: ``(C_out,)`` or ``None``.
+        strides: ``(sh, sw)``.
+        padding: ``"same"`` or ``"valid"``.
+
+    Returns:
+        ``(B, H', W', C_out)`` as Keras computes it (equal up to float round-off).
+    """
+    pads = [_same_padding_1d(k, padding) for k in kernel.shape[:2]]
+    if keras.backend.backend() != "torch" or None in pads or any(s != 1 for s in strides):
+        outputs = keras.ops.conv(inputs, kernel, strides=strides, padding=padding)
+        return outputs if bias is None else keras.ops.add(outputs, bias)
+    import torch
+
+    inputs = keras.ops.convert_to_tensor(inputs)
+    x = inputs.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    w = keras.ops.convert_to_tensor(kernel).permute(3, 2, 0, 1).contiguous()
+    b = None if bias is None else keras.ops.convert_to_tensor(bias)
+    outputs = torch.nn.functional.conv2d(x, w, b, padding=tuple(pads))
+    return outputs.permute(0, 2, 3, 1)

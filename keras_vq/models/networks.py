@@ -28,10 +28,54 @@ import keras
 from keras import layers
 
 from keras_vq import _validation
+from keras_vq.backend import conv_2d, conv_transpose_2d
 
 # Kernel of the strided (transposed) convolutions: the small default and the paper's.
 SMALL_KERNEL_SIZE = 3
 PAPER_KERNEL_SIZE = 4
+
+
+def _keras_path(layer) -> bool:
+    """Whether a convolution keeps Keras' own path (layouts and options ours do not cover)."""
+    return (
+        layer.data_format != "channels_last"
+        or getattr(layer, "output_padding", None) is not None
+        or any(rate != 1 for rate in layer.dilation_rate)
+        or getattr(layer, "groups", 1) != 1
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_vq")
+class Conv2D(layers.Conv2D):
+    """Keras' ``Conv2D`` whose channels-last convolution is ``keras_vq.backend.conv_2d``.
+
+    Same weights, config and results; on torch stride-1 layers need no NCHW copy of their
+    input.
+    """
+
+    def call(self, inputs):
+        if _keras_path(self):
+            return super().call(inputs)
+        bias = self.bias if self.use_bias else None
+        outputs = conv_2d(inputs, self.kernel, bias, self.strides, self.padding)
+        return outputs if self.activation is None else self.activation(outputs)
+
+
+@keras.saving.register_keras_serializable(package="keras_vq")
+class Conv2DTranspose(layers.Conv2DTranspose):
+    """Keras' ``Conv2DTranspose`` whose channels-last convolution is ``conv_transpose_2d``.
+
+    Same weights, config and results; on torch it needs no NCHW copy of its input and a
+    third of the working memory (``keras_vq.backend.conv_transpose_2d``). Dilated kernels and
+    ``output_padding`` keep Keras' path.
+    """
+
+    def call(self, inputs):
+        if _keras_path(self):
+            return super().call(inputs)
+        bias = self.bias if self.use_bias else None
+        outputs = conv_transpose_2d(inputs, self.kernel, bias, self.strides, self.padding)
+        return outputs if self.activation is None else self.activation(outputs)
 
 
 def check_filters(filters: int | Sequence[int]) -> int | tuple[int, ...]:
@@ -181,9 +225,9 @@ def _residual_stack(x, num_blocks: int, width: int):
         return x
     for i in range(num_blocks):
         h = layers.ReLU(name=f"residual{i}_relu0")(x)
-        h = layers.Conv2D(width, 3, padding="same", name=f"residual{i}_conv3x3")(h)
+        h = Conv2D(width, 3, padding="same", name=f"residual{i}_conv3x3")(h)
         h = layers.ReLU(name=f"residual{i}_relu1")(h)
-        h = layers.Conv2D(width, 1, name=f"residual{i}_conv1x1")(h)
+        h = Conv2D(width, 1, name=f"residual{i}_conv1x1")(h)
         x = layers.Add(name=f"residual{i}_add")([x, h])
     # The sum is pre-activation; the next layer expects ReLU features as after a conv.
     return layers.ReLU(name="residual_relu")(x)
@@ -191,9 +235,9 @@ def _residual_stack(x, num_blocks: int, width: int):
 
 def _strided_stack(x, filters: Sequence[int], kernel_size: int):
     for i, f in enumerate(filters):
-        x = layers.Conv2D(
-            f, kernel_size, strides=2, padding="same", activation="relu", name=f"conv{i}"
-        )(x)
+        x = Conv2D(f, kernel_size, strides=2, padding="same", activation="relu", name=f"conv{i}")(
+            x
+        )
     return x
 
 
@@ -202,7 +246,7 @@ _FIRST_DECODER_BIAS = 0.01
 
 def _transposed_stack(x, filters: Sequence[int], kernel_size: int, first_bias="zeros"):
     for i, f in enumerate(filters):
-        x = layers.Conv2DTranspose(
+        x = Conv2DTranspose(
             f,
             kernel_size,
             strides=2,
@@ -244,7 +288,7 @@ def build_conv_encoder(
     inputs = keras.Input(shape=tuple(input_shape), name="images")
     x = _strided_stack(inputs, filters, kernel_size)
     x = _residual_stack(x, num_residual_blocks, filters[-1])
-    outputs = layers.Conv2D(output_channels, 1, name="project")(x)
+    outputs = Conv2D(output_channels, 1, name="project")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -284,13 +328,13 @@ def build_conv_decoder(
     # positive bias keeps the first layer active.
     first_bias = keras.initializers.Constant(_FIRST_DECODER_BIAS)
     if num_residual_blocks:
-        x = layers.Conv2D(
-            filters[0], 3, padding="same", bias_initializer=first_bias, name="latent_conv"
-        )(x)
+        x = Conv2D(filters[0], 3, padding="same", bias_initializer=first_bias, name="latent_conv")(
+            x
+        )
         x = _residual_stack(x, num_residual_blocks, filters[0])
         first_bias = "zeros"
     x = _transposed_stack(x, filters, kernel_size, first_bias=first_bias)
-    outputs = layers.Conv2D(output_channels, 3, padding="same", dtype="float32", name="output")(x)
+    outputs = Conv2D(output_channels, 3, padding="same", dtype="float32", name="output")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -342,5 +386,5 @@ def build_dense_to_conv_decoder(
     x = layers.Reshape((h, w, filters[0]))(x)
     x = _residual_stack(x, num_residual_blocks, filters[0])
     x = _transposed_stack(x, filters, kernel_size)
-    outputs = layers.Conv2D(output_shape[-1], 3, padding="same", dtype="float32", name="output")(x)
+    outputs = Conv2D(output_shape[-1], 3, padding="same", dtype="float32", name="output")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -331,3 +331,94 @@ def test_resolve_network():
     assert networks.resolve_network(downsample=2, defaults=wide).stages == (32,)
     # Explicit widths win over the defaults.
     assert networks.resolve_network((8, 8), defaults=wide).stages == (8, 8)
+
+
+# ---------------------------------------------------------------------- convolution layers
+CONV_CASES = [
+    # (kernel, stride, padding): odd/even kernels, crops (0, 1), (1, 1), (1, 2), none, and
+    # the cases that keep Keras' path (kernel < stride, strided or even-kernel Conv2D).
+    (3, 2, "same"),
+    (4, 2, "same"),
+    (5, 2, "same"),
+    (3, 1, "same"),
+    (4, 1, "same"),
+    (3, 2, "valid"),
+    (1, 1, "valid"),
+    (1, 2, "same"),
+]
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "conv_transpose"])
+@pytest.mark.parametrize("kernel, stride, padding", CONV_CASES)
+def test_conv_layers_match_keras(transposed, kernel, stride, padding):
+    """Outputs and gradients (inputs, kernel, bias) equal Keras' own layers with those weights."""
+    ours_class = networks.Conv2DTranspose if transposed else networks.Conv2D
+    keras_class = keras.layers.Conv2DTranspose if transposed else keras.layers.Conv2D
+    rng = np.random.default_rng(kernel * 10 + stride)
+    x = rng.normal(size=(2, 7, 6, 3)).astype("float32")
+    layers_ = [
+        c(4, kernel, strides=stride, padding=padding, activation="relu")
+        for c in (ours_class, keras_class)
+    ]
+    for layer in layers_:
+        layer.build(x.shape)
+    values = [rng.normal(size=tuple(w.shape)).astype("float32") for w in layers_[1].weights]
+    results = []
+    for layer in layers_:
+        layer.set_weights(values)
+        results.append(_value_and_grads(layer, x))
+    for ours, reference in zip(*results):
+        np.testing.assert_allclose(ours, reference, atol=2e-5, rtol=1e-5)
+
+
+def _value_and_grads(layer, x):
+    """``layer(x)`` and the gradients of ``Σ layer(x)·r`` for a fixed random ``r``."""
+    r = np.random.default_rng(7).normal(size=tuple(layer.compute_output_shape(x.shape)))
+    r = r.astype("float32")
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = layer(xt)
+            total = tf.reduce_sum(y * r)
+        grads = tape.gradient(total, [xt, *layer.trainable_variables])
+    elif backend == "jax":
+        import jax
+
+        def total(x, weights):
+            y, _ = layer.stateless_call(weights, [], x)
+            return (y * r).sum(), y
+
+        (_, y), grads = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(
+            x, [v.value for v in layer.trainable_variables]
+        )
+        grads = [grads[0], *grads[1]]
+    else:
+        import torch
+
+        xt = torch.tensor(x, requires_grad=True)
+        y = layer(xt)
+        (y * torch.tensor(r)).sum().backward()
+        grads = [xt.grad, *(v.value.grad for v in layer.trainable_variables)]
+    return [to_numpy(y), *(to_numpy(g) for g in grads)]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch's memory layout")
+def test_decoder_convolutions_keep_channels_innermost_on_torch():
+    """No NCHW copies: Keras' torch path returns a permuted NCHW buffer (channel stride H·W),
+    which on CPU costs several times the output in reorder buffers (issue 27)."""
+    import torch
+
+    decoder = networks.build_dense_to_conv_decoder(4, (8, 8, 1), (8, 4))
+    x = torch.randn(3, 4)
+    convolutions = 0
+    with torch.no_grad():
+        for layer in decoder.layers[1:]:  # after the input layer, in order (a chain)
+            x = layer(x)
+            if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose):
+                convolutions += 1
+                assert x.stride()[-1] == 1, (layer.name, x.stride())
+    assert convolutions == 3
