@@ -431,7 +431,7 @@ def _fsq_indices(quantizer: FiniteScalarQuantizer, z_e):
     levels = np.asarray(quantizer.levels, np.int64)
     basis = np.cumprod([1, *levels[:-1]])
     offset = int(np.sum(levels // 2 * basis))
-    rounded = quantizer._rounded_levels(quantizer._project_in(z_e))
+    rounded = quantizer._rounded_levels(quantizer._standardized(quantizer._project_in(z_e)))
     signed = tf.reduce_sum(tf.cast(rounded, tf.int32) * basis.astype(np.int32), axis=-1)
     return signed + offset
 
