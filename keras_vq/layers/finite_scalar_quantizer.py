@@ -16,9 +16,10 @@ from keras_vq.layers._projection import ProjectionMixin
 # Half-widths are stretched by (1 + ε) so that tanh's open range still reaches the outer levels.
 BOUND_EPSILON = 1e-3
 # Added to the variance before the standardisation divides by its square root: a constant
-# channel becomes 0, not NaN. Small (PyTorch's BatchNorm's): a fresh encoder's outputs have
-# standard deviations of a few 10⁻², and Keras' 10⁻³ would squash them to the zero level.
-VARIANCE_EPSILON = 1e-5
+# channel becomes 0, not NaN. Tiny: a channel of standard deviation 10⁻³ must still spread
+# over its levels (a fresh encoder's outputs are a few 10⁻²; Keras' BatchNormalization's
+# 10⁻³ would squash them towards the zero level).
+VARIANCE_EPSILON = 1e-8
 
 
 # Why a level count below 3 cannot work, by count.
@@ -95,7 +96,7 @@ class FiniteScalarQuantizer(ProjectionMixin, keras.layers.Layer):
     With ``d = len(levels)`` channels ``z`` (after the optional input projection), each
     channel is first standardised (``standardize=True``, the default),
 
-        x = (z - μ) / √(σ² + 10⁻⁵),
+        x = (z - μ) / √(σ² + 10⁻⁸),
 
     with ``μ``, ``σ²`` the channel's mean and (biased) variance over the batch in training
     (all positions of every image; summed over the replicas of a ``tf.distribute`` strategy,
@@ -180,7 +181,7 @@ class FiniteScalarQuantizer(ProjectionMixin, keras.layers.Layer):
         self,
         levels: Sequence[int],
         standardize: bool = True,
-        momentum: float = 0.9,
+        momentum: float = 0.5,
         **kwargs,
     ):
         # Inputs keep their dtype; the quantisation casts to float32 itself.
