@@ -490,7 +490,8 @@ def _graph_codes(vqvae: keras.Model, images):
 
 
 def _fsq_indices(quantizer: FiniteScalarQuantizer, z):
-    """``FiniteScalarQuantizer``'s indices of projected, finite ``z``, its index
+    """``FiniteScalarQuantizer``'s indices of projected, finite ``z`` (standardised by the moving
+    moments, as at inference), its index
     ``Σ_i (q_i + ⌊L_i/2⌋) Π_{j<i} L_j`` summed as ``Σ_i q_i Π_{j<i} L_j`` plus a constant: the
     layer's integer add of the half-widths becomes an int32 ``BiasAdd``, an op LiteRT lacks."""
     import numpy as np
@@ -499,7 +500,7 @@ def _fsq_indices(quantizer: FiniteScalarQuantizer, z):
     levels = np.asarray(quantizer.levels, np.int64)
     basis = np.cumprod([1, *levels[:-1]])
     offset = int(np.sum(levels // 2 * basis))
-    rounded = quantizer._rounded_levels(z)
+    rounded = quantizer._rounded_levels(quantizer._standardized(z))
     signed = tf.reduce_sum(tf.cast(rounded, tf.int32) * basis.astype(np.int32), axis=-1)
     return signed + offset
 

@@ -1,11 +1,13 @@
 """The quantizer family on two simulated devices: MirroredStrategy (TF), DataParallel (JAX).
 
 A VQVAE around a ``ResidualVectorQuantizer`` with EMA codebooks, ``quantize_dropout``,
-k-means initialisation and dead-code restarts (separate and shared codebooks), and one around
-``VectorQuantizer(kmeans_init=True)`` with restarts, train on two replicas as on one: the
-random choices are made on the global batch. Every replica ends with the same codebooks and
-EMA statistics. Devices must be configured before the backend initialises, so
-each check runs in a fresh interpreter (see tests/test_distribute.py).
+k-means initialisation and dead-code restarts (separate and shared codebooks), one around
+``VectorQuantizer(kmeans_init=True)`` with restarts, and one around a
+``FiniteScalarQuantizer`` (its standardisation's batch moments), train on two replicas as on
+one: the random choices and the moments are taken on the global batch. Every replica ends
+with the same codebooks, EMA statistics and moving moments. Devices must be configured
+before the backend initialises, so each check runs in a fresh interpreter (see
+tests/test_distribute.py).
 """
 
 import keras
@@ -17,12 +19,14 @@ from tests.test_distribute import PRELUDE_TF, run_script
 TRAIN = """
 import keras, numpy as np
 from sklearn.datasets import load_digits
-from keras_vq.layers import ResidualVectorQuantizer, VectorQuantizer
+from keras_vq.layers import FiniteScalarQuantizer, ResidualVectorQuantizer, VectorQuantizer
 from keras_vq.models import VQVAE
 
 images = (load_digits().images[:128] / 16.0).astype("float32")[..., None]
 
 def quantizer(kind):
+    if kind == "fsq_standardized":
+        return FiniteScalarQuantizer([5, 4, 3])
     if kind in ("rvq_kmeans_restart", "rvq_shared_kmeans_restart"):
         return ResidualVectorQuantizer(3, 16, 4, ema_decay=0.9, quantize_dropout=True, seed=0,
                                        kmeans_init=True, dead_code_threshold=0.5,
@@ -47,7 +51,8 @@ def train(kind, scope=None):
 def quantizer_state(model):
     return [v for v in model.quantizer.weights if "float" in str(v.dtype)]
 
-KINDS = ("rvq_kmeans_restart", "rvq_shared_kmeans_restart", "vq_kmeans_restart")
+KINDS = ("rvq_kmeans_restart", "rvq_shared_kmeans_restart", "vq_kmeans_restart",
+         "fsq_standardized")
 result = {}
 
 def compare(kind, m1, h1, m2, h2):
@@ -106,16 +111,22 @@ print("RESULT", json.dumps(result))
 )
 
 
-RESTARTING = ("rvq_kmeans_restart", "rvq_shared_kmeans_restart", "vq_kmeans_restart")
+KINDS = (
+    "rvq_kmeans_restart",
+    "rvq_shared_kmeans_restart",
+    "vq_kmeans_restart",
+    "fsq_standardized",
+)
 
 
 def check(result: dict, replicas_key: str) -> None:
     assert result[replicas_key] == 2
-    for kind in RESTARTING:
+    for kind in KINDS:
         assert result[f"{kind}_weight_diff"] < 1e-6, result
         np.testing.assert_allclose(*result[f"{kind}_loss"], rtol=1e-5)
         assert result[f"{kind}_copies"] == 2, result
-        assert result[f"{kind}_state_variables"] >= 2, result  # codebook + EMA statistics
+        # codebook + EMA statistics; FSQ: moving mean, variance and update count
+        assert result[f"{kind}_state_variables"] >= 2, result
         assert result[f"{kind}_replica_diff"] == 0.0, result
         assert result[f"{kind}_loss_finite"], result
 

@@ -46,6 +46,8 @@ def randomize(model, seed):
     for variable in model.weights:
         scale = 0.2 if len(variable.shape) <= 1 else 0.6
         value = rng.normal(scale=scale, size=tuple(variable.shape)).astype(variable.dtype)
+        if "variance" in variable.path:  # FSQ's moving variance: positive, not the identity
+            value = np.abs(value) + 0.05
         variable.assign(np.where(value == 0, 0.1, value).astype(variable.dtype))
 
 

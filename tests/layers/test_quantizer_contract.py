@@ -83,7 +83,7 @@ class TestConfigAndWeights(TestCase):
         cases = [
             (VectorQuantizer(8, codebook_dim=3, seed=4), VQ_KEYS),
             (ResidualVectorQuantizer(2, 8, codebook_dim=2, seed=4), RVQ_KEYS),
-            (FiniteScalarQuantizer([3, 4]), ["levels"]),
+            (FiniteScalarQuantizer([3, 4]), ["levels", "standardize", "momentum"]),
             (LookupFreeQuantizer(3), LFQ_KEYS),
         ]
         for layer, keys in cases:
@@ -136,7 +136,11 @@ class TestConfigAndWeights(TestCase):
                     for name in ["codebook", "perplexity", *PROJECTIONS]
                 ],
             ),
-            (FiniteScalarQuantizer([3, 4]), PROJECTIONS),
+            (
+                FiniteScalarQuantizer([3, 4]),
+                ["moving_mean", "moving_variance", "moving_updates", *PROJECTIONS],
+            ),
+            (FiniteScalarQuantizer([3, 4], standardize=False), PROJECTIONS),
             (LookupFreeQuantizer(3), PROJECTIONS),
         ]
         for layer, names in cases:
@@ -215,7 +219,10 @@ class TestOutputSpec(TestCase):
         for layer in (FiniteScalarQuantizer([3, 5]), LookupFreeQuantizer(3)):
             layer.build((None, 6))
             for weight in layer.weights:
-                weight.assign(rng.normal(size=weight.shape).astype("float32"))
+                value = rng.normal(size=weight.shape)
+                if "variance" in weight.path:  # FSQ's moving variance: positive
+                    value = np.abs(value) + 0.1
+                weight.assign(value.astype("float32"))
             x = rng.normal(size=(4, 5, 6)).astype("float32")
             outputs, indices = layer(x, return_indices=True)
             np.testing.assert_array_equal(to_numpy(layer.encode(x)), to_numpy(indices))
