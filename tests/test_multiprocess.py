@@ -63,6 +63,21 @@ global_batches = rows.reshape(steps, 32, 8, 8, 1)
 local = global_batches[:, index * 32 // count:(index + 1) * 32 // count].reshape(-1, 8, 8, 1)
 model.fit(local, epochs=1, batch_size=32 // count, shuffle=False, verbose=0)
 values = {w.path: host(w) for w in model.weights}
+# A class-conditional prior with label dropout on codes of 16 symbols, the same split.
+from keras_vq.models import PixelCNNPrior
+codes = rng.integers(0, 16, (steps, 32, 4, 4)).astype("int32")
+labels = rng.integers(0, 3, (steps, 32)).astype("int32")
+keras.utils.set_random_seed(0)
+prior = PixelCNNPrior(16, (4, 4), num_layers=2, filters=8, kernel_size=3, num_classes=3,
+                      label_dropout=0.25, name="prior")
+prior.compile(optimizer=keras.optimizers.SGD(0.5))
+prior.build((None, 4, 4))
+for weight in prior.trainable_weights:
+    weight.assign(host(weight) + rng.normal(0, 0.05, weight.shape).astype("float32"))
+half = slice(index * 32 // count, (index + 1) * 32 // count)
+prior.fit([codes[:, half].reshape(-1, 4, 4), labels[:, half].reshape(-1)], epochs=1,
+          batch_size=32 // count, shuffle=False, verbose=0)
+values.update({"prior/" + w.path: host(w) for w in prior.weights})
 np.savez(out, **values)
 """
 
@@ -152,6 +167,7 @@ def test_two_processes_train_like_one(tmp_path):
     (one,) = train(tmp_path, 1)
     first, second = train(tmp_path, 2)
     assert one.keys() == first.keys()
+    assert any(k.startswith("prior/") for k in one), "the prior trained too"
     initialized = next(k for k in one if k.endswith("initialized"))
     assert one[initialized] and first[initialized], "k-means initialised the codebook"
     for key in one:
