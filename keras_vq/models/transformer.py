@@ -235,7 +235,7 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
         num_heads: int = 4,
         hidden_dim: int = 64,
         num_classes: int | None = None,
-        dropout: float = 0.3,
+        dropout: float = 0.1,
         label_dropout: float = 0.0,
         guidance_scale: float | None = None,
         **kwargs,
