@@ -2,18 +2,25 @@
 
     KERAS_BACKEND=tensorflow python -m benchmarks.prior_quality            # a few minutes
     KERAS_BACKEND=tensorflow python -m benchmarks.prior_quality --quick    # smoke run
+    python -m benchmarks.prior_quality --vqvae-preset vqvae_digits --seeds 0,1 \\
+        --transformer "" --transformer "num_layers=2,hidden_dim=64,dropout=0.3"
 
-A default ``VQVAE`` (K = 128 codes, 8×8 code maps) is trained briefly on the offline
-``digits`` resized to 32×32 (``--vqvae-epochs``), the fixed train and test splits are encoded
-once, and then a ``PixelCNNPrior`` and a ``TransformerPrior`` (their defaults unless flags say
-otherwise) each train on the train codes for the same ``--seconds`` (batches of
-``--batch-size``, Adam). The budget is process CPU time (``time.process_time``, all threads),
-counted from the end of the first step (which compiles it): on a shared machine the other
-processes' load then favours neither prior (on an idle machine it is wall-clock time times
-the threads used). Training stops at the first batch past it. Each prior is then evaluated on
-the test codes: the held-out NLL in bits per code (``-log2 p(c_t | c_<t)`` averaged over
-positions and maps; lower is better). One JSON line with both figures and
-``transformer_minus_pixelcnn_bits``.
+The codes: a ``VQVAE`` (its defaults unless ``--downsample``/``--num-embeddings``) trained
+briefly on the offline ``digits`` resized to 32×32 (``--vqvae-epochs``), or the VQ-VAE of a
+preset (``--vqvae-preset vqvae_digits``: the main job's 4×4 maps of 64 codes). The fixed
+train and test splits are encoded once. Then, for each seed of ``--seeds``, every prior
+configuration (``--pixelcnn`` and ``--transformer``, each repeatable: ``key=value`` pairs of
+constructor arguments, plus ``lr`` and ``weight_decay`` (AdamW) for the optimizer; an empty
+string: the model's defaults, Adam 1e-3) trains on the train codes for the same ``--seconds``
+(batches of ``--batch-size``), with the test codes as ``validation_data``.
+
+The budget is process CPU time (``time.process_time``, all threads, the per-epoch validation
+included), counted from the end of the first step (which compiles it): on a shared machine
+the other processes' load then favours neither prior. Training stops at the first batch past
+it. The held-out NLL is in bits per code (``-log2 p(c_t | c_<t)`` averaged over positions and
+maps; lower is better): ``test_bits_last`` of the last weights and ``test_bits_best`` of the
+epoch with the lowest one (what ``keras_vq.callbacks.RestoreBestWeights``, which
+``recipes/train_prior.py`` uses, keeps). One JSON line per seed and configuration.
 """
 
 from __future__ import annotations
@@ -29,23 +36,72 @@ def parse_args(argv=None):
         "--seconds", type=float, default=90.0, help="training CPU seconds per prior"
     )
     parser.add_argument("--vqvae-epochs", type=int, default=10)
+    parser.add_argument("--vqvae-preset", default=None, help="encode with this preset's VQVAE")
     parser.add_argument("--downsample", type=int, default=None, help="VQVAE's (default: 4)")
     parser.add_argument("--num-embeddings", type=int, default=None, help="VQVAE's (128)")
+    parser.add_argument("--conditional", action="store_true", help="class-conditional priors")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--pixelcnn-lr", type=float, default=1e-3)
-    parser.add_argument("--transformer-lr", type=float, default=1e-3)
-    parser.add_argument("--pixelcnn-layers", type=int, default=6)
-    parser.add_argument("--pixelcnn-filters", type=int, default=64)
-    parser.add_argument("--transformer-layers", type=int, default=4)
-    parser.add_argument("--transformer-heads", type=int, default=4)
-    parser.add_argument("--transformer-hidden-dim", type=int, default=128)
-    parser.add_argument("--transformer-dropout", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated")
+    parser.add_argument(
+        "--pixelcnn", action="append", help="'key=value,...' ('': defaults, 'none': skip)"
+    )
+    parser.add_argument("--transformer", action="append", help="as --pixelcnn")
     parser.add_argument("--quick", action="store_true", help="10 s per prior, 2 VQ-VAE epochs")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.vqvae_epochs = 10.0, 2
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.pixelcnn = [""] if args.pixelcnn is None else args.pixelcnn
+    args.transformer = [""] if args.transformer is None else args.transformer
     return args
+
+
+def parse_config(text: str) -> dict:
+    """``"num_layers=2,dropout=0.3"`` → ``{"num_layers": 2, "dropout": 0.3}``."""
+    config = {}
+    for item in filter(None, text.split(",")):
+        key, value = item.split("=")
+        number = float(value)
+        config[key.strip()] = int(number) if number.is_integer() and "." not in value else number
+    return config
+
+
+def codes_of(args):
+    """``({"train": ..., "test": ...} code datasets, K, latent_shape)``."""
+    import keras
+
+    from keras_vq import presets
+    from keras_vq.data import encode_dataset, load
+    from keras_vq.models import VQVAE
+
+    def images(split, **kwargs):
+        return load("digits", split, image_size=32, with_labels=args.conditional, **kwargs)
+
+    keras.utils.set_random_seed(0)
+    if args.vqvae_preset:
+        vqvae = presets.load(args.vqvae_preset)
+    else:
+        vqvae = VQVAE(
+            input_shape=(32, 32, 1),
+            downsample=args.downsample,
+            num_embeddings=args.num_embeddings,
+            seed=0,
+        )
+        vqvae.compile(optimizer=keras.optimizers.Adam(1e-3))
+        train = load("digits", "train", batch_size=64, shuffle=True, image_size=32, seed=0)
+        vqvae.fit(train, epochs=args.vqvae_epochs, verbose=0)
+    codes = {
+        split: encode_dataset(
+            vqvae,
+            images(split, batch_size=256, shuffle=False),
+            with_labels=args.conditional,
+            batch_size=args.batch_size,
+            shuffle=split == "train",
+            seed=0,
+        )
+        for split in ("train", "test")
+    }
+    return codes, vqvae.num_embeddings, tuple(vqvae.latent_shape)
 
 
 def main(argv=None) -> None:
@@ -54,8 +110,8 @@ def main(argv=None) -> None:
     import keras
 
     from benchmarks import _harness
-    from keras_vq.data import encode_dataset, load
-    from keras_vq.models import VQVAE, PixelCNNPrior, TransformerPrior
+    from keras_vq.callbacks import RestoreBestWeights
+    from keras_vq.models import PixelCNNPrior, TransformerPrior
 
     class TimeBudget(keras.callbacks.Callback):
         """Stops training at the first batch that ends ``seconds`` of process CPU time after
@@ -72,98 +128,62 @@ def main(argv=None) -> None:
             elif time.process_time() - self.start >= self.seconds:
                 self.model.stop_training = True
 
-    keras.utils.set_random_seed(args.seed)
-    images = {
-        split: load(
-            "digits",
-            split,
-            batch_size=args.batch_size,
-            shuffle=split == "train",
-            image_size=32,
-            seed=args.seed,
-        )
-        for split in ("train", "test")
-    }
-    vqvae = VQVAE(
-        input_shape=(32, 32, 1),
-        downsample=args.downsample,
-        num_embeddings=args.num_embeddings,
-        seed=args.seed,
-    )
-    vqvae.compile(optimizer=keras.optimizers.Adam(1e-3))
-    vqvae.fit(images["train"], epochs=args.vqvae_epochs, verbose=0)
-    codes = {
-        split: encode_dataset(
-            vqvae,
-            load("digits", split, batch_size=256, shuffle=False, image_size=32),
-            batch_size=args.batch_size,
-            shuffle=split == "train",
-            seed=args.seed,
-        )
-        for split in ("train", "test")
-    }
-    k, latent_shape = vqvae.num_embeddings, tuple(vqvae.latent_shape)
-
-    priors = {
-        "pixelcnn": (
-            lambda: PixelCNNPrior(
-                k, latent_shape, num_layers=args.pixelcnn_layers, filters=args.pixelcnn_filters
-            ),
-            args.pixelcnn_lr,
-        ),
-        "transformer": (
-            lambda: TransformerPrior(
-                k,
-                latent_shape,
-                num_layers=args.transformer_layers,
-                num_heads=args.transformer_heads,
-                hidden_dim=args.transformer_hidden_dim,
-                dropout=args.transformer_dropout,
-            ),
-            args.transformer_lr,
-        ),
-    }
-    record = {
-        "benchmark": "prior_quality",
-        "backend": keras.backend.backend(),
-        "num_embeddings": k,
-        "latent_shape": list(latent_shape),
-        "train_seconds_each": args.seconds,
-        "vqvae_epochs": args.vqvae_epochs,
-        "batch_size": args.batch_size,
-    }
-    for name, (build, learning_rate) in priors.items():
-        keras.utils.set_random_seed(args.seed)
-        prior = build()
-        prior.compile(optimizer=keras.optimizers.Adam(learning_rate))
-        budget = TimeBudget(args.seconds)
-        history = prior.fit(codes["train"], epochs=100_000, verbose=0, callbacks=[budget])
-        test = prior.evaluate(codes["test"], verbose=0, return_dict=True)
-        record.update(
-            {
-                f"{name}_test_bits_per_code": round(test["loss"] / math.log(2.0), 4),
-                f"{name}_train_bits_per_code": round(
-                    history.history["loss"][-1] / math.log(2.0), 4
-                ),
-                f"{name}_steps": budget.steps,
-                f"{name}_epochs": len(history.history["loss"]),
-                f"{name}_params": prior.count_params(),
-                f"{name}_lr": learning_rate,
-            }
-        )
-    record["transformer_minus_pixelcnn_bits"] = round(
-        record["transformer_test_bits_per_code"] - record["pixelcnn_test_bits_per_code"], 4
-    )
-    record.update(
-        transformer_layers=args.transformer_layers,
-        transformer_heads=args.transformer_heads,
-        transformer_hidden_dim=args.transformer_hidden_dim,
-        transformer_dropout=args.transformer_dropout,
-        pixelcnn_layers=args.pixelcnn_layers,
-        pixelcnn_filters=args.pixelcnn_filters,
-        **_harness.machine(),
-    )
-    _harness.emit(record)
+    codes, k, latent_shape = codes_of(args)
+    classes = {"num_classes": 10} if args.conditional else {}
+    runs = [(PixelCNNPrior, "pixelcnn", c) for c in args.pixelcnn if c != "none"]
+    runs += [(TransformerPrior, "transformer", c) for c in args.transformer if c != "none"]
+    bits = 1.0 / math.log(2.0)
+    for seed in args.seeds:
+        for model_class, name, text in runs:
+            config = parse_config(text)
+            learning_rate = config.pop("lr", 1e-3)
+            weight_decay = config.pop("weight_decay", 0.0)
+            keras.utils.set_random_seed(seed)
+            prior = model_class(k, latent_shape, **classes, **config)
+            optimizer = (
+                keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+                if weight_decay
+                else keras.optimizers.Adam(learning_rate)
+            )
+            prior.compile(optimizer=optimizer)
+            budget, best = TimeBudget(args.seconds), RestoreBestWeights("val_loss")
+            start = time.process_time()
+            history = prior.fit(
+                codes["train"],
+                epochs=100_000,
+                validation_data=codes["test"],
+                verbose=0,
+                callbacks=[budget, best],
+            ).history
+            cpu = time.process_time() - start
+            losses = history["val_loss"]
+            _harness.emit(
+                {
+                    "benchmark": "prior_quality",
+                    "backend": keras.backend.backend(),
+                    "prior": name,
+                    "config": text or "defaults",
+                    "seed": seed,
+                    "num_embeddings": k,
+                    "latent_shape": list(latent_shape),
+                    "conditional": args.conditional,
+                    "vqvae": args.vqvae_preset or f"VQVAE trained {args.vqvae_epochs} epochs",
+                    "train_seconds_each": args.seconds,
+                    "cpu_seconds": round(cpu, 1),
+                    "steps": budget.steps,
+                    "epochs": len(losses),
+                    "best_epoch": best.best_epoch,
+                    "test_bits_last": round(losses[-1] * bits, 4),
+                    "test_bits_best": round(min(losses) * bits, 4),
+                    "train_bits_last": round(history["loss"][-1] * bits, 4),
+                    "train_bits_at_best": round(history["loss"][best.best_epoch] * bits, 4),
+                    "params": prior.count_params(),
+                    "lr": learning_rate,
+                    "weight_decay": weight_decay,
+                    "batch_size": args.batch_size,
+                    **_harness.machine(),
+                }
+            )
 
 
 if __name__ == "__main__":

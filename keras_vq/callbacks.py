@@ -9,16 +9,20 @@ Pass them to ``fit`` like any Keras callback; they work on TensorFlow, JAX and P
             keras_vq.callbacks.CodebookUsage(test),   # logs codebook_perplexity, ... per epoch
             keras_vq.callbacks.ReconstructionImages("logs/images", test_images[:8]),
             keras_vq.callbacks.BackupAndRestore("backup"),
+            keras_vq.callbacks.RestoreBestWeights(),   # ends on the epoch of lowest val_loss
             keras.callbacks.TensorBoard("logs"),
         ],
+        validation_data=test,
     )
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,7 @@ __all__ = [
     "BackupAndRestore",
     "CodebookUsage",
     "ReconstructionImages",
+    "RestoreBestWeights",
     "SampleImages",
     "TensorBoardImages",
 ]
@@ -252,6 +257,80 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.repair()
         super().on_train_begin(logs)
+
+
+class RestoreBestWeights(keras.callbacks.Callback):
+    """At the end of ``fit``, put back the weights of the epoch with the best ``monitor``.
+
+    After each epoch whose ``logs[monitor]`` beats every earlier one (strictly lower with
+    ``mode="min"``, higher with ``"max"``), the model's weights (``get_weights``: trainable
+    and not) are copied to host memory; ``on_train_end`` sets them back if a later epoch was
+    worse. Training runs all its epochs (unlike ``keras.callbacks.EarlyStopping``, which
+    restores only when it stops early): a prior that overfits its small training set ends on
+    its lowest held-out NLL. The optimizer's state is not restored. Epochs without
+    ``monitor`` in their logs (``validation_freq`` > 1) are skipped; a ``fit`` without any
+    warns and keeps its last weights. The best is per ``fit`` call: a run resumed from a
+    checkpoint knows only the epochs it trained itself.
+
+    Args:
+        monitor: the epoch log to watch, e.g. ``"val_loss"`` (needs ``validation_data``).
+        mode: ``"min"`` or ``"max"``.
+
+    Attributes:
+        best: the best ``monitor`` value seen (``None`` before one).
+        best_epoch: its epoch index, 0-based as ``fit``'s (``None`` before one).
+
+    Example:
+        >>> best = RestoreBestWeights("val_loss")
+        >>> prior.fit(train_codes, epochs=30, validation_data=test_codes, callbacks=[best])
+        >>> best.best_epoch, best.best       # the weights now are that epoch's
+    """
+
+    def __init__(self, monitor: str = "val_loss", mode: str = "min"):
+        super().__init__()
+        if not isinstance(monitor, str) or not monitor:
+            raise TypeError(f"`monitor` must be a non-empty string, got {monitor!r}.")
+        if mode not in ("min", "max"):
+            raise ValueError(f"`mode` must be 'min' or 'max', got {mode!r}.")
+        self.monitor, self.mode = monitor, mode
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self._best_weights: list | None = None
+        self._last_epoch: int | None = None
+
+    def _improves(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._reset()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._last_epoch = epoch
+        value = None if logs is None else logs.get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if math.isfinite(value) and self._improves(value):
+            self.best, self.best_epoch = value, epoch
+            self._best_weights = [w.copy() for w in self.model.get_weights()]
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self._best_weights is None:
+            if self._last_epoch is not None:
+                warnings.warn(
+                    f"RestoreBestWeights: no epoch logged a finite {self.monitor!r} (pass "
+                    "validation_data to fit); the last weights stay.",
+                    stacklevel=2,
+                )
+            return
+        if self.best_epoch != self._last_epoch:
+            self.model.set_weights(self._best_weights)
+        self._best_weights = None  # host memory back; best and best_epoch stay readable
 
 
 def _read_epoch(path: Path) -> int | None:

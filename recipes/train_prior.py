@@ -6,6 +6,7 @@ wide, --num-heads heads, --dropout).
 The images of --dataset are encoded once by the trained VQ-VAE (--vqvae, a .keras file from
 train_vqvae.py) with keras_vq.data.encode_dataset; --conditional adds the class labels, and
 --label-dropout trains a null class too, for classifier-free guidance (--guidance-scale).
+--keep-best (the default) keeps the weights of the epoch with the lowest held-out NLL.
 Writes to --out: config.json, prior.keras, logs/ (TensorBoard), backup/ (checkpoint every
 epoch; rerun the same command to resume), samples.png (codes ~ prior, decoded by the VQ-VAE;
 a conditional prior shows one class per column) and metrics.json (held-out NLL per code and
@@ -23,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 
@@ -88,6 +90,13 @@ def add_prior_args(parser) -> None:
     model_arg("--num-heads", "transformer attention heads", _flags.positive_int)
     model_arg("--hidden-dim", "transformer width; a multiple of --num-heads", _flags.positive_int)
     model_arg("--dropout", "transformer dropout rate, in [0, 1)", _defaults.unit_interval)
+    parser.add_argument(
+        "--keep-best",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="end on the weights of the epoch with the lowest held-out NLL (the --eval-split "
+        "loss; keras_vq.callbacks.RestoreBestWeights), not the last epoch's",
+    )
 
 
 def setup(args, run: Run) -> dict:
@@ -161,6 +170,7 @@ def build_prior(args, run: Run, vqvae, num_classes: int | None):
 def train(args, run: Run, *, vqvae, prior, train_images, eval_images) -> dict:
     """Encode the data, fit, save and evaluate the prior built by :func:`setup`; returns the
     metrics."""
+    from keras_vq.callbacks import RestoreBestWeights
     from keras_vq.data import encode_dataset
 
     def codes(images, label, **kwargs):
@@ -184,7 +194,15 @@ def train(args, run: Run, *, vqvae, prior, train_images, eval_images) -> dict:
         batch_size=_inputs.eval_batch_size(args),
         drop_remainder=_inputs.even_batches(args),
     )
-    summary = _train.fit(prior, run, train_codes, validation_data=eval_codes)
+    # In memory on one process; a multi_process run's weights span the processes.
+    keep_best = args.keep_best and args.distribute != "multi_process"
+    best = RestoreBestWeights("val_loss") if keep_best else None
+    callbacks = () if best is None else (best,)
+    summary = _train.fit(
+        prior, run, train_codes, validation_data=eval_codes, extra_callbacks=callbacks
+    )
+    if best is not None and best.best_epoch is not None:
+        summary["best_epoch"] = best.best_epoch + 1  # 1-based, as the epochs counted
     prior.save(run.path(MODEL_FILE))
     evaluation = prior.evaluate(eval_codes, verbose=0, return_dict=True)
     metrics = {

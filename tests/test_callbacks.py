@@ -203,3 +203,78 @@ def test_a_torn_metadata_file_without_a_previous_one_starts_afresh(tmp_path):
     x, y = train_data()
     history = dense_model().fit(x, y, epochs=2, verbose=0, callbacks=[backup])
     assert history.epoch == [0, 1]
+
+
+# --------------------------------------------------------------------------- RestoreBestWeights
+
+
+def overfitting_fit(epochs=12, **fit_kwargs):
+    """Full-batch SGD of a random Dense(2) towards targets ``y``, validated on targets halfway
+    between its initial outputs and ``y``: the validation loss falls, then rises."""
+    x, y = train_data()
+    keras.utils.set_random_seed(1)
+    model = dense_model()
+    model.optimizer.learning_rate = 0.2
+    halfway = (to_numpy(model(x)) + y) / 2
+    record = RecordWeights()
+    history = model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        validation_data=(x, halfway),
+        callbacks=[record, *fit_kwargs.pop("callbacks", ())],
+        **fit_kwargs,
+    )
+    return model, record, history, (x, halfway)
+
+
+def numpy_val_losses(record, validation):
+    """The validation MSE of each epoch's recorded weights, in NumPy."""
+    x, target = validation
+    return [
+        float(np.mean((x @ kernel + bias - target) ** 2))
+        for _, (kernel, bias) in sorted(record.after_epoch.items())
+    ]
+
+
+def test_restore_best_weights_ends_on_the_epoch_of_lowest_val_loss():
+    best = callbacks.RestoreBestWeights("val_loss")
+    model, record, history, validation = overfitting_fit(callbacks=[best])
+    losses = numpy_val_losses(record, validation)
+    expected = int(np.argmin(losses))
+    assert 0 < expected < len(losses) - 1  # a real minimum: falls, then rises
+    np.testing.assert_allclose(history.history["val_loss"], losses, rtol=1e-4)
+    assert best.best_epoch == expected
+    assert best.best == pytest.approx(losses[expected], rel=1e-4)
+    for restored, saved in zip(model.weights, record.after_epoch[expected + 1]):
+        np.testing.assert_array_equal(to_numpy(restored), saved)
+    last = record.after_epoch[len(losses)]
+    assert not np.array_equal(to_numpy(model.weights[0]), last[0])
+
+
+def test_restore_best_weights_mode_max_and_without_validation():
+    # mode="max" on val_loss picks the worst epoch: the first or the last.
+    worst = callbacks.RestoreBestWeights("val_loss", mode="max")
+    model, record, _, validation = overfitting_fit(callbacks=[worst])
+    losses = numpy_val_losses(record, validation)
+    assert worst.best_epoch == int(np.argmax(losses))
+    for restored, saved in zip(model.weights, record.after_epoch[worst.best_epoch + 1]):
+        np.testing.assert_array_equal(to_numpy(restored), saved)
+    # No validation data: a warning, and the last weights stay.
+    x, y = train_data()
+    model, record = dense_model(), RecordWeights()
+    unused = callbacks.RestoreBestWeights()
+    with pytest.warns(UserWarning, match="val_loss"):
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[record, unused])
+    assert unused.best_epoch is None
+    np.testing.assert_array_equal(to_numpy(model.weights[0]), record.after_epoch[2][0])
+
+
+def test_restore_best_weights_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="mode"):
+        callbacks.RestoreBestWeights(mode="lowest")
+    with pytest.raises(TypeError, match="monitor"):
+        callbacks.RestoreBestWeights(monitor="")

@@ -91,6 +91,19 @@ def event_tags(log_dir: Path) -> set[str]:
     return tags
 
 
+def event_scalars(log_dir: Path, tag: str) -> list[float]:
+    """The values of scalar summary ``tag`` in ``log_dir``, in step order."""
+    import tensorflow as tf
+
+    found = {}
+    for path in log_dir.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    found[event.step] = float(tf.make_ndarray(value.tensor))
+    return [found[step] for step in sorted(found)]
+
+
 def check_run_dir(out: Path, recipe: str) -> dict:
     """config.json and DONE are there; returns metrics.json."""
     config = read_json(out / "config.json")
@@ -548,12 +561,21 @@ def test_train_prior_transformer_records_the_prior_and_checks_its_flags(vqvae_di
     vqvae = str(vqvae_dir / "vqvae.keras")
     out = tmp_path / "transformer"
     flags = "--prior transformer --num-layers 1 --num-heads 2 --hidden-dim 8".split()
+    three_epochs = ["--epochs", "3", "--learning-rate", "0.03"]
     run(
-        "train_prior", "--vqvae", vqvae, "--out", str(out), *flags, "--num-samples", "4", *TINY_RUN
+        "train_prior",
+        *("--vqvae", vqvae, "--out", str(out), *flags, "--num-samples", "4"),
+        *TINY_RUN,
+        *three_epochs,
     )
     metrics = check_run_dir(out, "train_prior")
     assert metrics["prior"] == "TransformerPrior"
     assert math.isfinite(metrics["test_nll_nats_per_code"]) and metrics["latent_shape"] == [4, 4]
+    # --keep-best (the default): the saved prior is the epoch of the lowest held-out loss.
+    val_losses = event_scalars(out / "logs" / "validation", "epoch_loss")
+    assert len(val_losses) == 3
+    assert metrics["best_epoch"] == 1 + min(range(3), key=val_losses.__getitem__)
+    assert metrics["test_nll_nats_per_code"] == pytest.approx(min(val_losses), rel=1e-4)
     args = read_json(out / "config.json")["args"]
     assert (args["prior"], args["num_heads"], args["hidden_dim"]) == ("transformer", 2, 8)
     prior = load(out / "prior.keras")

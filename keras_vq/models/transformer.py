@@ -193,7 +193,8 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
         num_heads: attention heads; must divide ``hidden_dim``.
         hidden_dim: width D of the embeddings and blocks.
         num_classes: number of classes for class-conditional priors, or ``None``.
-        dropout: dropout rate in ``[0, 1)`` on the attention and MLP outputs while training.
+        dropout: dropout rate in ``[0, 1)`` while training, on the input embeddings (code +
+            position) and on every block's attention and MLP outputs (as GPT-2).
         label_dropout: probability in ``[0, 1)`` of training on the null label instead of a
             sample's label; > 0 needs ``num_classes`` and enables ``guidance_scale``.
         guidance_scale: the classifier-free guidance scale ``sample`` (and ``generate``,
@@ -230,11 +231,11 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
         self,
         num_embeddings: int,
         latent_shape: Sequence[int],
-        num_layers: int = 4,
+        num_layers: int = 2,
         num_heads: int = 4,
-        hidden_dim: int = 128,
+        hidden_dim: int = 64,
         num_classes: int | None = None,
-        dropout: float = 0.0,
+        dropout: float = 0.1,
         label_dropout: float = 0.0,
         guidance_scale: float | None = None,
         **kwargs,
@@ -266,6 +267,10 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
             _Block(d, self.num_heads, self.dropout, name=f"block_{i}", **sub)
             for i in range(self.num_layers)
         ]
+        # GPT-2's embedding dropout: on the token + position input of the first block.
+        self.embedding_dropout = keras.layers.Dropout(
+            self.dropout, name="embedding_dropout", **sub
+        )
         self.final_norm = keras.layers.LayerNormalization(name="final_norm", **sub)
         self.head = keras.layers.Dense(self.num_embeddings, name="head_logits", **sub)
         self.build()
@@ -318,6 +323,7 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
         start = self._start_tokens(labels, batch)[:, None, :]
         x = ops.concatenate([start, embedded[:, :-1]], axis=1)
         x = x + ops.cast(self.position_embedding, self.compute_dtype)[None]
+        x = self.embedding_dropout(x, training=training)
         for block in self.blocks:
             x = block(x, training=training)
         return ops.reshape(self._logits(x), (batch, *self.latent_shape, self.num_embeddings))
