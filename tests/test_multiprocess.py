@@ -22,6 +22,8 @@ import keras
 import numpy as np
 import pytest
 
+from tests.processes import finish
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(ROOT, "recipes")
 
@@ -130,22 +132,6 @@ def start(args: list[str], tmp_dir=None) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
-
-
-def finish(processes: list[subprocess.Popen], timeout: float) -> list[tuple[int, str]]:
-    """Wait for every process until a shared deadline; kill all of them on any failure."""
-    deadline = time.monotonic() + timeout
-    results = []
-    try:
-        for process in processes:
-            out, _ = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            results.append((process.returncode, out))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    return results
 
 
 def train(tmp_path, count: int, steps: int = 3) -> list[dict]:

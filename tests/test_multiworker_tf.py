@@ -19,11 +19,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
 import pytest
+
+from tests.processes import finish
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(ROOT, "recipes")
@@ -155,26 +156,6 @@ def start(args: list[str], tf_config: str | None = None) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
-
-
-def finish(processes: list[subprocess.Popen], timeout: float) -> list[tuple[int, str]]:
-    """Each process's exit status and output, under a shared deadline; all are killed on any
-    failure (a worker left alone would wait for its peer forever)."""
-    deadline = time.monotonic() + timeout
-    results = []
-    try:
-        for process in processes:
-            try:
-                out, _ = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"{len(processes)} processes did not finish in {timeout} s (a hang?)")
-            results.append((process.returncode, out))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    return results
 
 
 def run_workers(tmp_path, count: int = 2) -> list[tuple[dict, dict]]:
