@@ -135,6 +135,9 @@ def follower_backup(shared_dir, private_dir):
             for name in ("weights", "training_metadata", "prev_weights", "prev_training_metadata"):
                 name = f"_{name}_path"
                 setattr(self, name, getattr(follower, name))
+            # Keras recreates backup_dir before each save: it must not bring back the shared
+            # one after process 0 has removed it at the end of training.
+            self.backup_dir = follower.backup_dir
 
     return FollowerBackup(shared_dir, delete_checkpoint=False)
 

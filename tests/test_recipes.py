@@ -589,3 +589,18 @@ def test_train_prior_transformer_records_the_prior_and_checks_its_flags(vqvae_di
     assert result.returncode == 2, result.stderr[-2000:]
     assert "hidden_dim" in result.stderr and "num_heads" in result.stderr
     assert not bad.exists()
+
+
+def test_a_followers_checkpoints_never_recreate_the_shared_backup(tmp_path, monkeypatch):
+    """A multi-process run's process other than 0 resumes from process 0's ``--out/backup``
+    but saves into its own directory, also after process 0 has removed the shared one."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import _train
+
+    shared, private = tmp_path / "out" / "backup", tmp_path / "private"
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    callback = _train.follower_backup(shared, private)
+    callback.set_model(model)
+    callback.on_train_begin()
+    callback.on_epoch_end(0)
+    assert not shared.exists() and (private / "latest.weights.h5").is_file()
