@@ -242,12 +242,23 @@ def uninterrupted(tmp_path_factory):
 def interrupted(tmp_path_factory):
     """The same run, process 1 killed once process 0 has saved the checkpoint of epoch 1
     (it prints the next epoch's header after its checkpoint callback)."""
-    tmp = tmp_path_factory.mktemp("interrupted")
-    out, address = tmp / "run", free_address()
-    processes = [start(recipe_command(out, address, i), tmp) for i in range(2)]
-    try:
+    for attempt in range(2):
+        tmp = tmp_path_factory.mktemp("interrupted")
+        out, address = tmp / "run", free_address()
+        processes = [start(recipe_command(out, address, i), tmp) for i in range(2)]
         lines = [read_lines(process) for process in processes]
-        text = wait_for(lines[0], f"Epoch 2/{EPOCHS}", timeout=240)
+        try:
+            text = wait_for(lines[0], f"Epoch 2/{EPOCHS}", timeout=180)
+            break
+        except pytest.fail.Exception:
+            # Once in CI (2 loaded cores) the two processes stalled before their first epoch;
+            # what this fixture tests starts after that, so a stalled start is tried again.
+            for process in processes:
+                process.kill()
+                process.wait()
+            if attempt:
+                raise
+    try:
         os.kill(processes[1].pid, signal.SIGKILL)
         killed = time.monotonic()
         processes[0].wait(timeout=HEARTBEAT + 50)  # a hang fails here
