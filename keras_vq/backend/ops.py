@@ -306,6 +306,19 @@ def _conv_transpose_crops(kernel_size: int, stride: int, padding: str) -> tuple[
     return start, kernel_size - stride - start
 
 
+def _torch_channels_last(inputs: Any, kernel: Any, bias: Any):
+    """Torch's ``(x, w, b)`` of a channels-last convolution: the NHWC ``inputs`` read as NCHW
+    in channels-last memory (no copy when they already are), Keras' ``(kh, kw, a, b)`` kernel
+    as torch's ``(b, a, kh, kw)`` (right for both ``conv2d`` and ``conv_transpose2d``)."""
+    import torch
+
+    inputs = keras.ops.convert_to_tensor(inputs)
+    x = inputs.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    w = keras.ops.convert_to_tensor(kernel).permute(3, 2, 0, 1).contiguous()
+    b = None if bias is None else keras.ops.convert_to_tensor(bias)
+    return x, w, b
+
+
 def conv_transpose_2d(inputs: Any, kernel: Any, bias: Any, strides, padding: str):
     """``keras.ops.conv_transpose(inputs, kernel, strides, padding) + bias``, channels last.
 
@@ -333,11 +346,7 @@ def conv_transpose_2d(inputs: Any, kernel: Any, bias: Any, strides, padding: str
         return outputs if bias is None else keras.ops.add(outputs, bias)
     import torch
 
-    inputs = keras.ops.convert_to_tensor(inputs)
-    # NHWC memory read as NCHW is torch's channels-last format (a no-op when it already is).
-    x = inputs.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-    w = keras.ops.convert_to_tensor(kernel).permute(3, 2, 0, 1).contiguous()
-    b = None if bias is None else keras.ops.convert_to_tensor(bias)
+    x, w, b = _torch_channels_last(inputs, kernel, bias)
     full = torch.nn.functional.conv_transpose2d(x, w, b, stride=tuple(strides))
     (top, bottom), (left, right) = crops
     cropped = full[:, :, top : full.shape[2] - bottom, left : full.shape[3] - right]
@@ -376,9 +385,6 @@ def conv_2d(inputs: Any, kernel: Any, bias: Any, strides, padding: str):
         return outputs if bias is None else keras.ops.add(outputs, bias)
     import torch
 
-    inputs = keras.ops.convert_to_tensor(inputs)
-    x = inputs.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-    w = keras.ops.convert_to_tensor(kernel).permute(3, 2, 0, 1).contiguous()
-    b = None if bias is None else keras.ops.convert_to_tensor(bias)
+    x, w, b = _torch_channels_last(inputs, kernel, bias)
     outputs = torch.nn.functional.conv2d(x, w, b, padding=tuple(pads))
     return outputs.permute(0, 2, 3, 1)

@@ -45,24 +45,30 @@ def _keras_path(layer) -> bool:
     )
 
 
+class _ChannelsLastCall:
+    """``call`` through ``self._convolution`` (a ``keras_vq.backend`` op) where it applies."""
+
+    def call(self, inputs):
+        if _keras_path(self):
+            return super().call(inputs)
+        bias = self.bias if self.use_bias else None
+        outputs = self._convolution(inputs, self.kernel, bias, self.strides, self.padding)
+        return outputs if self.activation is None else self.activation(outputs)
+
+
 @keras.saving.register_keras_serializable(package="keras_vq")
-class Conv2D(layers.Conv2D):
+class Conv2D(_ChannelsLastCall, layers.Conv2D):
     """Keras' ``Conv2D`` whose channels-last convolution is ``keras_vq.backend.conv_2d``.
 
     Same weights, config and results; on torch stride-1 layers need no NCHW copy of their
     input.
     """
 
-    def call(self, inputs):
-        if _keras_path(self):
-            return super().call(inputs)
-        bias = self.bias if self.use_bias else None
-        outputs = conv_2d(inputs, self.kernel, bias, self.strides, self.padding)
-        return outputs if self.activation is None else self.activation(outputs)
+    _convolution = staticmethod(conv_2d)
 
 
 @keras.saving.register_keras_serializable(package="keras_vq")
-class Conv2DTranspose(layers.Conv2DTranspose):
+class Conv2DTranspose(_ChannelsLastCall, layers.Conv2DTranspose):
     """Keras' ``Conv2DTranspose`` whose channels-last convolution is ``conv_transpose_2d``.
 
     Same weights, config and results; on torch it needs no NCHW copy of its input and a
@@ -70,12 +76,7 @@ class Conv2DTranspose(layers.Conv2DTranspose):
     ``output_padding`` keep Keras' path.
     """
 
-    def call(self, inputs):
-        if _keras_path(self):
-            return super().call(inputs)
-        bias = self.bias if self.use_bias else None
-        outputs = conv_transpose_2d(inputs, self.kernel, bias, self.strides, self.padding)
-        return outputs if self.activation is None else self.activation(outputs)
+    _convolution = staticmethod(conv_transpose_2d)
 
 
 def check_filters(filters: int | Sequence[int]) -> int | tuple[int, ...]:
