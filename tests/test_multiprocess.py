@@ -104,6 +104,9 @@ def compilation_cache(tmp_path_factory):
     CACHE.clear()
 
 
+SINGLE_EIGEN_THREAD = "--xla_cpu_multi_thread_eigen=false"
+
+
 def env(tmp_dir=None) -> dict:
     """The processes' environment; ``tmp_dir``: their temporary files (a killed process 1
     leaves its private directory there, inside pytest's)."""
@@ -119,6 +122,10 @@ def env(tmp_dir=None) -> dict:
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "PYTHONHASHSEED": "0",
         "JAX_PLATFORMS": "cpu",
+        # One Eigen thread per process: the two processes share 2 loaded cores, and XLA's
+        # CPU thread pool is reported to wedge intermittently under load; a start stalled
+        # once in CI after joining the collectives (the fixture's retry covers a recurrence).
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {SINGLE_EIGEN_THREAD}".strip(),
         **(cache if "dir" in CACHE else {}),
         **({"TMPDIR": str(tmp_dir)} if tmp_dir is not None else {}),
     }
