@@ -225,6 +225,7 @@ def test_exported_sampler_equals_in_process(exported):
         )
     # Any backend: the prior's own sampler on the noise TensorFlow draws for seed 7.
     noise = tf.random.stateless_uniform((5, 4, 4, K), seed=[7, 0], minval=_TINY, maxval=1.0)
+
     def sampler(**options):
         return generator.prior._sample_from_uniform(noise.numpy(), 1.0, labels, **options)
 
