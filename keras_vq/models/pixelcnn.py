@@ -205,8 +205,9 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
                 (``null_label`` allowed).
             batch_size: maps drawn per sampler call, ≥ 1; ``None``: all at once.
             top_k: keep the k largest logits at each position (1 ≤ k ≤ K), or ``None``.
-            top_p: nucleus mass in (0, 1]; 1 keeps every code. ``None``: the prior's own
-                ``top_p``, itself ``None`` (every code, no extra cost) unless set.
+            top_p: nucleus mass in (0, 1]; 1 keeps every code (and so turns the prior's own
+                off for this call). ``None``: the prior's own ``top_p``, itself ``None``
+                (every code, no extra cost) unless set.
             guidance_scale: s ≥ 0; needs ``null_label`` (``label_dropout > 0``). ``None``:
                 the prior's own ``guidance_scale``, itself ``None`` (plain sampling, no extra
                 cost) unless set.

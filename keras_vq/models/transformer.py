@@ -368,8 +368,9 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
             top_k: keep only the k largest logits at each position (1 ≤ k ≤ K), or ``None``.
             batch_size: maps drawn per sampler call (bounds memory), ``None``: all at once; as
                 in :meth:`PixelCNNPrior.sample`, call ``i`` uses ``seed + i``.
-            top_p: nucleus mass in (0, 1]; 1 keeps every code. ``None``: the prior's own
-                ``top_p``, itself ``None`` (every code, no extra cost) unless set.
+            top_p: nucleus mass in (0, 1]; 1 keeps every code (and so turns the prior's own
+                off for this call). ``None``: the prior's own ``top_p``, itself ``None``
+                (every code, no extra cost) unless set.
             guidance_scale: s ≥ 0; needs ``null_label`` (``label_dropout > 0``). ``None``:
                 the prior's own ``guidance_scale``, itself ``None`` (plain sampling, no extra
                 cost) unless set.
