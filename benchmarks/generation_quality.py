@@ -72,7 +72,13 @@ def parse_args(argv=None):
         default=[None, 1.5, 2.0],
         help="'none': the prior's own (off unless set)",
     )
-    parser.add_argument("--top-p", type=_optional, nargs="+", default=[None], help="'none': off")
+    parser.add_argument(
+        "--top-p",
+        type=_optional,
+        nargs="+",
+        default=[None],
+        help="'none': the prior's own (off unless set); 1: off",
+    )
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--real-draws", type=int, default=20, help="real sets behind *_fd_real")
     parser.add_argument("--seed", type=int, default=0)
@@ -300,10 +306,10 @@ def main(argv=None) -> None:
                         batch_size=250,
                         **options,
                     )
-                    # None: the prior's own scale (a preset's default), recorded as used.
-                    options["guidance_scale"] = prior.sampling_options(guidance_scale=scale)[
-                        "guidance_scale"
-                    ]
+                    # None: the prior's own scale and nucleus (a preset's defaults),
+                    # recorded as used.
+                    used = prior.sampling_options(top_p=top_p, guidance_scale=scale)
+                    options.update(top_p=used["top_p"], guidance_scale=used["guidance_scale"])
                     record = {**base, "kind": "samples", **options, "sample_seed": seed}
                     _harness.emit({**record, **judges(to_numpy(generated), sample_labels)})
 

@@ -32,6 +32,11 @@ scaled to all h·w: every position costs the same). On TensorFlow also the expor
 (``keras_vq.export.export_generator``, loaded with ``tf.saved_model.load``): its
 ``sample_seeded`` signature against in-process ``generate`` (sample + decode) on the same
 seed, codes checked equal. A VQ-VAE of the matching latent size (untrained) decodes.
+
+``--preset pixelcnn_digits`` runs only ``prior_preset_sampling``: that prior preset's cached
+sampler for ``--num-samples`` maps by process CPU time, with each ``--stored-defaults``
+setting (``guidance_scale:top_p``) stored in a copy of the prior, as ``train_prior.py
+--guidance-scale S --top-p P`` would store it; the settings take turns.
 """
 
 from __future__ import annotations
@@ -72,6 +77,20 @@ def parse_args(argv=None):
     parser.add_argument(
         "--quick", action="store_true", help="7×7, K=128, 10 maps, 3 layers × 32 filters"
     )
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="only prior_preset_sampling: this prior preset's cached sampler, by process CPU "
+        "time, with each of --stored-defaults stored in it (labels cycle through the classes)",
+    )
+    parser.add_argument(
+        "--stored-defaults",
+        nargs="+",
+        default=["own", "1.75:none", "1.25:none", "1.25:0.95"],
+        help="guidance_scale:top_p pairs stored in the preset's prior ('none': unset); "
+        "'own': its saved ones",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (TF, torch)")
     args = parser.parse_args(argv)
     if args.quick:
         args.latent_sizes, args.num_embeddings, args.num_samples = [7], [128], [10]
@@ -118,6 +137,9 @@ def main(argv=None) -> None:
         )
         return {"first_call_s": round(first, 4), "seconds": round(timing["median_s"], 4)}
 
+    if args.preset:
+        preset_sampling(args, common)
+        return
     if args.table:
         sampling_table(args, common)
         return
@@ -362,6 +384,74 @@ def sampling_table(args, common: dict) -> None:
                         )
                 config = {key: value for key, value in common.items() if key not in PIXELCNN_KEYS}
                 _harness.emit({**record, **config, "prior_config": configs[name], "goal": 20})
+
+
+def stored_defaults(text: str, prior) -> dict:
+    """``"s:p"`` → ``{"guidance_scale": s, "top_p": p}`` (``none``: unset); ``own``: the
+    prior's saved ones."""
+    if text == "own":
+        return {"guidance_scale": prior.guidance_scale, "top_p": prior.top_p}
+    values = [None if v == "none" else float(v) for v in text.split(":")]
+    return dict(zip(("guidance_scale", "top_p"), values, strict=True))
+
+
+def preset_sampling(args, common: dict) -> None:
+    """``prior_preset_sampling``: a prior preset's cached sampler (``prior.sample(n)``, the
+    labels cycling through the classes, no sampling options: the stored defaults apply) with
+    each of ``--stored-defaults`` stored in a copy of the prior (its config with them, its
+    weights). Process CPU time of a warm call, median of ``--repeats`` (at least 3) turns
+    that alternate between the settings, so background load falls on all alike."""
+    import statistics
+
+    import numpy as np
+
+    from benchmarks import _harness
+    from keras_vq import presets
+
+    _harness.set_intra_op_threads(args.threads if common["backend"] != "jax" else None)
+    own = presets.load(args.preset)
+    priors = {}
+    for text in args.stored_defaults:
+        defaults = stored_defaults(text, own)
+        prior = type(own).from_config({**own.get_config(), **defaults})
+        prior.set_weights(own.get_weights())
+        priors[text] = (prior, defaults)
+
+    def measure(prior, count: int, seed: int) -> tuple[float, float]:
+        """(process CPU seconds, wall seconds) of one ``prior.sample(count)``."""
+        labels = None if own.num_classes is None else np.arange(count) % own.num_classes
+        cpu, wall = time.process_time(), time.perf_counter()
+        _harness.block(prior.sample(count, seed=seed, labels=labels))
+        return time.process_time() - cpu, time.perf_counter() - wall
+
+    for count in args.num_samples:
+        first = {text: measure(prior, count, 0)[0] for text, (prior, _) in priors.items()}
+        measures = {
+            text: (lambda prior=prior, count=count: measure(prior, count, 1))
+            for text, (prior, _) in priors.items()
+        }
+        values, errors = _harness.alternate(measures, max(args.repeats, 3))
+        for text, (_, defaults) in priors.items():
+            if text in errors:
+                _harness.emit({"figure": "prior_preset_sampling", "error": errors[text]})
+                continue
+            cpu = statistics.median(v[0] for v in values[text])
+            _harness.emit(
+                {
+                    "figure": "prior_preset_sampling",
+                    **common,
+                    "preset": args.preset,
+                    "num_samples": count,
+                    "stored": text,
+                    **defaults,
+                    "cpu_s": round(cpu, 4),
+                    "cpu_s_min": round(min(v[0] for v in values[text]), 4),
+                    "wall_s": round(statistics.median(v[1] for v in values[text]), 4),
+                    "first_call_cpu_s": round(first[text], 3),
+                    "turns": len(values[text]),
+                    "threads": args.threads,
+                }
+            )
 
 
 def full_pass_seconds(prior, num_samples: int, passes: int, np) -> float:

@@ -152,7 +152,8 @@ def export_generator(
         export_dir, version: as in :func:`export_saved_model`.
         temperature: T ≥ 0 fixed into the artifact; 0 is the greedy (argmax) path.
         top_k, top_p: fixed into the artifact: keep the k largest logits (1 ≤ k ≤ K), then
-            the nucleus of mass p in (0, 1] (see :meth:`PixelCNNPrior.sample`); ``None``: off.
+            the nucleus of mass p in (0, 1] (see :meth:`PixelCNNPrior.sample`); ``top_k=None``:
+            off; ``top_p=None``: the prior's own ``top_p`` (``None`` unless set: off), 1: off.
         guidance_scale: classifier-free guidance scale s ≥ 0 fixed into the artifact (the
             prior must have a ``null_label``: trained with ``label_dropout > 0``); ``None``:
             the prior's own ``guidance_scale`` (``None`` unless set: plain sampling).

@@ -46,12 +46,14 @@ def add_sampling_args(parser: argparse.ArgumentParser, num_samples: int = 64) ->
         "--top-p",
         type=unit_mass,
         default=None,
-        help="nucleus sampling: keep the likeliest codes up to this mass, in (0, 1] (unset: all)",
+        help="nucleus sampling: keep the likeliest codes up to this mass, in (0, 1] (1: all); "
+        "train_prior saves it in the prior (unset: the prior's own, all unless one was saved)",
     )
     group.add_argument(
         "--guidance-scale",
         type=non_negative_float,
         default=None,
         help="classifier-free guidance scale s >= 0 (1: plain conditional, > 1: sharper "
-        "classes); needs a prior trained with --conditional --label-dropout (unset: no guidance)",
+        "classes); needs a prior trained with --conditional --label-dropout; train_prior saves "
+        "it in the prior (unset: the prior's own, no guidance unless one was saved)",
     )

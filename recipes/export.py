@@ -7,6 +7,8 @@
 Writes ``<out>/<version>/`` (the next free version unless ``--version``) and prints its path.
 --preset takes a VAE or VQ-VAE preset (exported like --model) or a prior preset (exported as
 a generator with the VQ-VAE preset its metadata names). Signatures: see ``keras_vq.export``.
+A generator samples with --temperature and the prior's own guidance_scale and top_p (saved by
+train_prior.py --guidance-scale/--top-p), fixed into the artifact.
 ``.keras`` files and presets do not depend on the backend that trained them, so this script
 always loads them with TensorFlow: the direct export path, and a SavedModel of plain
 TensorFlow ops that any TF Serving build runs.

@@ -11,7 +11,8 @@ class-conditional prior (default: cycle through all classes, one per column).
 sample_confident_share, sample_class_histogram, sample_accuracy (conditional) in
 metrics.json, logs/sample_quality and the final line; 32x32x1 images only. --top-k, --top-p
 (nucleus) and --guidance-scale (classifier-free guidance, for a prior trained with
---label-dropout) shape the draw.
+--label-dropout) shape the draw; unset, --top-p and --guidance-scale take the prior's own
+(saved by train_prior; --top-p 1 or --guidance-scale 1 turns a saved one off).
 Writes to --out: config.json, samples.png, logs/ (the grid as a TensorBoard image) and
 metrics.json.
 

@@ -6,6 +6,8 @@ wide, --num-heads heads, --dropout).
 The images of --dataset are encoded once by the trained VQ-VAE (--vqvae, a .keras file from
 train_vqvae.py) with keras_vq.data.encode_dataset; --conditional adds the class labels, and
 --label-dropout trains a null class too, for classifier-free guidance (--guidance-scale).
+--guidance-scale and --top-p are saved in the prior as its sampling defaults (sample.py,
+ImageGenerator and export_generator use them unless told otherwise).
 --keep-best (the default) keeps the weights of the epoch with the lowest held-out NLL.
 Writes to --out: config.json, prior.keras, logs/ (TensorBoard), backup/ (checkpoint every
 epoch; rerun the same command to resume), samples.png (codes ~ prior, decoded by the VQ-VAE;
@@ -39,8 +41,8 @@ from _rundir import Run
 
 RECIPE = "train_prior"
 MODEL_FILE = "prior.keras"
-# The prior's flags and the argument each sets, per --prior. --guidance-scale (a sampling flag)
-# is also the prior's own default guidance, so the saved prior samples as the run did.
+# The prior's flags and the argument each sets, per --prior. --guidance-scale and --top-p
+# (sampling flags) are also the prior's own defaults, so the saved prior samples as the run did.
 MODEL_FLAGS = {
     "pixelcnn": {
         "num_layers": "num_layers",
@@ -48,6 +50,7 @@ MODEL_FLAGS = {
         "kernel_size": "kernel_size",
         "label_dropout": "label_dropout",
         "guidance_scale": "guidance_scale",
+        "top_p": "top_p",
     },
     "transformer": {
         f: f
@@ -58,6 +61,7 @@ MODEL_FLAGS = {
             "dropout",
             "label_dropout",
             "guidance_scale",
+            "top_p",
         )
     },
 }

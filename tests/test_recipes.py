@@ -137,7 +137,8 @@ def vqvae_dir(tmp_path_factory):
 def prior_dir(vqvae_dir):
     out = vqvae_dir.parent / "prior"
     vqvae = str(vqvae_dir / "vqvae.keras")
-    extra = "--conditional --label-dropout 0.2 --guidance-scale 2 --num-samples 10".split()
+    extra = "--conditional --label-dropout 0.2 --guidance-scale 2 --top-p 0.95".split()
+    extra += ["--num-samples", "10"]
     run("train_prior", "--vqvae", vqvae, "--out", str(out), *extra, *TINY_PRIOR, *TINY_RUN)
     return out
 
@@ -231,6 +232,9 @@ def test_train_prior_on_vqvae_codes_with_labels(prior_dir):
     assert type(prior).__name__ == "PixelCNNPrior"
     assert prior.num_classes == 10 and prior.num_embeddings == 8
     assert prior.label_dropout == 0.2 and prior.null_label == 10  # guidance-ready
+    # --guidance-scale and --top-p are the saved prior's own sampling defaults.
+    assert (prior.guidance_scale, prior.top_p) == (2.0, 0.95)
+    assert read_json(prior_dir / "config.json")["args"]["top_p"] == 0.95
     # One class per column: ten samples fill one row.
     assert png_size(prior_dir / "samples.png") == grid_size(10, 10)
     assert "epoch_accuracy" in event_tags(prior_dir / "logs" / "train")
@@ -301,6 +305,7 @@ def test_pipeline_trains_samples_and_exports(tmp_path):
     assert type(prior).__name__ == "PixelCNNPrior"
     # The main job's defaults: a class-conditional prior with label dropout and guidance.
     assert (prior.num_classes, prior.label_dropout, prior.guidance_scale) == (10, 0.1, 1.75)
+    assert prior.top_p == 0.95  # --top-p: saved with the prior, like the guidance
     assert png_size(out / "samples.png") == grid_size(4, 10)  # one column per digit
     assert metrics["export"] == {"vqvae": "export/vqvae/1", "generator": "export/generator/1"}
 

@@ -101,6 +101,8 @@ def test_model_defaults_read_from_the_source_equal_the_signatures(recipes):
             "filters",
             "kernel_size",
             "label_dropout",
+            "guidance_scale",
+            "top_p",
         ),
         ("models/transformer.py", "TransformerPrior"): (
             "num_layers",
@@ -108,6 +110,8 @@ def test_model_defaults_read_from_the_source_equal_the_signatures(recipes):
             "hidden_dim",
             "dropout",
             "label_dropout",
+            "guidance_scale",
+            "top_p",
         ),
     }.items():
         signature = inspect.signature(classes[class_name].__init__)
@@ -116,7 +120,7 @@ def test_model_defaults_read_from_the_source_equal_the_signatures(recipes):
             default = getattr(default, "value", default)  # VQVAE's Unset(value)
             assert defaults.model_default(module, class_name, arg) == default, (class_name, arg)
             read += 1
-    assert read == 15
+    assert read == 19
 
 
 @pytest.mark.parametrize("name", (*RECIPE_MODULES[:3], "pipeline"))
@@ -218,6 +222,54 @@ def test_unset_prior_flags_build_the_default_prior(recipes, tiny_models, prior, 
     assert comparable(built.get_config()) == comparable(expected)
     for flag, arg in module.MODEL_FLAGS[prior].items():
         assert getattr(args, flag) == expected[arg]
+
+
+def test_top_p_is_saved_in_the_trained_prior(recipes, tiny_models, tmp_path):
+    """--top-p, like --guidance-scale, is the prior's own default: set, the prior stores it
+    (1: every code, stored as None); unset, nothing is passed and None is recorded."""
+    import keras_vq
+
+    module = recipes("train_prior")
+    vqvae = keras_vq.saving.load_model(tiny_models / "vqvae.keras")
+    run = recipes("_rundir").Run(tmp_path / "out", {}, None)
+    for prior in ("pixelcnn", "transformer"):
+        for flags, stored, recorded in (([], None, None), (["--top-p", "0.9"], 0.9, 0.9)):
+            args = module.build_parser().parse_args(["--prior", prior, *flags])
+            built = module.build_prior(args, run, vqvae, num_classes=None)
+            assert built.get_config()["top_p"] == stored and args.top_p == recorded, flags
+        args = module.build_parser().parse_args(["--prior", prior, "--top-p", "1"])
+        assert module.build_prior(args, run, vqvae, num_classes=None).top_p is None
+        assert args.top_p == 1.0  # an explicit flag stays what it was
+    # The pipeline hands --top-p to its prior stage, which stores it.
+    pipeline = recipes("pipeline")
+    assert "top_p" in pipeline.PRIOR_FLAGS
+    args = pipeline.build_parser().parse_args(["--top-p", "0.95"])
+    assert pipeline.prior_stage_args(args, tmp_path / "p", "v.keras").top_p == 0.95
+    assert not run.out.exists()
+
+
+def test_sample_takes_the_prior_top_p_unless_a_flag_overrides(recipes, tiny_models, tmp_path):
+    from keras_vq.models import PixelCNNPrior
+
+    prior_path = tmp_path / "nucleus.keras"
+    PixelCNNPrior(8, (4, 4), num_layers=1, filters=4, top_p=0.5).save(prior_path)
+    sample, train_prior = recipes("sample"), recipes("train_prior")
+    models = ["--vqvae", str(tiny_models / "vqvae.keras"), "--prior", str(prior_path)]
+    run = recipes("_rundir").Run(tmp_path / "out", {}, None)
+
+    def parse(*flags):
+        return sample.build_parser().parse_args([*models, "--num-samples", "3", *flags])
+
+    args = parse()
+    prior = sample.setup(args, run)["prior"]
+
+    def used_top_p(args):  # what the recipe's draws use
+        return prior.sampling_options(**train_prior.sampling_options(args, prior))["top_p"]
+
+    assert args.top_p is None and used_top_p(args) == 0.5  # unset: the prior's own
+    assert used_top_p(parse("--top-p", "1")) is None and used_top_p(parse("--top-p", "0.7")) == 0.7
+    # (generate with these options draws with the prior's own top_p: test_guidance.py.)
+    assert not run.out.exists()
 
 
 # --------------------------------------------------------------------------- invalid flags

@@ -46,7 +46,8 @@ class PriorMixin(SeedStateMixin):
     """Data handling, loss and sampling driver of a prior over ``(h, w)`` maps of K codes.
 
     The model calls ``_init_prior`` (``num_embeddings``, ``latent_shape``, ``num_classes``,
-    ``label_dropout``, the trackers, the sampler cache), passes its labels through
+    ``label_dropout``, the sampling defaults ``guidance_scale`` and ``top_p``, the trackers,
+    the sampler cache), passes its labels through
     ``_drop_labels`` in ``call``, sizes its class embeddings ``num_label_rows`` and defines
     ``_sample_loop(uniform, temperature, labels, top_k=None, top_p=None,
     guidance_scale=None)``: the sampler on given uniform noise ``(B, h, w, K)``, built from
@@ -59,7 +60,13 @@ class PriorMixin(SeedStateMixin):
     _CONFIG_KEYS: tuple[str, ...] = ()
 
     def _init_prior(
-        self, num_embeddings, latent_shape, num_classes, label_dropout=0.0, guidance_scale=None
+        self,
+        num_embeddings,
+        latent_shape,
+        num_classes,
+        label_dropout=0.0,
+        guidance_scale=None,
+        top_p=None,
     ) -> None:
         """Checks and stores what every prior has; creates its trackers and sampler cache."""
         self.num_embeddings = _validation.check_int("num_embeddings", num_embeddings, minimum=1)
@@ -78,11 +85,11 @@ class PriorMixin(SeedStateMixin):
         # The generator's state is saved with the weights (SeedStateMixin): a resumed run
         # drops the labels an uninterrupted one would.
         self.seed_generator = keras.random.SeedGenerator() if self.label_dropout > 0.0 else None
-        # Checked like sample's argument, against the null label just set up.
-        self.guidance_scale = None
-        self.guidance_scale = self.sampling_options(guidance_scale=guidance_scale)[
-            "guidance_scale"
-        ]
+        # The sampling defaults, checked like sample's arguments (guidance against the null
+        # label just set up) and normalised as they are (top_p = 1: None).
+        self.guidance_scale = self.top_p = None
+        defaults = self.sampling_options(top_p=top_p, guidance_scale=guidance_scale)
+        self.guidance_scale, self.top_p = defaults["guidance_scale"], defaults["top_p"]
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
         self.bits_tracker = keras.metrics.Mean(name="bits_per_code")
         self._sampler = _SamplerCache()
@@ -103,8 +110,8 @@ class PriorMixin(SeedStateMixin):
 
     def get_config(self):
         config = super().get_config()
-        keys = ("num_embeddings", "latent_shape", "num_classes", "label_dropout", "guidance_scale")
-        for key in (*keys, *self._CONFIG_KEYS):
+        keys = ("num_embeddings", "latent_shape", "num_classes", "label_dropout")
+        for key in (*keys, "guidance_scale", "top_p", *self._CONFIG_KEYS):
             value = getattr(self, key)
             config[key] = list(value) if isinstance(value, tuple) else value
         return config
@@ -239,8 +246,10 @@ class PriorMixin(SeedStateMixin):
     def sampling_options(self, top_k=None, top_p=None, guidance_scale=None) -> dict:
         """``sample``'s options ``top_k``, ``top_p`` and ``guidance_scale`` checked; those
         that change nothing dropped (``top_k = K``, ``top_p = 1``: one compiled sampler
-        less). ``guidance_scale=None`` takes the prior's own ``guidance_scale`` (its
-        constructor argument, ``None`` unless set: no guidance).
+        less). ``top_p=None`` and ``guidance_scale=None`` take the prior's own ``top_p`` and
+        ``guidance_scale`` (its constructor arguments, ``None`` unless set: every code, no
+        guidance); ``top_p=1`` turns a stored nucleus off, ``guidance_scale=1`` (plain
+        conditional sampling) a stored guidance.
 
         Raises:
             ValueError: ``top_k`` outside ``[1, K]``, ``top_p`` outside ``(0, 1]``, a
@@ -255,6 +264,8 @@ class PriorMixin(SeedStateMixin):
                 )
             if top_k == self.num_embeddings:
                 top_k = None
+        if top_p is None:
+            top_p = self.top_p
         if top_p is not None:
             top_p = _validation.check_float("top_p", top_p, minimum=0.0, maximum=1.0)
             if top_p == 0.0:

@@ -132,8 +132,10 @@ class ImageGenerator(PresetMixin, keras.Model):
         Args:
             num_samples: images to draw; ``None``: one per entry of ``labels``.
             labels: class labels (a class-conditional prior), one per sample or one int.
-            temperature, top_k, top_p, seed, batch_size: as in
+            temperature, top_k, seed, batch_size: as in
                 :meth:`~keras_vq.models.PixelCNNPrior.sample`.
+            top_p: nucleus mass in (0, 1]; ``None``: the prior's own ``top_p`` (``None``
+                unless set: every code); 1: every code.
             guidance_scale: classifier-free guidance scale; ``None``: the prior's own
                 ``guidance_scale`` (``None`` unless set: plain sampling).
 
@@ -266,8 +268,8 @@ class ImageGenerator(PresetMixin, keras.Model):
             verbose: print where the artifact went.
             input_signature: must be ``None`` (fixed, named signatures).
             temperature, top_k, top_p, guidance_scale, jit_compile: fixed into the artifact,
-                as in :func:`keras_vq.export.export_generator` (``guidance_scale=None``: the
-                prior's own).
+                as in :func:`keras_vq.export.export_generator` (``top_p=None``,
+                ``guidance_scale=None``: the prior's own).
 
         Returns:
             ``filepath`` as a string.

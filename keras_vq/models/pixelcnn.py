@@ -53,6 +53,10 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
             ``export_generator``) use when theirs is ``None``; ``None``: no guidance. Needs
             ``label_dropout > 0``. Saved with the model, so a preset samples as it was tuned
             (``guidance_scale=1.0`` in a call turns it off: plain conditional sampling).
+        top_p: the nucleus mass in (0, 1] ``sample`` (and ``generate``,
+            ``export_generator``) use when theirs is ``None``; ``None`` (or 1): every code.
+            Saved with the model, so a preset samples as it was tuned (``top_p=1.0`` in a
+            call turns it off: no nucleus).
         **kwargs: ``keras.Model`` arguments (``name``, ``dtype``).
 
     Call arguments:
@@ -91,10 +95,13 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
         num_classes: int | None = None,
         label_dropout: float = 0.0,
         guidance_scale: float | None = None,
+        top_p: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._init_prior(num_embeddings, latent_shape, num_classes, label_dropout, guidance_scale)
+        self._init_prior(
+            num_embeddings, latent_shape, num_classes, label_dropout, guidance_scale, top_p
+        )
         self.num_layers = _validation.check_int("num_layers", num_layers, minimum=1)
         self.filters = _validation.check_int("filters", filters, minimum=1)
         self.kernel_size = _validation.check_odd_int("kernel_size", kernel_size, minimum=3)
@@ -198,7 +205,9 @@ class PixelCNNPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, keras.
                 (``null_label`` allowed).
             batch_size: maps drawn per sampler call, ≥ 1; ``None``: all at once.
             top_k: keep the k largest logits at each position (1 ≤ k ≤ K), or ``None``.
-            top_p: nucleus mass in (0, 1], or ``None`` (1 keeps every code).
+            top_p: nucleus mass in (0, 1]; 1 keeps every code (and so turns the prior's own
+                off for this call). ``None``: the prior's own ``top_p``, itself ``None``
+                (every code, no extra cost) unless set.
             guidance_scale: s ≥ 0; needs ``null_label`` (``label_dropout > 0``). ``None``:
                 the prior's own ``guidance_scale``, itself ``None`` (plain sampling, no extra
                 cost) unless set.

@@ -201,6 +201,10 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
             ``export_generator``) use when theirs is ``None``; ``None``: no guidance. Needs
             ``label_dropout > 0``. Saved with the model, so a preset samples as it was tuned
             (``guidance_scale=1.0`` in a call turns it off: plain conditional sampling).
+        top_p: the nucleus mass in (0, 1] ``sample`` (and ``generate``,
+            ``export_generator``) use when theirs is ``None``; ``None`` (or 1): every code.
+            Saved with the model, so a preset samples as it was tuned (``top_p=1.0`` in a
+            call turns it off: no nucleus).
         **kwargs: ``keras.Model`` arguments (``name``, ``dtype``).
 
     Call arguments:
@@ -238,10 +242,13 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
         dropout: float = 0.1,
         label_dropout: float = 0.0,
         guidance_scale: float | None = None,
+        top_p: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._init_prior(num_embeddings, latent_shape, num_classes, label_dropout, guidance_scale)
+        self._init_prior(
+            num_embeddings, latent_shape, num_classes, label_dropout, guidance_scale, top_p
+        )
         self.num_layers = _validation.check_int("num_layers", num_layers, minimum=1)
         self.num_heads = _validation.check_int("num_heads", num_heads, minimum=1)
         self.hidden_dim = _validation.check_int("hidden_dim", hidden_dim, minimum=1)
@@ -361,7 +368,9 @@ class TransformerPrior(PriorMixin, PresetMixin, TrainStepMixin, ExportMixin, ker
             top_k: keep only the k largest logits at each position (1 ≤ k ≤ K), or ``None``.
             batch_size: maps drawn per sampler call (bounds memory), ``None``: all at once; as
                 in :meth:`PixelCNNPrior.sample`, call ``i`` uses ``seed + i``.
-            top_p: nucleus mass in (0, 1], or ``None``.
+            top_p: nucleus mass in (0, 1]; 1 keeps every code (and so turns the prior's own
+                off for this call). ``None``: the prior's own ``top_p``, itself ``None``
+                (every code, no extra cost) unless set.
             guidance_scale: s ≥ 0; needs ``null_label`` (``label_dropout > 0``). ``None``:
                 the prior's own ``guidance_scale``, itself ``None`` (plain sampling, no extra
                 cost) unless set.

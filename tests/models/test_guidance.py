@@ -4,6 +4,9 @@ References are independent of the samplers: one full forward pass of the model p
 (conditional and null labels), guidance, top-k and the nucleus in float64 NumPy.
 """
 
+import json
+import zipfile
+
 import keras
 import numpy as np
 import pytest
@@ -344,3 +347,83 @@ class TestDefaultGuidance(TestCase):
             make_prior(kind, label_dropout=0.0, guidance_scale=2.0)
         with pytest.raises(ValueError, match="guidance_scale"):
             make_prior(kind, guidance_scale=-1.0)
+
+
+@pytest.fixture(scope="module")
+def nucleus(guided):
+    """``guided`` with a stored nucleus mass 0.6 (its config plus ``top_p``, its weights)."""
+    prior = type(guided).from_config({**guided.get_config(), "top_p": 0.6})
+    prior.set_weights(guided.get_weights())
+    return prior
+
+
+class TestDefaultNucleus(TestCase):
+    """A prior's own ``top_p``: what ``sample``/``generate`` use when theirs is None."""
+
+    def test_the_prior_default_draws_what_an_explicit_top_p_draws(self, guided, nucleus):
+        assert guided.get_config()["top_p"] is None and nucleus.get_config()["top_p"] == 0.6
+        options = {"temperature": 1.5, "seed": 7, "labels": LABELS}
+        explicit = to_numpy(guided.sample(B, top_p=0.6, **options))
+        np.testing.assert_array_equal(to_numpy(nucleus.sample(B, **options)), explicit)
+        assert np.any(explicit != to_numpy(guided.sample(B, **options)))  # the nucleus matters
+        # An explicit top_p wins over the stored one.
+        np.testing.assert_array_equal(
+            to_numpy(nucleus.sample(B, top_p=0.3, **options)),
+            to_numpy(guided.sample(B, top_p=0.3, **options)),
+        )
+        vqvae = TinyVQVAE()
+        np.testing.assert_allclose(
+            to_numpy(generate(vqvae, nucleus, B, **options)), to_numpy(vqvae.decode(explicit))
+        )
+
+    def test_top_p_one_in_a_call_turns_the_default_off(self, guided, nucleus):
+        options = {"temperature": 1.5, "seed": 7, "labels": LABELS}
+        np.testing.assert_array_equal(
+            to_numpy(nucleus.sample(B, top_p=1.0, **options)),
+            to_numpy(guided.sample(B, **options)),
+        )
+        assert nucleus.sampling_options(top_p=1.0)["top_p"] is None
+
+    @pytest.mark.parametrize("kind", sorted(KINDS))
+    def test_a_default_top_p_round_trips(self, kind, tmp_path):
+        prior = make_prior(kind, top_p=0.9, guidance_scale=1.25)
+        assert prior.sampling_options() == {"top_k": None, "top_p": 0.9, "guidance_scale": 1.25}
+        config = prior.get_config()
+        assert config["top_p"] == 0.9 and type(prior).from_config(config).top_p == 0.9
+        path = tmp_path / "prior.keras"
+        prior.save(path)
+        loaded = keras.saving.load_model(path)
+        assert (loaded.top_p, loaded.guidance_scale) == (0.9, 1.25)
+        # 1 keeps every code: stored as None, as sampling_options normalises it.
+        assert make_prior(kind, top_p=1.0).get_config()["top_p"] is None
+
+    @pytest.mark.parametrize("kind", sorted(KINDS))
+    def test_a_config_saved_before_top_p_existed_loads_without_one(self, kind, tmp_path):
+        config = make_prior(kind, top_p=0.9).get_config()
+        old = {k: v for k, v in config.items() if k != "top_p"}
+        assert type(make_prior(kind)).from_config(old).top_p is None
+        # A .keras file written without the key (as the bundled presets were).
+        path = tmp_path / "old.keras"
+        make_prior(kind, top_p=0.9).save(path)
+        rewritten = tmp_path / "rewritten.keras"
+        with zipfile.ZipFile(path) as source, zipfile.ZipFile(rewritten, "w") as target:
+            for item in source.infolist():
+                data = source.read(item)
+                if item.filename == "config.json":
+                    saved = json.loads(data)
+                    assert saved["config"].pop("top_p") == 0.9
+                    data = json.dumps(saved).encode()
+                target.writestr(item, data)
+        loaded = keras.saving.load_model(rewritten)
+        assert loaded.top_p is None and loaded.sampling_options()["top_p"] is None
+
+    @pytest.mark.parametrize("kind", sorted(KINDS))
+    def test_a_bad_default_top_p_is_refused(self, kind):
+        for value, error, match in [
+            (0.0, ValueError, r"`top_p` must be in \(0, 1\], got 0.0"),
+            (1.5, ValueError, r"`top_p` must be in \[0.0, 1.0\], got 1.5"),
+            (float("nan"), ValueError, "`top_p` must be finite"),
+            ("high", TypeError, "`top_p` must be a number"),
+        ]:
+            with pytest.raises(error, match=match):
+                make_prior(kind, top_p=value)

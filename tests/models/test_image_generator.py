@@ -37,7 +37,7 @@ def tiny_vqvae(seed=0):
     return vqvae
 
 
-def tiny_pixelcnn(num_classes=None, label_dropout=0.0, guidance_scale=None, seed=1):
+def tiny_pixelcnn(num_classes=None, label_dropout=0.0, guidance_scale=None, top_p=None, seed=1):
     prior = PixelCNNPrior(
         K,
         (4, 4),
@@ -47,6 +47,7 @@ def tiny_pixelcnn(num_classes=None, label_dropout=0.0, guidance_scale=None, seed
         num_classes=num_classes,
         label_dropout=label_dropout,
         guidance_scale=guidance_scale,
+        top_p=top_p,
     )
     randomize(prior, seed)
     return prior
@@ -63,9 +64,11 @@ def generators():
     vqvae = tiny_vqvae()
     return {
         "plain": ImageGenerator(vqvae, tiny_pixelcnn()),
-        # label dropout gives a null label; the prior's own default guidance scale is 2.
+        # label dropout gives a null label; the prior's own default guidance scale is 2 and
+        # its own nucleus mass 0.8.
         "guided": ImageGenerator(
-            vqvae, tiny_pixelcnn(num_classes=3, label_dropout=0.2, guidance_scale=2.0, seed=2)
+            vqvae,
+            tiny_pixelcnn(num_classes=3, label_dropout=0.2, guidance_scale=2.0, top_p=0.8, seed=2),
         ),
         "transformer": ImageGenerator(vqvae, tiny_transformer()),
     }
@@ -97,12 +100,16 @@ def test_draws_equal_models_generate(generators, kind):
     assert_same(images, generator.vqvae.decode(codes))
 
 
-def test_guidance_none_takes_the_prior_default(generators):
+def test_guidance_and_top_p_none_take_the_prior_defaults(generators):
     generator = generators["guided"]
     default = generator.generate_codes(labels=LABELS, seed=5)
-    assert_same(default, generator.generate_codes(labels=LABELS, seed=5, guidance_scale=2.0))
+    explicit = generator.prior.sample(5, labels=LABELS, seed=5, guidance_scale=2.0, top_p=0.8)
+    assert_same(default, explicit)
+    assert_same(generator.generate(labels=LABELS, seed=5), generator.vqvae.decode(explicit))
+    # guidance_scale=1.0 turns guidance off for one call (top_p=1.0 the nucleus: see
+    # test_guidance.py and the exported sampler below); the default mattered.
     plain = generator.generate_codes(labels=LABELS, seed=5, guidance_scale=1.0)
-    assert not np.array_equal(to_numpy(default), to_numpy(plain))  # the default mattered
+    assert not np.array_equal(to_numpy(default), to_numpy(plain))
 
 
 def test_tracks_both_stages_and_reconstructs(generators):
@@ -126,7 +133,8 @@ def test_keras_file_round_trip_in_safe_mode(generators, tmp_path):
     path = tmp_path / "generator.keras"
     generator.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
-    assert isinstance(loaded, ImageGenerator) and loaded.prior.guidance_scale == 2.0
+    assert isinstance(loaded, ImageGenerator)
+    assert (loaded.prior.guidance_scale, loaded.prior.top_p) == (2.0, 0.8)
     assert_same(loaded.generate(**CASES["guided"]), generator.generate(**CASES["guided"]))
 
 
@@ -205,7 +213,7 @@ def test_exported_sampler_equals_in_process(exported):
     )
     codes = served["codes"].numpy()
     assert len(np.unique(codes)) > 2
-    # The prior's default guidance and the top_k were fixed into the artifact.
+    # The prior's default guidance and nucleus and the top_k were fixed into the artifact.
     options = dict(labels=LABELS, top_k=6, seed=7)
     if keras.backend.backend() == "tensorflow":  # the same RNG as prior.sample(seed=7)
         assert_same(codes, generator.generate_codes(**options))
@@ -217,10 +225,13 @@ def test_exported_sampler_equals_in_process(exported):
         )
     # Any backend: the prior's own sampler on the noise TensorFlow draws for seed 7.
     noise = tf.random.stateless_uniform((5, 4, 4, K), seed=[7, 0], minval=_TINY, maxval=1.0)
-    fast = generator.prior._sample_from_uniform(
-        noise.numpy(), 1.0, labels, **generator.prior.sampling_options(top_k=6)
-    )
-    assert_same(codes, fast)
+
+    def sampler(**options):
+        return generator.prior._sample_from_uniform(noise.numpy(), 1.0, labels, **options)
+
+    assert_same(codes, sampler(top_k=6, top_p=0.8, guidance_scale=2.0))
+    # The stored nucleus mattered: without it, other codes.
+    assert not np.array_equal(codes, to_numpy(sampler(top_k=6, guidance_scale=2.0)))
     np.testing.assert_allclose(
         served["images"].numpy(),
         to_numpy(generator.vqvae.decode(codes)),
