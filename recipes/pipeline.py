@@ -182,6 +182,7 @@ def pipeline(args, run: Run) -> dict:
         metrics["samples"] = "samples.png"
     draw = _quality.prior_sampler(args, vqvae, prior)
     metrics.update(_quality.measure(args, run, draw, vqvae.image_shape, prior.num_classes))
+    metrics["sampling"] = train_prior.sampling_record(args, prior)
     if args.export:
         export_root = run.path("export")
         shutil.rmtree(export_root, ignore_errors=True)  # a partial export of a killed run

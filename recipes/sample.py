@@ -159,7 +159,9 @@ def sample(args, run: Run, *, vae=None, vqvae=None, prior=None, real=None) -> di
         images = train_prior.write_samples(args, run, vqvae, prior, "samples.png")
         draw, num_classes = _quality.prior_sampler(args, vqvae, prior), prior.num_classes
     shape = tuple(images.shape[1:])
+    sampling = {} if prior is None else {"sampling": train_prior.sampling_record(args, prior)}
     return {
+        **sampling,
         "num_samples": args.num_samples,
         "image_shape": list(shape),
         "pixel_mean": float(images.mean()),

@@ -222,6 +222,7 @@ def train(args, run: Run, *, vqvae, prior, train_images, eval_images) -> dict:
         write_samples(args, run, vqvae, prior, "samples.png")
     draw = _quality.prior_sampler(args, vqvae, prior)
     metrics.update(_quality.measure(args, run, draw, vqvae.image_shape, prior.num_classes))
+    metrics["sampling"] = sampling_record(args, prior)
     return {**summary, **metrics, "model": MODEL_FILE, "vqvae": args.vqvae}
 
 
@@ -234,6 +235,15 @@ def sampling_options(args, prior) -> dict:
     except (TypeError, ValueError) as error:
         raise _flags.RecipeError(f"--top-k/--top-p/--guidance-scale: {error}") from None
     return options
+
+
+def sampling_record(args, prior) -> dict:
+    """What the draws used: ``--temperature``, and ``top_k``, ``top_p``, ``guidance_scale``
+    resolved by ``prior`` (its own defaults where a flag is unset), for metrics.json."""
+    return {
+        "temperature": args.temperature,
+        **prior.sampling_options(**sampling_options(args, prior)),
+    }
 
 
 def write_samples(args, run: Run, vqvae, prior, name: str):

@@ -235,6 +235,8 @@ def test_train_prior_on_vqvae_codes_with_labels(prior_dir):
     # --guidance-scale and --top-p are the saved prior's own sampling defaults.
     assert (prior.guidance_scale, prior.top_p) == (2.0, 0.95)
     assert read_json(prior_dir / "config.json")["args"]["top_p"] == 0.95
+    want = {"temperature": 1.0, "top_k": None, "top_p": 0.95, "guidance_scale": 2.0}
+    assert metrics["sampling"] == want  # what the draws used
     # One class per column: ten samples fill one row.
     assert png_size(prior_dir / "samples.png") == grid_size(10, 10)
     assert "epoch_accuracy" in event_tags(prior_dir / "logs" / "train")
@@ -253,6 +255,12 @@ def test_sample_vqvae_with_prior_and_labels(vqvae_dir, prior_dir, tmp_path):
     metrics = check_run_dir(out, "sample")
     args = read_json(out / "config.json")["args"]
     assert (args["guidance_scale"], args["top_k"], args["top_p"]) == (3.0, 6, 0.9)
+    assert metrics["sampling"] == {
+        "temperature": 1.0,
+        "top_k": 6,
+        "top_p": 0.9,
+        "guidance_scale": 3.0,
+    }
     assert metrics["num_samples"] == 6 and metrics["image_shape"] == [8, 8, 1]
     assert png_size(out / "samples.png") == grid_size(6, 3)
     # The default feature model judges 32x32x1 images only: 8x8 samples are not measured.
@@ -306,6 +314,12 @@ def test_pipeline_trains_samples_and_exports(tmp_path):
     # The main job's defaults: a class-conditional prior with label dropout and guidance.
     assert (prior.num_classes, prior.label_dropout, prior.guidance_scale) == (10, 0.1, 1.75)
     assert prior.top_p == 0.95  # --top-p: saved with the prior, like the guidance
+    assert metrics["sampling"] == {
+        "temperature": 1.0,
+        "top_k": 6,
+        "top_p": 0.95,
+        "guidance_scale": 1.75,
+    }
     assert png_size(out / "samples.png") == grid_size(4, 10)  # one column per digit
     assert metrics["export"] == {"vqvae": "export/vqvae/1", "generator": "export/generator/1"}
 
