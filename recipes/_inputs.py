@@ -108,6 +108,15 @@ def random_shifts(dataset, max_shift: int, seed: int):
     return tf.data.Dataset.zip((dataset, seeds)).map(shift, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def shifted_copies(dataset, copies: int, seed: int):
+    """``dataset`` followed by ``copies`` copies of it, every image of a copy shifted by a
+    random whole pixel in [-1, 1] along each axis (:func:`random_shifts`, a seed per copy)."""
+    result = dataset
+    for index in range(copies):
+        result = result.concatenate(random_shifts(dataset, 1, seed + 1 + index))
+    return result
+
+
 def training_data(args: argparse.Namespace) -> dict:
     """What train_vae and train_vqvae train on: ``image_shape`` (after ``--image-size``) and the
     datasets of :func:`load_train_and_eval`, as ``train_data``, ``eval_data`` and
@@ -176,6 +185,18 @@ def load_model(path: str, expected: tuple[str, ...], flag: str):
             f"{flag} {path} holds a {type(model).__name__}, expected {' or '.join(expected)}."
         )
     return model
+
+
+def load_weights_into(model, path: str, expected: tuple[str, ...], flag: str) -> None:
+    """Set ``model``'s weights to those of the ``.keras`` file at ``path`` (checked as
+    :func:`load_model` does); weights of another architecture are a usage error."""
+    source = load_model(path, expected, flag)
+    try:
+        model.set_weights(source.get_weights())
+    except ValueError as error:
+        raise RecipeError(
+            f"{flag} {path}: its weights do not fit the model these flags build ({error})"
+        ) from None
 
 
 def load_preset(name: str, expected: tuple[str, ...], flag: str = "--preset"):

@@ -148,7 +148,8 @@ def setup(args, run: Run) -> dict:
             args, split, image_size=size, shuffle=False, with_labels=args.conditional, **kwargs
         )
 
-    train_images = with_shifted_copies(images("train", batch_size=256), args)
+    train_images = images("train", batch_size=256)
+    train_images = _inputs.shifted_copies(train_images, args.shifted_copies, args.seed)
     eval_images = images(args.eval_split, batch_size=256)
     # The training codes are batched with drop_remainder: --batch-size must not exceed the set.
     images("train", batch_size=args.batch_size, drop_remainder=True)
@@ -157,7 +158,7 @@ def setup(args, run: Run) -> dict:
     _quality.enabled(args)  # a bad --quality-samples fails before training
     prior = build_prior(args, run, vqvae, num_classes)
     if args.init_prior is not None:
-        init_weights(prior, args.init_prior)
+        _inputs.load_weights_into(prior, args.init_prior, _inputs.PRIORS, "--init-prior")
     if args.num_samples:
         sampling_options(args, prior)
     return {
@@ -166,30 +167,6 @@ def setup(args, run: Run) -> dict:
         "train_images": train_images,
         "eval_images": eval_images,
     }
-
-
-def with_shifted_copies(train_images, args):
-    """``train_images`` followed by ``--shifted-copies`` copies of it, every image of a copy
-    shifted by a random whole pixel in [-1, 1] along each axis (a seed per copy)."""
-    copies = [
-        _inputs.random_shifts(train_images, 1, args.seed + 1 + i)
-        for i in range(args.shifted_copies)
-    ]
-    for copy in copies:
-        train_images = train_images.concatenate(copy)
-    return train_images
-
-
-def init_weights(prior, path: str) -> None:
-    """Set ``prior``'s weights to those of the prior saved at ``path`` (``--init-prior``); a
-    file that is not such a prior of the same architecture is a usage error."""
-    source = _inputs.load_model(path, _inputs.PRIORS, "--init-prior")
-    try:
-        prior.set_weights(source.get_weights())
-    except ValueError as error:
-        raise _flags.RecipeError(
-            f"--init-prior {path}: its weights do not fit the prior these flags build ({error})"
-        ) from None
 
 
 def build_prior(args, run: Run, vqvae, num_classes: int | None):

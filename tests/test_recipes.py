@@ -623,22 +623,19 @@ def test_train_prior_init_prior_starts_from_the_saved_weights(vqvae_dir, prior_d
 
 
 def test_shifted_copies_follow_the_originals_each_image_moved_by_at_most_a_pixel(monkeypatch):
-    """train_prior's --shifted-copies: the originals in order, then each copy, its images the
-    originals shifted by whole pixels in [-1, 1] on each axis (a NumPy oracle tries every
-    shift, zeros entering at the border); the copies differ from each other."""
-    import argparse
-
+    """train_prior's --shifted-copies (``_inputs.shifted_copies``): the originals in order,
+    then each copy, its images the originals shifted by whole pixels in [-1, 1] on each axis
+    (a NumPy oracle tries every shift, zeros entering at the border); copies differ."""
     import tensorflow as tf
 
     monkeypatch.syspath_prepend(str(RECIPES))
-    import train_prior
+    import _inputs
 
     rng = np.random.default_rng(0)
     images = rng.random((10, 6, 6, 1)).astype("float32") + 0.1  # no zero pixels
     labels = np.arange(10, dtype="int32")
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
-    args = argparse.Namespace(shifted_copies=2, seed=5)
-    batches = list(train_prior.with_shifted_copies(dataset, args).as_numpy_iterator())
+    batches = list(_inputs.shifted_copies(dataset, 2, seed=5).as_numpy_iterator())
     out_images = np.concatenate([x for x, _ in batches])
     np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), np.tile(labels, 3))
     np.testing.assert_array_equal(out_images[:10], images)
@@ -654,10 +651,7 @@ def test_shifted_copies_follow_the_originals_each_image_moved_by_at_most_a_pixel
         assert len(matches) == 1
         offsets.append(matches[0])
     assert len(set(offsets)) > 3 and offsets[:10] != offsets[10:]
-    assert (
-        train_prior.with_shifted_copies(dataset, argparse.Namespace(shifted_copies=0, seed=5))
-        is dataset
-    )
+    assert _inputs.shifted_copies(dataset, 0, seed=5) is dataset
 
 
 # --------------------------------------------------------------------------- transformer prior
