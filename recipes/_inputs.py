@@ -81,6 +81,42 @@ def load_split(
     return dataset
 
 
+def random_shifts(dataset, max_shift: int, seed: int):
+    """Batches of ``images`` or ``(images, labels)`` with every image shifted by a random whole
+    number of pixels in ``[-max_shift, max_shift]`` along each axis (zeros enter at the
+    border); labels pass unchanged. Each batch draws its offsets from ``seed`` and its index."""
+    import tensorflow as tf
+
+    if not max_shift:
+        return dataset
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+
+    def shift(batch, pair):
+        images = batch[0] if isinstance(batch, tuple) else batch
+        count = tf.shape(images)[0]
+        height, width = images.shape[1], images.shape[2]
+        offsets = tf.random.stateless_uniform(
+            (count, 2), seed=pair, minval=0, maxval=2 * max_shift + 1, dtype=tf.int32
+        )
+        padded = tf.pad(images, [[0, 0], [max_shift] * 2, [max_shift] * 2, [0, 0]])
+        rows = offsets[:, :1] + tf.range(height)[None]
+        cols = offsets[:, 1:] + tf.range(width)[None]
+        moved = tf.gather(padded, rows, axis=1, batch_dims=1)
+        moved = tf.gather(moved, cols, axis=2, batch_dims=1)
+        return (moved, *batch[1:]) if isinstance(batch, tuple) else moved
+
+    return tf.data.Dataset.zip((dataset, seeds)).map(shift, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def shifted_copies(dataset, copies: int, seed: int):
+    """``dataset`` followed by ``copies`` copies of it, every image of a copy shifted by a
+    random whole pixel in [-1, 1] along each axis (:func:`random_shifts`, a seed per copy)."""
+    result = dataset
+    for index in range(copies):
+        result = result.concatenate(random_shifts(dataset, 1, seed + 1 + index))
+    return result
+
+
 def training_data(args: argparse.Namespace) -> dict:
     """What train_vae and train_vqvae train on: ``image_shape`` (after ``--image-size``) and the
     datasets of :func:`load_train_and_eval`, as ``train_data``, ``eval_data`` and
@@ -149,6 +185,18 @@ def load_model(path: str, expected: tuple[str, ...], flag: str):
             f"{flag} {path} holds a {type(model).__name__}, expected {' or '.join(expected)}."
         )
     return model
+
+
+def load_weights_into(model, path: str, expected: tuple[str, ...], flag: str) -> None:
+    """Set ``model``'s weights to those of the ``.keras`` file at ``path`` (checked as
+    :func:`load_model` does); weights of another architecture are a usage error."""
+    source = load_model(path, expected, flag)
+    try:
+        model.set_weights(source.get_weights())
+    except ValueError as error:
+        raise RecipeError(
+            f"{flag} {path}: its weights do not fit the model these flags build ({error})"
+        ) from None
 
 
 def load_preset(name: str, expected: tuple[str, ...], flag: str = "--preset"):

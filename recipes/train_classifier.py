@@ -74,31 +74,6 @@ def build_parser():
     return parser
 
 
-def random_shifts(dataset, max_shift: int, seed: int):
-    """``(images, labels)`` batches with every image shifted by a random whole number of
-    pixels in ``[-max_shift, max_shift]`` along each axis (zeros enter at the border)."""
-    import tensorflow as tf
-
-    if not max_shift:
-        return dataset
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
-
-    def shift(batch, pair):
-        images, labels = batch
-        count = tf.shape(images)[0]
-        height, width = images.shape[1], images.shape[2]
-        offsets = tf.random.stateless_uniform(
-            (count, 2), seed=pair, minval=0, maxval=2 * max_shift + 1, dtype=tf.int32
-        )
-        padded = tf.pad(images, [[0, 0], [max_shift] * 2, [max_shift] * 2, [0, 0]])
-        rows = offsets[:, :1] + tf.range(height)[None]
-        cols = offsets[:, 1:] + tf.range(width)[None]
-        moved = tf.gather(padded, rows, axis=1, batch_dims=1)
-        return tf.gather(moved, cols, axis=2, batch_dims=1), labels
-
-    return tf.data.Dataset.zip((dataset, seeds)).map(shift, num_parallel_calls=tf.data.AUTOTUNE)
-
-
 def setup(args, run: Run) -> dict:
     """Open the labelled data and build the compiled classifier; writes nothing."""
     import keras
@@ -147,7 +122,7 @@ def setup(args, run: Run) -> dict:
         )
     return {
         "model": model,
-        "train_data": random_shifts(train_data, args.max_shift, args.seed),
+        "train_data": _inputs.random_shifts(train_data, args.max_shift, args.seed),
         "eval_data": eval_data,
     }
 

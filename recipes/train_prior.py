@@ -9,6 +9,9 @@ train_vqvae.py) with keras_vq.data.encode_dataset; --conditional adds the class 
 --guidance-scale and --top-p are saved in the prior as its sampling defaults (sample.py,
 ImageGenerator and export_generator use them unless told otherwise).
 --keep-best (the default) keeps the weights of the epoch with the lowest held-out NLL.
+--shifted-copies N adds the codes of N copies of the training images, each image shifted by a
+random whole pixel (-1, 0 or 1) along each axis; --init-prior starts from a saved prior's
+weights (the same architecture), e.g. to fine-tune such a prior on the unshifted codes alone.
 Writes to --out: config.json, prior.keras, logs/ (TensorBoard), backup/ (checkpoint every
 epoch; rerun the same command to resume), samples.png (codes ~ prior, decoded by the VQ-VAE;
 a conditional prior shows one class per column) and metrics.json (held-out NLL per code and
@@ -22,6 +25,11 @@ Example:
         --prior transformer --num-layers 4 --hidden-dim 128 --num-heads 4
     python recipes/train_prior.py --vqvae runs/train_vqvae/vqvae.keras --out runs/cfg \
         --conditional --label-dropout 0.1 --guidance-scale 3 --top-p 0.9
+    python recipes/train_prior.py --vqvae runs/train_vqvae/vqvae.keras --out runs/shifted \
+        --conditional --label-dropout 0.1 --shifted-copies 2 --epochs 15
+    python recipes/train_prior.py --vqvae runs/train_vqvae/vqvae.keras --out runs/tuned \
+        --conditional --label-dropout 0.1 --init-prior runs/shifted/prior.keras \
+        --learning-rate 3e-4 --epochs 3
 """
 
 from __future__ import annotations
@@ -95,6 +103,19 @@ def add_prior_args(parser) -> None:
     model_arg("--hidden-dim", "transformer width; a multiple of --num-heads", _flags.positive_int)
     model_arg("--dropout", "transformer dropout rate, in [0, 1)", _defaults.unit_interval)
     parser.add_argument(
+        "--shifted-copies",
+        type=_flags.non_negative_int,
+        default=0,
+        help="also train on the codes of this many copies of the training images, each image "
+        "shifted by a random whole pixel (-1, 0 or 1) along each axis (0: none)",
+    )
+    parser.add_argument(
+        "--init-prior",
+        default=None,
+        help="start from the weights of this saved prior (.keras, the same architecture), "
+        "e.g. to fine-tune a --shifted-copies prior on the unshifted codes",
+    )
+    parser.add_argument(
         "--keep-best",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -132,6 +153,7 @@ def setup(args, run: Run) -> dict:
         )
 
     train_images = images("train", batch_size=256)
+    train_images = _inputs.shifted_copies(train_images, args.shifted_copies, args.seed)
     eval_images = images(args.eval_split, batch_size=256)
     # The training codes are batched with drop_remainder: --batch-size must not exceed the set.
     images("train", batch_size=args.batch_size, drop_remainder=True)
@@ -139,6 +161,8 @@ def setup(args, run: Run) -> dict:
         _inputs.class_labels(args.labels, args.num_samples, num_classes)
     _quality.enabled(args)  # a bad --quality-samples fails before training
     prior = build_prior(args, run, vqvae, num_classes)
+    if args.init_prior is not None:
+        _inputs.load_weights_into(prior, args.init_prior, _inputs.PRIORS, "--init-prior")
     if args.num_samples:
         sampling_options(args, prior)
     return {

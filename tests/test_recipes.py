@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -570,6 +571,106 @@ def test_recipes_are_short_scripts_over_the_installed_library():
         source = path.read_text()
         assert len(source.splitlines()) <= 300, f"{path.name} is over 300 lines"
         assert "sys.path" not in source, f"{path.name} edits sys.path"
+
+
+@pytest.mark.subprocess
+def test_train_prior_init_prior_starts_from_the_saved_weights(vqvae_dir, prior_dir, tmp_path):
+    """--init-prior with a vanishing learning rate ends on the saved prior's weights (a fresh
+    build does not), with --shifted-copies on; weights of another shape are a usage error."""
+    vqvae, source = str(vqvae_dir / "vqvae.keras"), prior_dir / "prior.keras"
+    out = tmp_path / "tuned"
+    flags = "--conditional --label-dropout 0.2 --shifted-copies 1 --learning-rate 1e-12".split()
+    run(
+        "train_prior",
+        "--vqvae",
+        vqvae,
+        "--out",
+        str(out),
+        "--init-prior",
+        str(source),
+        *flags,
+        *TINY_PRIOR,
+        *TINY_RUN,
+        "--num-samples",
+        "0",
+    )
+    args = read_json(out / "config.json")["args"]
+    assert (args["shifted_copies"], args["init_prior"]) == (1, str(source))
+    tuned, saved = load(out / "prior.keras"), load(source)
+    for got, want in zip(tuned.get_weights(), saved.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    fresh = out.parent / "fresh"
+    run(
+        "train_prior",
+        "--vqvae",
+        vqvae,
+        "--out",
+        str(fresh),
+        *flags,
+        *TINY_PRIOR,
+        *TINY_RUN,
+        "--num-samples",
+        "0",
+        "--seed",
+        "1",
+    )
+    gaps = [
+        np.abs(a - b).max()
+        for a, b in zip(
+            load(fresh / "prior.keras").get_weights(), saved.get_weights(), strict=True
+        )
+    ]
+    assert max(gaps) > 1e-3
+    bad = tmp_path / "bad"
+    result = run(
+        "train_prior",
+        "--vqvae",
+        vqvae,
+        "--out",
+        str(bad),
+        "--init-prior",
+        str(source),
+        "--conditional",
+        "--prior-filters",
+        "4",
+        *TINY_RUN,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "--init-prior" in result.stderr and "do not fit" in result.stderr
+    assert not bad.exists()
+
+
+def test_shifted_copies_follow_the_originals_each_image_moved_by_at_most_a_pixel(monkeypatch):
+    """train_prior's --shifted-copies (``_inputs.shifted_copies``): the originals in order,
+    then each copy, its images the originals shifted by whole pixels in [-1, 1] on each axis
+    (a NumPy oracle tries every shift, zeros entering at the border); copies differ."""
+    import tensorflow as tf
+
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import _inputs
+
+    rng = np.random.default_rng(0)
+    images = rng.random((10, 6, 6, 1)).astype("float32") + 0.1  # no zero pixels
+    labels = np.arange(10, dtype="int32")
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    batches = list(_inputs.shifted_copies(dataset, 2, seed=5).as_numpy_iterator())
+    out_images = np.concatenate([x for x, _ in batches])
+    np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), np.tile(labels, 3))
+    np.testing.assert_array_equal(out_images[:10], images)
+
+    def shifted(image, dy, dx):
+        padded = np.pad(image, ((1, 1), (1, 1), (0, 0)))
+        return padded[1 - dy : 7 - dy, 1 - dx : 7 - dx]
+
+    offsets = []
+    for image, moved in zip(np.tile(images, (2, 1, 1, 1)), out_images[10:]):
+        pairs = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        matches = [p for p in pairs if np.array_equal(shifted(image, *p), moved)]
+        assert len(matches) == 1
+        offsets.append(matches[0])
+    assert len(set(offsets)) > 3 and offsets[:10] != offsets[10:]
+    assert _inputs.shifted_copies(dataset, 0, seed=5) is dataset
 
 
 # --------------------------------------------------------------------------- transformer prior

@@ -143,13 +143,13 @@ def test_classifier_shift_augmentation_moves_each_image_by_at_most_max_shift(mon
     import tensorflow as tf
 
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
-    import train_classifier
+    import _inputs
 
     rng = np.random.default_rng(0)
     images = rng.random((12, 8, 8, 1)).astype("float32") + 0.1  # no zero pixels
     labels = np.arange(12, dtype="int32")
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
-    moved = list(train_classifier.random_shifts(dataset, 2, seed=3).as_numpy_iterator())
+    moved = list(_inputs.random_shifts(dataset, 2, seed=3).as_numpy_iterator())
     out_images = np.concatenate([x for x, _ in moved])
     np.testing.assert_array_equal(np.concatenate([y for _, y in moved]), labels)
 
