@@ -29,7 +29,12 @@ NONE_MEANS = {
 @cache
 def _module_tree(module: str) -> ast.Module:
     spec = importlib.util.find_spec("keras_vq")  # locates the package without importing it
-    root = Path(next(iter(spec.submodule_search_locations)))
+    if spec is None or not spec.submodule_search_locations:
+        import keras_vq  # not found that way: importing it says why, or finds it
+
+        root = Path(keras_vq.__file__).parent
+    else:
+        root = Path(next(iter(spec.submodule_search_locations)))
     return ast.parse((root / module).read_text(encoding="utf-8"))
 
 

@@ -26,8 +26,8 @@ DEST = ROOT / "keras_vq" / "presets" / "bundled"
 WORK_DIR = "runs/presets"
 COMMON = "--backend tensorflow --seed 0 --verbose 2 --overwrite"
 
-# name: (description, recipe command with {work} for --work-dir). Order matters: the prior is
-# trained on the VQ-VAE above it.
+# name: (description, recipe command with {work} for --work-dir, or several in order, the last
+# writing the preset). Order matters: the prior is trained on the VQ-VAE above it.
 PRESETS = {
     "vqvae_digits": (
         "VQ-VAE on the 32x32 offline digits: 64 codes of size 16 on a 4x4 grid (EMA codebook), "
@@ -37,10 +37,18 @@ PRESETS = {
     ),
     "pixelcnn_digits": (
         "Class-conditional gated PixelCNN prior over the codes of vqvae_digits (10 classes), "
-        "trained with label dropout; samples with classifier-free guidance (1.75) by default",
-        "recipes/train_prior.py --vqvae {work}/vqvae_digits/vqvae.keras "
-        "--out {work}/pixelcnn_digits --conditional --label-dropout 0.1 --guidance-scale 1.75 "
-        "--epochs 15 --num-samples 20 " + COMMON,
+        "trained with label dropout on the codes of the digits and of two whole-pixel-shifted "
+        "copies, then fine-tuned on the digits' codes; samples with classifier-free guidance "
+        "(1.35) by default",
+        (
+            "recipes/train_prior.py --vqvae {work}/vqvae_digits/vqvae.keras "
+            "--out {work}/pixelcnn_digits_shifted --conditional --label-dropout 0.1 "
+            "--shifted-copies 2 --epochs 15 --num-samples 0 --quality-samples 0 " + COMMON,
+            "recipes/train_prior.py --vqvae {work}/vqvae_digits/vqvae.keras "
+            "--out {work}/pixelcnn_digits --conditional --label-dropout 0.1 --guidance-scale 1.35 "
+            "--init-prior {work}/pixelcnn_digits_shifted/prior.keras --learning-rate 3e-4 "
+            "--epochs 3 --num-samples 20 " + COMMON,
+        ),
     ),
     "vae_digits": (
         "VAE on the 32x32 offline digits: 16 latent dimensions, Bernoulli likelihood",
@@ -71,26 +79,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def command(name: str, work_dir: str, quick: bool = False) -> list[str]:
-    """The recipe command of preset ``name``, run from the repository root."""
-    text = PRESETS[name][1].format(work=work_dir)
-    if quick:
-        text += f" {QUICK} {QUICK_EXTRA[name]}"
-    return ["python", *shlex.split(text)]
+def commands(name: str, work_dir: str, quick: bool = False) -> list[list[str]]:
+    """The recipe commands of preset ``name``, in order, run from the repository root; the
+    last one writes the preset."""
+    texts = PRESETS[name][1]
+    texts = (texts,) if isinstance(texts, str) else texts
+    extra = f" {QUICK} {QUICK_EXTRA[name]}" if quick else ""
+    return [["python", *shlex.split(text.format(work=work_dir) + extra)] for text in texts]
 
 
 def build(name: str, work_dir: str, dest: Path, quick: bool = False) -> Path:
-    """Run the recipe of ``name``, then copy its preset into ``dest/name``; returns that."""
-    argv = command(name, work_dir, quick)
-    print(f"[{name}] {shlex.join(argv)}", flush=True)
+    """Run the recipes of ``name``, then copy the preset of the last into ``dest/name``;
+    returns that."""
+    argvs = commands(name, work_dir, quick)
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, env=env, check=True)
+    for argv in argvs:
+        print(f"[{name}] {shlex.join(argv)}", flush=True)
+        subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, env=env, check=True)
     source = ROOT / work_dir / name / "preset"
     metadata_path = source / "metadata.json"
     metadata = json.loads(metadata_path.read_text())
     metadata["description"] = PRESETS[name][0]
-    metadata["recipe_command"] = shlex.join(argv)
+    metadata["recipe_command"] = shlex.join(argvs[-1])
+    if len(argvs) > 1:  # what the last command starts from, in order
+        metadata["earlier_recipe_commands"] = [shlex.join(argv) for argv in argvs[:-1]]
     if "vqvae_preset" in metadata:  # a relative path between run dirs -> the bundled name
         metadata["vqvae_preset"] = Path(metadata["vqvae_preset"]).parent.name
     metadata_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")

@@ -6,7 +6,10 @@ codes, sample a grid of new images, and export SavedModels for TF Serving.
 Writes to --out:
     config.json                 the resolved arguments, backend and versions
     vqvae/                      stage 1, a train_vqvae.py run (vqvae.keras, logs/, PNGs, ...)
-    prior/                      stage 2, a train_prior.py run on vqvae/vqvae.keras
+    prior_shifted/              stage 2, a train_prior.py run on the codes of vqvae/vqvae.keras
+                                and of --prior-shifted-copies shifted copies of the images
+    prior/                      stage 3, that prior fine-tuned on the unshifted codes (with
+                                --prior-shifted-copies 0: the only prior stage)
     samples.png                 codes ~ prior, decoded by the VQ-VAE
     export/vqvae/1/             SavedModel: serving_default (reconstruct), encode, decode
     export/generator/1/         SavedModel: sample(num_samples) -> images, codes
@@ -14,7 +17,7 @@ Writes to --out:
     metrics.json, DONE          final numbers of every stage and the sample quality of
                                 --quality-samples images (sample_fd, sample_precision, ...)
 
-`tensorboard --logdir runs/pipeline` shows both stages. Killed midway, the same command
+`tensorboard --logdir runs/pipeline` shows every stage. Killed midway, the same command
 resumes: finished stages are reused and the running one continues from its last epoch.
 """
 
@@ -36,11 +39,12 @@ import train_vqvae
 from _rundir import Run, stage_args
 
 RECIPE = "pipeline"
+SHIFTED_STAGE = "prior_shifted"  # the prior trained on shifted copies too, before its fine-tune
 PRIOR_FLAGS = tuple(train_prior.MODEL_FLAGS["pixelcnn"])  # the pipeline trains a PixelCNN
 # The main job's own choices, made for its samples (benchmarks/RESULTS.md, "Sample quality"):
 # a 4×4 map of 64 codes (three halvings, VQVAE's default widths for them), which the prior fits
 # far better than 8×8 of 128 (two halvings, the library's default), a class-conditional
-# prior trained with label dropout, and classifier-free guidance (s = 1.75, saved with the prior
+# prior trained with label dropout, and classifier-free guidance (s = 1.35, saved with the prior
 # as its default, so the exported generator and the saved prior sample the same way). Every
 # other model flag left unset takes the model's default. The grid: one column per digit.
 GENERATION_DEFAULTS = {
@@ -50,7 +54,7 @@ GENERATION_DEFAULTS = {
     "num_samples": 100,
 }
 # What a conditional prior gets unless the flags say otherwise (--no-conditional: nothing).
-CONDITIONAL_DEFAULTS = {"label_dropout": 0.1, "guidance_scale": 1.75}
+CONDITIONAL_DEFAULTS = {"label_dropout": 0.1, "guidance_scale": 1.35}
 
 
 class PipelineParser(_defaults.OneLineParser):
@@ -78,6 +82,20 @@ def build_parser():
     rate = _defaults.positive_float
     group.add_argument("--learning-rate", type=rate, default=1e-3, help="VQ-VAE (Adam)")
     group.add_argument("--prior-learning-rate", type=rate, default=1e-3, help="prior (Adam)")
+    group.add_argument(
+        "--prior-shifted-copies",
+        type=_flags.non_negative_int,
+        default=2,
+        help="train the prior first on the codes of this many whole-pixel-shifted copies of "
+        "the training images as well (stage prior_shifted/), then fine-tune it on the "
+        "unshifted codes (stage prior/); 0: one stage on the unshifted codes",
+    )
+    group.add_argument(
+        "--prior-fine-tune-epochs", type=_flags.positive_int, default=3, help="the fine-tune's"
+    )
+    group.add_argument(
+        "--prior-fine-tune-learning-rate", type=rate, default=3e-4, help="the fine-tune's (Adam)"
+    )
     group.add_argument(
         "--steps-per-epoch",
         type=_flags.positive_int,
@@ -113,18 +131,39 @@ def vqvae_stage_args(args, out):
     return stage_args(args, train_vqvae.build_parser(), out=out)
 
 
-def prior_stage_args(args, out, vqvae_path: str):
-    """Stage 2's arguments: train_prior's flags, with the pipeline's --prior-* values."""
+def prior_stage_args(args, out, vqvae_path: str, fine_tune: bool = False):
+    """A prior stage's arguments: train_prior's flags, with the pipeline's --prior-* values.
+    With --prior-shifted-copies the prior trains on the shifted copies too, then
+    (``fine_tune``) on the unshifted codes, starting from that prior."""
+    stage = {"epochs": args.prior_epochs, "learning_rate": args.prior_learning_rate}
+    stage["shifted_copies"] = args.prior_shifted_copies
+    if fine_tune:
+        stage = {
+            "epochs": args.prior_fine_tune_epochs,
+            "learning_rate": args.prior_fine_tune_learning_rate,
+            "init_prior": str(Path(out).parent / SHIFTED_STAGE / train_prior.MODEL_FILE),
+        }
     return stage_args(
         args,
         train_prior.build_parser(),
         out=out,
         vqvae=vqvae_path,
-        epochs=args.prior_epochs,
-        learning_rate=args.prior_learning_rate,
         num_samples=0,  # the pipeline draws its own grid
         quality_samples=0,  # and measures its own sample quality
+        **stage,
     )
+
+
+def prior_stages(args, run: Run, vqvae_path: str) -> dict:
+    """Train the prior (stage prior/, or stages prior_shifted/ then prior/); its metrics."""
+    shifted = args.prior_shifted_copies > 0
+    first = run.path(SHIFTED_STAGE if shifted else "prior")
+    stages = [prior_stage_args(args, first, vqvae_path)]
+    if shifted:
+        stages.append(prior_stage_args(args, run.path("prior"), vqvae_path, fine_tune=True))
+    for stage in stages:
+        metrics = run.stage(train_prior.RECIPE, stage, train_prior.train, train_prior.setup)
+    return metrics
 
 
 def setup(args, run: Run) -> dict:
@@ -162,8 +201,7 @@ def pipeline(args, run: Run) -> dict:
     vqvae_args = vqvae_stage_args(args, run.path("vqvae"))
     vq_metrics = run.stage(train_vqvae.RECIPE, vqvae_args, train_vqvae.train, train_vqvae.setup)
     vqvae_path = str(run.path("vqvae", train_vqvae.MODEL_FILE))
-    prior_args = prior_stage_args(args, run.path("prior"), vqvae_path)
-    prior_metrics = run.stage(train_prior.RECIPE, prior_args, train_prior.train, train_prior.setup)
+    prior_metrics = prior_stages(args, run, vqvae_path)
     vqvae = _inputs.load_model(vqvae_path, ("VQVAE",), "vqvae")
     prior = _inputs.load_model(
         str(run.path("prior", train_prior.MODEL_FILE)), _inputs.PRIORS, "prior"

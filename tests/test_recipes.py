@@ -302,24 +302,30 @@ def test_reconstruct_writes_pairs_and_mse(vqvae_dir, tmp_path):
 @pytest.mark.subprocess
 def test_pipeline_trains_samples_and_exports(tmp_path):
     out = tmp_path / "pipeline"
-    extra = "--prior-epochs 1 --num-samples 4 --top-k 6 --top-p 0.95".split()
+    extra = "--prior-epochs 1 --prior-fine-tune-epochs 1 --num-samples 4 --top-k 6 --top-p 0.95"
+    extra = extra.split()
     run("pipeline", "--out", str(out), *TINY_VQVAE, *TINY_PRIOR, *extra, *TINY_RUN)
     metrics = check_run_dir(out, "pipeline")
     assert math.isfinite(metrics["test_reconstruction_mse"])
     assert math.isfinite(metrics["prior_test_nll_nats_per_code"])
     assert check_run_dir(out / "vqvae", "train_vqvae")["epochs"] == 1
-    prior_config = read_json(out / "prior" / "config.json")
-    assert prior_config["args"]["vqvae"] == str(out / "vqvae" / "vqvae.keras")
+    prior_config = read_json(out / "prior" / "config.json")["args"]
+    assert prior_config["vqvae"] == str(out / "vqvae" / "vqvae.keras")
+    # The prior trains on two shifted copies too, then is fine-tuned on the unshifted codes.
+    shifted_config = read_json(out / "prior_shifted" / "config.json")["args"]
+    assert (shifted_config["shifted_copies"], shifted_config["init_prior"]) == (2, None)
+    assert (prior_config["shifted_copies"], prior_config["learning_rate"]) == (0, 3e-4)
+    assert prior_config["init_prior"] == str(out / "prior_shifted" / "prior.keras")
     prior = load(out / "prior" / "prior.keras")
     assert type(prior).__name__ == "PixelCNNPrior"
     # The main job's defaults: a class-conditional prior with label dropout and guidance.
-    assert (prior.num_classes, prior.label_dropout, prior.guidance_scale) == (10, 0.1, 1.75)
+    assert (prior.num_classes, prior.label_dropout, prior.guidance_scale) == (10, 0.1, 1.35)
     assert prior.top_p == 0.95  # --top-p: saved with the prior, like the guidance
     assert metrics["sampling"] == {
         "temperature": 1.0,
         "top_k": 6,
         "top_p": 0.95,
-        "guidance_scale": 1.75,
+        "guidance_scale": 1.35,
     }
     assert png_size(out / "samples.png") == grid_size(4, 10)  # one column per digit
     assert metrics["export"] == {"vqvae": "export/vqvae/1", "generator": "export/generator/1"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -78,25 +79,42 @@ def test_export_preset_writes_a_saved_model(tmp_path):
     assert result.stdout.strip().endswith(str(out / "1"))
 
 
-def recorded_command(name: str, work_dir: Path) -> list[str]:
-    """The command in the preset's metadata, writing under ``work_dir``, shortened."""
-    argv = shlex.split(presets.metadata(name)["recipe_command"])
+def shortened(command: str, work_dir: Path) -> list[str]:
+    """A recorded recipe command, writing under ``work_dir``, shortened."""
+    argv = shlex.split(command)
     assert argv[0] == "python" and argv[1].startswith("recipes/")
     argv = [a.replace("runs/presets", str(work_dir)) for a in argv[1:]]
     return [sys.executable, str(ROOT / argv[0]), *argv[1:], *QUICK]
 
 
+def recorded_command(name: str, work_dir: Path) -> list[str]:
+    """The command in the preset's metadata (the one that wrote the preset), shortened."""
+    return shortened(presets.metadata(name)["recipe_command"], work_dir)
+
+
+def run_earlier_commands(name: str, work_dir: Path) -> None:
+    """Run the commands the preset's own command starts from (its metadata's
+    ``earlier_recipe_commands``: a prior pre-trained before its fine-tune), shortened."""
+    from tests.test_recipes import env
+
+    for command in presets.metadata(name).get("earlier_recipe_commands", ()):
+        argv = shortened(command, work_dir)
+        result = subprocess.run(
+            argv, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=400
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+
+
 def test_recorded_commands_of_the_bundled_pair_still_run_and_write_presets(tmp_path):
     """vqvae_digits' and pixelcnn_digits' recorded commands (shortened to two steps) run and
     write presets whose metadata holds their metrics, their command and the pair's link."""
-    import subprocess
-
     from tests.test_recipes import env
 
     for name, extra in (
         ("vqvae_digits", ["--num-images", "0"]),
         ("pixelcnn_digits", ["--num-samples", "0", "--quality-samples", "8"]),
     ):
+        run_earlier_commands(name, tmp_path)
         argv = recorded_command(name, tmp_path) + extra
         result = subprocess.run(
             argv, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=400
@@ -119,8 +137,6 @@ def test_recorded_commands_of_the_bundled_pair_still_run_and_write_presets(tmp_p
 def test_recorded_command_of_the_classifier_still_runs_and_writes_a_preset(tmp_path):
     """digits_classifier's recorded command (shortened to two steps) runs and writes a preset
     whose metadata holds the held-out accuracy and the real digits' sample quality."""
-    import subprocess
-
     from tests.test_recipes import env
 
     argv = [*recorded_command("digits_classifier", tmp_path), "--num-reference", "20"]
