@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from _defaults import non_negative_float, ranged
-from _flags import non_negative_int, positive_int
+from _flags import RecipeError, non_negative_int, positive_int
 
 # Nucleus mass: (0, 1].
 unit_mass = ranged(float, 0.0, 1.0, low_open=True, invalid=("0", "1.5"))
@@ -57,3 +57,23 @@ def add_sampling_args(parser: argparse.ArgumentParser, num_samples: int = 64) ->
         "classes); needs a prior trained with --conditional --label-dropout; train_prior saves "
         "it in the prior (unset: the prior's own, no guidance unless one was saved)",
     )
+
+
+def sampling_options(args, prior) -> dict:
+    """``--top-k``, ``--top-p`` and ``--guidance-scale`` checked against ``prior`` (a usage
+    error if they do not fit it); the keyword arguments of ``generate``."""
+    options = {"top_k": args.top_k, "top_p": args.top_p, "guidance_scale": args.guidance_scale}
+    try:
+        prior.sampling_options(**options)
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"--top-k/--top-p/--guidance-scale: {error}") from None
+    return options
+
+
+def sampling_record(args, prior) -> dict:
+    """What the draws used: ``--temperature``, and ``top_k``, ``top_p``, ``guidance_scale``
+    resolved by ``prior`` (its own defaults where a flag is unset), for metrics.json."""
+    return {
+        "temperature": args.temperature,
+        **prior.sampling_options(**sampling_options(args, prior)),
+    }

@@ -182,7 +182,7 @@ def setup(args, run: Run) -> dict:
     vqvae = train_vqvae.setup(vqvae_args, run)["model"]
     prior_args = prior_stage_args(args, out / "prior", str(out / "vqvae" / "vqvae.keras"))
     prior = train_prior.build_prior(prior_args, run, vqvae, num_classes)
-    train_prior.sampling_options(args, prior)  # the grid, the quality draw and the export
+    _sampling.sampling_options(args, prior)  # the grid, the quality draw and the export
     # config.json (and the stages') records what the models use for the unset model flags.
     for stage, flags in ((vqvae_args, train_vqvae.MODEL_FLAGS), (prior_args, PRIOR_FLAGS)):
         _defaults.record_model_values(args, {flag: getattr(stage, flag) for flag in flags})
@@ -220,7 +220,7 @@ def pipeline(args, run: Run) -> dict:
         metrics["samples"] = "samples.png"
     draw = _quality.prior_sampler(args, vqvae, prior)
     metrics.update(_quality.measure(args, run, draw, vqvae.image_shape, prior.num_classes))
-    metrics["sampling"] = train_prior.sampling_record(args, prior)
+    metrics["sampling"] = _sampling.sampling_record(args, prior)
     if args.export:
         export_root = run.path("export")
         shutil.rmtree(export_root, ignore_errors=True)  # a partial export of a killed run
@@ -232,7 +232,7 @@ def pipeline(args, run: Run) -> dict:
                 prior,
                 export_root / "generator",
                 temperature=args.temperature,
-                **train_prior.sampling_options(args, prior),
+                **_sampling.sampling_options(args, prior),
             ),
         }
         metrics["export"] = {k: os.path.relpath(v, run.out) for k, v in paths.items()}

@@ -93,7 +93,7 @@ def setup(args, run: Run) -> dict:
             f"--vqvae has {vqvae.num_embeddings} codes on a {vqvae.latent_shape} grid."
         )
     _inputs.class_labels(args.labels, args.num_samples, prior.num_classes)
-    train_prior.sampling_options(args, prior)
+    _sampling.sampling_options(args, prior)
     return {"vqvae": vqvae, "prior": prior}
 
 
@@ -132,7 +132,7 @@ def setup_preset(args) -> dict:
     generator = load_generator(args.preset)
     vqvae, prior = generator.vqvae, generator.prior
     _inputs.class_labels(args.labels, args.num_samples, prior.num_classes)
-    train_prior.sampling_options(args, prior)
+    _sampling.sampling_options(args, prior)
     return {"vqvae": vqvae, "prior": prior}
 
 
@@ -159,7 +159,7 @@ def sample(args, run: Run, *, vae=None, vqvae=None, prior=None, real=None) -> di
         images = train_prior.write_samples(args, run, vqvae, prior, "samples.png")
         draw, num_classes = _quality.prior_sampler(args, vqvae, prior), prior.num_classes
     shape = tuple(images.shape[1:])
-    sampling = {} if prior is None else {"sampling": train_prior.sampling_record(args, prior)}
+    sampling = {} if prior is None else {"sampling": _sampling.sampling_record(args, prior)}
     return {
         **sampling,
         "num_samples": args.num_samples,

@@ -164,7 +164,7 @@ def setup(args, run: Run) -> dict:
     if args.init_prior is not None:
         _inputs.load_weights_into(prior, args.init_prior, _inputs.PRIORS, "--init-prior")
     if args.num_samples:
-        sampling_options(args, prior)
+        _sampling.sampling_options(args, prior)
     return {
         "vqvae": vqvae,
         "prior": prior,
@@ -246,28 +246,8 @@ def train(args, run: Run, *, vqvae, prior, train_images, eval_images) -> dict:
         write_samples(args, run, vqvae, prior, "samples.png")
     draw = _quality.prior_sampler(args, vqvae, prior)
     metrics.update(_quality.measure(args, run, draw, vqvae.image_shape, prior.num_classes))
-    metrics["sampling"] = sampling_record(args, prior)
+    metrics["sampling"] = _sampling.sampling_record(args, prior)
     return {**summary, **metrics, "model": MODEL_FILE, "vqvae": args.vqvae}
-
-
-def sampling_options(args, prior) -> dict:
-    """``--top-k``, ``--top-p`` and ``--guidance-scale`` checked against ``prior`` (a usage
-    error if they do not fit it); the keyword arguments of ``generate``."""
-    options = {"top_k": args.top_k, "top_p": args.top_p, "guidance_scale": args.guidance_scale}
-    try:
-        prior.sampling_options(**options)
-    except (TypeError, ValueError) as error:
-        raise _flags.RecipeError(f"--top-k/--top-p/--guidance-scale: {error}") from None
-    return options
-
-
-def sampling_record(args, prior) -> dict:
-    """What the draws used: ``--temperature``, and ``top_k``, ``top_p``, ``guidance_scale``
-    resolved by ``prior`` (its own defaults where a flag is unset), for metrics.json."""
-    return {
-        "temperature": args.temperature,
-        **prior.sampling_options(**sampling_options(args, prior)),
-    }
 
 
 def write_samples(args, run: Run, vqvae, prior, name: str):
@@ -288,7 +268,7 @@ def write_samples(args, run: Run, vqvae, prior, name: str):
         seed=args.seed,
         labels=labels,
         batch_size=args.sample_batch_size,
-        **sampling_options(args, prior),
+        **_sampling.sampling_options(args, prior),
     )
     images = to_numpy(images)
     ncols = prior.num_classes if labels is not None and args.labels in (None, "cycle") else None

@@ -253,7 +253,7 @@ def test_sample_takes_the_prior_top_p_unless_a_flag_overrides(recipes, tiny_mode
 
     prior_path = tmp_path / "nucleus.keras"
     PixelCNNPrior(8, (4, 4), num_layers=1, filters=4, top_p=0.5).save(prior_path)
-    sample, train_prior = recipes("sample"), recipes("train_prior")
+    sample, sampling = recipes("sample"), recipes("_sampling")
     models = ["--vqvae", str(tiny_models / "vqvae.keras"), "--prior", str(prior_path)]
     run = recipes("_rundir").Run(tmp_path / "out", {}, None)
 
@@ -263,8 +263,8 @@ def test_sample_takes_the_prior_top_p_unless_a_flag_overrides(recipes, tiny_mode
     args = parse()
     prior = sample.setup(args, run)["prior"]
 
-    def used_top_p(args):  # what the recipe's draws use
-        return prior.sampling_options(**train_prior.sampling_options(args, prior))["top_p"]
+    def used_top_p(args):  # what the recipe's draws use, as metrics.json records it
+        return sampling.sampling_record(args, prior)["top_p"]
 
     assert args.top_p is None and used_top_p(args) == 0.5  # unset: the prior's own
     assert used_top_p(parse("--top-p", "1")) is None and used_top_p(parse("--top-p", "0.7")) == 0.7
