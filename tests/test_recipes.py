@@ -647,6 +647,22 @@ def test_train_prior_init_prior_starts_from_the_saved_weights(vqvae_dir, prior_d
     assert not bad.exists()
 
 
+def whole_pixel_shift(image, moved, max_shift: int) -> tuple[int, int]:
+    """A NumPy oracle: the one shift ``(dy, dx)``, each in ``[-max_shift, max_shift]``, that
+    moves ``image`` (H, W, C) onto ``moved`` with zeros entering at the border; fails unless
+    exactly one does."""
+    m, (height, width) = max_shift, image.shape[:2]
+    padded = np.pad(image, ((m, m), (m, m), (0, 0)))
+    shifts = [(dy, dx) for dy in range(-m, m + 1) for dx in range(-m, m + 1)]
+    matches = [
+        (dy, dx)
+        for dy, dx in shifts
+        if np.array_equal(padded[m - dy : m - dy + height, m - dx : m - dx + width], moved)
+    ]
+    assert len(matches) == 1, matches
+    return matches[0]
+
+
 def test_shifted_copies_follow_the_originals_each_image_moved_by_at_most_a_pixel(monkeypatch):
     """train_prior's --shifted-copies (``_inputs.shifted_copies``): the originals in order,
     then each copy, its images the originals shifted by whole pixels in [-1, 1] on each axis
@@ -665,16 +681,8 @@ def test_shifted_copies_follow_the_originals_each_image_moved_by_at_most_a_pixel
     np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), np.tile(labels, 3))
     np.testing.assert_array_equal(out_images[:10], images)
 
-    def shifted(image, dy, dx):
-        padded = np.pad(image, ((1, 1), (1, 1), (0, 0)))
-        return padded[1 - dy : 7 - dy, 1 - dx : 7 - dx]
-
-    offsets = []
-    for image, moved in zip(np.tile(images, (2, 1, 1, 1)), out_images[10:]):
-        pairs = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-        matches = [p for p in pairs if np.array_equal(shifted(image, *p), moved)]
-        assert len(matches) == 1
-        offsets.append(matches[0])
+    pairs = zip(np.tile(images, (2, 1, 1, 1)), out_images[10:])
+    offsets = [whole_pixel_shift(image, moved, 1) for image, moved in pairs]
     assert len(set(offsets)) > 3 and offsets[:10] != offsets[10:]
     assert _inputs.shifted_copies(dataset, 0, seed=5) is dataset
 
