@@ -135,13 +135,17 @@ def prior_stage_args(args, out, vqvae_path: str, fine_tune: bool = False):
     """A prior stage's arguments: train_prior's flags, with the pipeline's --prior-* values.
     With --prior-shifted-copies the prior trains on the shifted copies too, then
     (``fine_tune``) on the unshifted codes, starting from that prior."""
-    stage = {"epochs": args.prior_epochs, "learning_rate": args.prior_learning_rate}
-    stage["shifted_copies"] = args.prior_shifted_copies
     if fine_tune:
         stage = {
             "epochs": args.prior_fine_tune_epochs,
             "learning_rate": args.prior_fine_tune_learning_rate,
             "init_prior": str(Path(out).parent / SHIFTED_STAGE / train_prior.MODEL_FILE),
+        }
+    else:
+        stage = {
+            "epochs": args.prior_epochs,
+            "learning_rate": args.prior_learning_rate,
+            "shifted_copies": args.prior_shifted_copies,
         }
     return stage_args(
         args,
